@@ -1,0 +1,190 @@
+// The GRU cell's pointwise math for one batch row on the CPU, vectorized with
+// at::vec. Every function reads and writes H contiguous values per pointer; the
+// reserve row `res` holds 5H values: r, z, n, aux, h_prev (see gru.h).
+// Derivative helpers take the activation's *output* (d_sigmoid(y) = y (1 - y)).
+#pragma once
+
+#include <ATen/cpu/vec/vec.h>
+#include <algorithm>
+#include <cstring>
+
+namespace gru_torch::cpu {
+
+template <typename scalar_t>
+using Vec = at::vec::Vectorized<scalar_t>;
+
+template <typename scalar_t>
+inline Vec<scalar_t> sigmoid(Vec<scalar_t> x) {
+  const Vec<scalar_t> one(scalar_t(1));
+  return one / (one + x.neg().exp());
+}
+
+// Runs f(j, count) over [0, H) in vector-width chunks; the last chunk may be short.
+template <typename scalar_t, typename F>
+inline void for_chunks(int64_t H, F f) {
+  constexpr int64_t W = Vec<scalar_t>::size();
+  for (int64_t j = 0; j < H; j += W) f(j, static_cast<int>(std::min<int64_t>(W, H - j)));
+}
+
+template <typename scalar_t>
+inline Vec<scalar_t> load(const scalar_t* p, int64_t j, int c) {
+  return Vec<scalar_t>::loadu(p + j, c);
+}
+
+// h~ = h * mask, or h itself without a mask.
+template <typename scalar_t>
+inline Vec<scalar_t> masked(Vec<scalar_t> h, const scalar_t* mask, int64_t j, int c) {
+  return mask ? h * load(mask, j, c) : h;
+}
+
+// reset_after=true, one step. gx: [G] (input projection + b_ih), gh: [G]
+// (h~ W_hh^T + b_hh). Updates h (and hm = h * mask when a mask is given).
+template <typename scalar_t>
+inline void forward_row_after(int64_t H, const scalar_t* gx, const scalar_t* gh,
+                              const scalar_t* mask, scalar_t* h, scalar_t* hm,
+                              scalar_t* out, scalar_t* res) {
+  const Vec<scalar_t> one(scalar_t(1));
+  for_chunks<scalar_t>(H, [&](int64_t j, int c) {
+    auto r = sigmoid(load(gx, j, c) + load(gh, j, c));
+    auto z = sigmoid(load(gx + H, j, c) + load(gh + H, j, c));
+    auto ghn = load(gh + 2 * H, j, c);
+    auto n = (load(gx + 2 * H, j, c) + r * ghn).tanh();
+    auto hp = load(h, j, c);
+    auto hn = (one - z) * n + z * hp;
+    r.store(res + j, c);
+    z.store(res + H + j, c);
+    n.store(res + 2 * H + j, c);
+    ghn.store(res + 3 * H + j, c);
+    hp.store(res + 4 * H + j, c);
+    hn.store(h + j, c);
+    hn.store(out + j, c);
+    if (mask) masked(hn, mask, j, c).store(hm + j, c);
+  });
+}
+
+// reset_after=false, first half: r and z from gh_rz = h~ W_hrz^T, and q = r * h~,
+// the operand of the second recurrent GEMM.
+template <typename scalar_t>
+inline void forward_row_before_rz(int64_t H, const scalar_t* gx, const scalar_t* gh_rz,
+                                  const scalar_t* hm, scalar_t* q, scalar_t* res) {
+  for_chunks<scalar_t>(H, [&](int64_t j, int c) {
+    auto r = sigmoid(load(gx, j, c) + load(gh_rz, j, c));
+    auto z = sigmoid(load(gx + H, j, c) + load(gh_rz + H, j, c));
+    auto qv = r * load(hm, j, c);
+    r.store(res + j, c);
+    z.store(res + H + j, c);
+    qv.store(res + 3 * H + j, c);
+    qv.store(q + j, c);
+  });
+}
+
+// reset_after=false, second half: n from ghn = q W_hn^T, then the new state.
+template <typename scalar_t>
+inline void forward_row_before_n(int64_t H, const scalar_t* gx, const scalar_t* ghn,
+                                 const scalar_t* mask, scalar_t* h, scalar_t* hm,
+                                 scalar_t* out, scalar_t* res) {
+  const Vec<scalar_t> one(scalar_t(1));
+  for_chunks<scalar_t>(H, [&](int64_t j, int c) {
+    auto z = load(res + H, j, c);
+    auto n = (load(gx + 2 * H, j, c) + load(ghn, j, c)).tanh();
+    auto hp = load(h, j, c);
+    auto hn = (one - z) * n + z * hp;
+    n.store(res + 2 * H + j, c);
+    hp.store(res + 4 * H + j, c);
+    hn.store(h + j, c);
+    hn.store(out + j, c);
+    if (mask) masked(hn, mask, j, c).store(hm + j, c);
+  });
+}
+
+// Zeros a row that is past its length: its output and reserve row are 0, and its
+// state is carried unchanged (nothing to do for h).
+template <typename scalar_t>
+inline void inactive_row(int64_t H, scalar_t* out, scalar_t* res) {
+  std::memset(out, 0, sizeof(scalar_t) * H);
+  std::memset(res, 0, sizeof(scalar_t) * 5 * H);
+}
+
+// The gradient reaching h_t: what was carried (dhz = dh_{t+1} * z_{t+1}), what came
+// back through the recurrent GEMM (dhh, times the mask), and the output's gradient.
+template <typename scalar_t>
+inline Vec<scalar_t> total_dh(const scalar_t* dhz, const scalar_t* dhh,
+                              const scalar_t* mask, const scalar_t* gout, int64_t j, int c) {
+  auto d = load(dhz, j, c) + masked(load(dhh, j, c), mask, j, c);
+  return gout ? d + load(gout, j, c) : d;
+}
+
+// reset_after=true backward of one step. Writes dgx = [da_r, da_z, da_n],
+// dgh = [da_r, da_z, da_n * r] and dhz = dh * z.
+template <typename scalar_t>
+inline void backward_row_after(int64_t H, const scalar_t* res, const scalar_t* gout,
+                               const scalar_t* mask, scalar_t* dhz, const scalar_t* dhh,
+                               scalar_t* dgx, scalar_t* dgh) {
+  const Vec<scalar_t> one(scalar_t(1));
+  for_chunks<scalar_t>(H, [&](int64_t j, int c) {
+    auto dh = total_dh(dhz, dhh, mask, gout, j, c);
+    auto r = load(res, j, c), z = load(res + H, j, c), n = load(res + 2 * H, j, c);
+    auto ghn = load(res + 3 * H, j, c), hp = load(res + 4 * H, j, c);
+    auto da_n = dh * (one - z) * (one - n * n);
+    auto da_z = dh * (hp - n) * z * (one - z);
+    auto da_r = da_n * ghn * r * (one - r);
+    da_r.store(dgx + j, c);
+    da_z.store(dgx + H + j, c);
+    da_n.store(dgx + 2 * H + j, c);
+    da_r.store(dgh + j, c);
+    da_z.store(dgh + H + j, c);
+    (da_n * r).store(dgh + 2 * H + j, c);
+    (dh * z).store(dhz + j, c);
+  });
+}
+
+// reset_after=false backward, first half: da_z and da_n (dgh_n = da_n feeds the
+// GEMM dq = da_n W_hn that the r gate needs).
+template <typename scalar_t>
+inline void backward_row_before_zn(int64_t H, const scalar_t* res, const scalar_t* gout,
+                                   const scalar_t* mask, scalar_t* dhz, const scalar_t* dhh,
+                                   scalar_t* dgx, scalar_t* dgh) {
+  const Vec<scalar_t> one(scalar_t(1));
+  for_chunks<scalar_t>(H, [&](int64_t j, int c) {
+    auto dh = total_dh(dhz, dhh, mask, gout, j, c);
+    auto z = load(res + H, j, c), n = load(res + 2 * H, j, c), hp = load(res + 4 * H, j, c);
+    auto da_n = dh * (one - z) * (one - n * n);
+    auto da_z = dh * (hp - n) * z * (one - z);
+    da_z.store(dgx + H + j, c);
+    da_n.store(dgx + 2 * H + j, c);
+    da_z.store(dgh + H + j, c);
+    da_n.store(dgh + 2 * H + j, c);
+    (dh * z).store(dhz + j, c);
+  });
+}
+
+// reset_after=false backward, second half: da_r from dq, and dqr = dq * r, the part
+// of dh~ that flows through q = r * h~.
+template <typename scalar_t>
+inline void backward_row_before_r(int64_t H, const scalar_t* res, const scalar_t* mask,
+                                  const scalar_t* dq, scalar_t* dqr, scalar_t* dgx,
+                                  scalar_t* dgh) {
+  const Vec<scalar_t> one(scalar_t(1));
+  for_chunks<scalar_t>(H, [&](int64_t j, int c) {
+    auto r = load(res, j, c);
+    auto hm = masked(load(res + 4 * H, j, c), mask, j, c);
+    auto dqv = load(dq, j, c);
+    auto da_r = dqv * hm * r * (one - r);
+    da_r.store(dgx + j, c);
+    da_r.store(dgh + j, c);
+    (dqv * r).store(dqr + j, c);
+  });
+}
+
+// A row past its length in backward: no gate gradients, and dh passes through.
+template <typename scalar_t>
+inline void backward_inactive_row(int64_t H, const scalar_t* mask, scalar_t* dhz,
+                                  const scalar_t* dhh, scalar_t* dgx, scalar_t* dgh) {
+  for_chunks<scalar_t>(H, [&](int64_t j, int c) {
+    total_dh<scalar_t>(dhz, dhh, mask, nullptr, j, c).store(dhz + j, c);
+  });
+  std::memset(dgx, 0, sizeof(scalar_t) * 3 * H);
+  std::memset(dgh, 0, sizeof(scalar_t) * 3 * H);
+}
+
+}  // namespace gru_torch::cpu

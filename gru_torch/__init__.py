@@ -1,0 +1,8 @@
+"""gru_torch: a fused GRU for PyTorch, a drop-in for torch.nn.GRU with Keras's cells."""
+from ._ext import status as extension_status
+from .backends import BACKENDS
+from .gru import GRU
+from .reference import gru_layer_reference
+
+__all__ = ["GRU", "BACKENDS", "extension_status", "gru_layer_reference"]
+__version__ = "0.1.0"

@@ -1,0 +1,73 @@
+"""Choosing how a GRU runs: the fused op, nn.GRU (cuDNN on a GPU), or the reference.
+
+"auto" tries them in that order; a fallback warns once, naming its reason. A forced
+backend that cannot run raises an error saying why and how to get it.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from . import _ext, ops
+
+BACKENDS = ("auto", "fused", "cudnn", "reference")
+
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, stacklevel=3)
+
+
+@dataclass(frozen=True)
+class Config:
+    """What a forward call asks of the backend."""
+    device: torch.device
+    dtype: torch.dtype
+    reset_after: bool
+    recurrent_dropout_active: bool
+
+
+def check_backend(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+def cudnn_reason(cfg: Config) -> str | None:
+    """Why nn.GRU cannot express cfg, or None when it can."""
+    if not cfg.reset_after:
+        return "nn.GRU has no reset_after=False cell"
+    if cfg.recurrent_dropout_active:
+        return "nn.GRU has no recurrent dropout"
+    return None
+
+
+def resolve(requested: str, cfg: Config) -> str:
+    """The backend that will run cfg: "fused", "cudnn" or "reference"."""
+    fused_why = ops.unsupported_reason(cfg.device, cfg.dtype)
+    cudnn_why = cudnn_reason(cfg)
+    if requested == "fused":
+        if fused_why:
+            hint = _ext.HOW_TO_BUILD if not _ext.status().loaded else "use backend='auto'"
+            raise RuntimeError(f"gru_torch: backend='fused' cannot run: {fused_why}. {hint}")
+        return "fused"
+    if requested == "cudnn":
+        if cudnn_why:
+            raise RuntimeError(f"gru_torch: backend='cudnn' cannot run: {cudnn_why}; "
+                               "use backend='fused' or 'reference'")
+        return "cudnn"
+    if requested == "reference":
+        return "reference"
+    if fused_why is None:
+        return "fused"
+    if cudnn_why is None:
+        warn_once(f"gru_torch: falling back to nn.GRU because {fused_why}")
+        return "cudnn"
+    warn_once(f"gru_torch: falling back to the slow reference loop because {fused_why} "
+              f"and {cudnn_why}")
+    return "reference"
