@@ -1,6 +1,7 @@
 // The GRU cell's pointwise math for one batch row on the CPU, vectorized with
 // at::vec. Every function reads and writes H contiguous values per pointer; the
-// reserve row `res` holds 5H values: r, z, n, aux, h_prev (see gru.h).
+// reserve row `res` holds 4H values: r, z, n, aux (see gru.h), and `hp` is the
+// row's previous state h_{t-1}.
 // Derivative helpers take the activation's *output* (d_sigmoid(y) = y (1 - y)).
 #pragma once
 
@@ -55,7 +56,6 @@ inline void forward_row_after(int64_t H, const scalar_t* gx, const scalar_t* gh,
     z.store(res + H + j, c);
     n.store(res + 2 * H + j, c);
     ghn.store(res + 3 * H + j, c);
-    hp.store(res + 4 * H + j, c);
     hn.store(h + j, c);
     hn.store(out + j, c);
     if (mask) masked(hn, mask, j, c).store(hm + j, c);
@@ -90,7 +90,6 @@ inline void forward_row_before_n(int64_t H, const scalar_t* gx, const scalar_t* 
     auto hp = load(h, j, c);
     auto hn = (one - z) * n + z * hp;
     n.store(res + 2 * H + j, c);
-    hp.store(res + 4 * H + j, c);
     hn.store(h + j, c);
     hn.store(out + j, c);
     if (mask) masked(hn, mask, j, c).store(hm + j, c);
@@ -102,7 +101,7 @@ inline void forward_row_before_n(int64_t H, const scalar_t* gx, const scalar_t* 
 template <typename scalar_t>
 inline void inactive_row(int64_t H, scalar_t* out, scalar_t* res) {
   std::memset(out, 0, sizeof(scalar_t) * H);
-  std::memset(res, 0, sizeof(scalar_t) * 5 * H);
+  std::memset(res, 0, sizeof(scalar_t) * 4 * H);
 }
 
 // The gradient reaching h_t: what was carried (dhz = dh_{t+1} * z_{t+1}), what came
@@ -117,14 +116,15 @@ inline Vec<scalar_t> total_dh(const scalar_t* dhz, const scalar_t* dhh,
 // reset_after=true backward of one step. Writes dgx = [da_r, da_z, da_n],
 // dgh = [da_r, da_z, da_n * r] and dhz = dh * z.
 template <typename scalar_t>
-inline void backward_row_after(int64_t H, const scalar_t* res, const scalar_t* gout,
+inline void backward_row_after(int64_t H, const scalar_t* res, const scalar_t* hprev,
+                               const scalar_t* gout,
                                const scalar_t* mask, scalar_t* dhz, const scalar_t* dhh,
                                scalar_t* dgx, scalar_t* dgh) {
   const Vec<scalar_t> one(scalar_t(1));
   for_chunks<scalar_t>(H, [&](int64_t j, int c) {
     auto dh = total_dh(dhz, dhh, mask, gout, j, c);
     auto r = load(res, j, c), z = load(res + H, j, c), n = load(res + 2 * H, j, c);
-    auto ghn = load(res + 3 * H, j, c), hp = load(res + 4 * H, j, c);
+    auto ghn = load(res + 3 * H, j, c), hp = load(hprev, j, c);
     auto da_n = dh * (one - z) * (one - n * n);
     auto da_z = dh * (hp - n) * z * (one - z);
     auto da_r = da_n * ghn * r * (one - r);
@@ -141,13 +141,14 @@ inline void backward_row_after(int64_t H, const scalar_t* res, const scalar_t* g
 // reset_after=false backward, first half: da_z and da_n (dgh_n = da_n feeds the
 // GEMM dq = da_n W_hn that the r gate needs).
 template <typename scalar_t>
-inline void backward_row_before_zn(int64_t H, const scalar_t* res, const scalar_t* gout,
+inline void backward_row_before_zn(int64_t H, const scalar_t* res, const scalar_t* hprev,
+                                   const scalar_t* gout,
                                    const scalar_t* mask, scalar_t* dhz, const scalar_t* dhh,
                                    scalar_t* dgx, scalar_t* dgh) {
   const Vec<scalar_t> one(scalar_t(1));
   for_chunks<scalar_t>(H, [&](int64_t j, int c) {
     auto dh = total_dh(dhz, dhh, mask, gout, j, c);
-    auto z = load(res + H, j, c), n = load(res + 2 * H, j, c), hp = load(res + 4 * H, j, c);
+    auto z = load(res + H, j, c), n = load(res + 2 * H, j, c), hp = load(hprev, j, c);
     auto da_n = dh * (one - z) * (one - n * n);
     auto da_z = dh * (hp - n) * z * (one - z);
     da_z.store(dgx + H + j, c);
@@ -161,18 +162,32 @@ inline void backward_row_before_zn(int64_t H, const scalar_t* res, const scalar_
 // reset_after=false backward, second half: da_r from dq, and dqr = dq * r, the part
 // of dh~ that flows through q = r * h~.
 template <typename scalar_t>
-inline void backward_row_before_r(int64_t H, const scalar_t* res, const scalar_t* mask,
+inline void backward_row_before_r(int64_t H, const scalar_t* res, const scalar_t* hprev,
+                                  const scalar_t* mask,
                                   const scalar_t* dq, scalar_t* dqr, scalar_t* dgx,
                                   scalar_t* dgh) {
   const Vec<scalar_t> one(scalar_t(1));
   for_chunks<scalar_t>(H, [&](int64_t j, int c) {
     auto r = load(res, j, c);
-    auto hm = masked(load(res + 4 * H, j, c), mask, j, c);
+    auto hm = masked(load(hprev, j, c), mask, j, c);
     auto dqv = load(dq, j, c);
     auto da_r = dqv * hm * r * (one - r);
     da_r.store(dgx + j, c);
     da_r.store(dgh + j, c);
     (dqv * r).store(dqr + j, c);
+  });
+}
+
+// h~ = h_prev * mask into a row of the weight-gradient GEMM's operand.
+template <typename scalar_t>
+inline void masked_copy_row(int64_t H, const scalar_t* hprev, const scalar_t* mask,
+                            scalar_t* dst) {
+  if (!mask) {
+    std::memcpy(dst, hprev, sizeof(scalar_t) * H);
+    return;
+  }
+  for_chunks<scalar_t>(H, [&](int64_t j, int c) {
+    (load(hprev, j, c) * load(mask, j, c)).store(dst + j, c);
   });
 }
 

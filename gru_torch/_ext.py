@@ -9,7 +9,6 @@ Environment switches:
 """
 from __future__ import annotations
 
-import functools
 import os
 import warnings
 from dataclasses import dataclass
@@ -68,9 +67,19 @@ def _jit_build() -> None:
     )
 
 
-@functools.lru_cache(maxsize=None)
+_status: ExtStatus | None = None
+
+
 def status() -> ExtStatus:
-    """Loads the ops once; later calls return what the first found."""
+    """Loads the ops once; later calls return what the first found (a plain global read,
+    which torch.compile traces as a constant)."""
+    global _status
+    if _status is None:
+        _status = _load()
+    return _status
+
+
+def _load() -> ExtStatus:
     if os.environ.get("GRU_TORCH_DISABLE_EXT") == "1":
         return ExtStatus(False, "none", False, "disabled by GRU_TORCH_DISABLE_EXT=1")
     try:

@@ -11,7 +11,7 @@ import numbers
 import torch
 from torch import Tensor, nn
 
-from . import _inputs, backends, keras, ops
+from . import _ext, _inputs, backends, keras, ops
 from .reference import gru_layer_reference
 
 
@@ -56,6 +56,7 @@ class GRU(nn.Module):
         self.reset_after = bool(reset_after)
         self.recurrent_dropout = _check_probability("recurrent_dropout", recurrent_dropout)
         self.backend = backends.check_backend(backend)
+        _ext.status()  # find (or JIT-build) the op now, not inside a traced forward
         factory = {"device": device, "dtype": dtype}
         H, G = self.hidden_size, 3 * self.hidden_size
         self._param_names: list[list[list[str]]] = []  # [layer][direction] -> names

@@ -16,6 +16,8 @@ from . import _ext
 # yet: its registration only raises, so "auto" never routes CUDA tensors to it.
 FUSED_DTYPES = {"cpu": (torch.float32, torch.float64)}
 
+RESERVE_SLOTS = 4  # r, z, n, aux per step and row (csrc/gru.h)
+
 _registered = False
 
 
@@ -34,35 +36,39 @@ def unsupported_reason(device: torch.device, dtype: torch.dtype) -> str | None:
 
 
 def _setup_context(ctx, inputs, output):
-    input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, reset_after = inputs
+    input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, reset_after, need_reserve = inputs
     out, h_n, reserve = output
+    if not need_reserve:
+        raise RuntimeError("gru_torch: gru_layer ran with need_reserve=False, so it cannot "
+                           "be differentiated; call it with need_reserve=True")
     ctx.reset_after = reset_after
     ctx.has_b_ih = b_ih is not None
     ctx.has_b_hh = b_hh is not None
     ctx.mark_non_differentiable(reserve)
-    ctx.save_for_backward(input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, reserve)
+    ctx.save_for_backward(input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, out, reserve)
 
 
 def _backward(ctx, grad_out, grad_h_n, _grad_reserve):
-    input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, reserve = ctx.saved_tensors
+    input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, out, reserve = ctx.saved_tensors
     grads = torch.ops.gru_torch.gru_layer_backward(
         grad_out.contiguous(), grad_h_n.contiguous(), input, hx, w_ih, w_hh, b_ih, b_hh,
-        mask, lengths, ctx.reset_after, reserve)
+        mask, lengths, ctx.reset_after, out, reserve)
     d_input, d_hx, d_w_ih, d_w_hh, d_b_ih, d_b_hh = grads
     return (d_input, d_hx, d_w_ih, d_w_hh, d_b_ih if ctx.has_b_ih else None,
-            d_b_hh if ctx.has_b_hh else None, None, None, None)
+            d_b_hh if ctx.has_b_hh else None, None, None, None, None)
 
 
-def _fake_forward(input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, reset_after):
+def _fake_forward(input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, reset_after, need_reserve):
     T, B, _ = input.shape
     D, G, _ = w_ih.shape
     H = G // 3
+    reserve_shape = (D, T, B, RESERVE_SLOTS * H) if need_reserve else (0,)
     return (input.new_empty((T, B, D * H)), hx.new_empty(hx.shape),
-            input.new_empty((D, T, B, 5 * H)))
+            input.new_empty(reserve_shape))
 
 
 def _fake_backward(grad_output, grad_h_n, input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths,
-                   reset_after, reserve):
+                   reset_after, output, reserve):
     D, G, _ = w_ih.shape
     return (input.new_empty(input.shape), hx.new_empty(hx.shape), w_ih.new_empty(w_ih.shape),
             w_hh.new_empty(w_hh.shape), w_ih.new_empty((D, G)), w_ih.new_empty((D, G)))
@@ -87,6 +93,9 @@ def gru_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tenso
         raise RuntimeError(f"gru_torch: the fused op is unavailable: {_ext.status().reason}. "
                            + _ext.HOW_TO_BUILD)
     _register()
+    params = (input, hx, w_ih, w_hh, b_ih, b_hh)
+    need_reserve = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in params)
     out, h_n, _ = torch.ops.gru_torch.gru_layer(input, hx, w_ih, w_hh, b_ih, b_hh, mask,
-                                                lengths, reset_after)
+                                                lengths, reset_after, need_reserve)
     return out, h_n

@@ -1,0 +1,389 @@
+#!/usr/bin/env python
+"""Times gru_torch's fused GRU against nn.GRU (cuDNN on a GPU) and the reference loop.
+
+Before timing anything it checks every shape: on a small slice of it (B<=8, T<=20) in
+float64, the fused and reference backends (and nn.GRU) must agree to 1e-8 on the output,
+h_n, the input and hx gradients and every parameter gradient, or the script exits with
+status 1. Then, per shape, dtype and pass ("forward" under torch.no_grad(), and
+"forward+backward" with fixed random gradients for output and h_n), it runs the backends
+interleaved (each repeat runs every backend once, rotating the order) and reports medians.
+
+Usage (from the repository root, in the venv):
+  python scripts/benchmark.py                          # the notebooks' shapes, CPU, float32
+  python scripts/benchmark.py --shapes "8,20,4,8" --repeats 3 --no-save
+  python scripts/benchmark.py --shapes notebooks --backends fused,cudnn --repeats 3
+  python scripts/benchmark.py --device cuda --shapes sweep --dtype float32,bfloat16
+  python scripts/benchmark.py --shapes "64,100,32,64;256,50,64,64" --layers 2 --bidirectional
+  python scripts/benchmark.py --recurrent-dropout 0.25     # training, fused vs reference
+  python scripts/benchmark.py --reference-max-steps 300 --reference-repeats 1
+
+Results: benchmarks/results/<device>.json (cpu-<cpu model> or the GPU's name) and the
+same table rendered as markdown beside it (.md); --out picks another path.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import re
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+import gru_torch
+from gru_torch import GRU, ops
+
+BACKENDS = ("fused", "cudnn", "reference")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+NOTEBOOK_SHAPES = "32,200,128,128;512,200,50,100;512,500,100,32;100,300,1,50"
+CHECK_TOLERANCE = 1e-8
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+@dataclass(frozen=True)
+class Shape:
+    B: int
+    T: int
+    I: int
+    H: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shape:
+        try:
+            values = [int(v) for v in text.split(",")]
+        except ValueError:
+            values = []
+        if len(values) != 4 or min(values) <= 0:
+            raise argparse.ArgumentTypeError(f"a shape is four positive ints B,T,I,H, got {text!r}")
+        return cls(*values)
+
+    def __str__(self) -> str:
+        return f"B={self.B} T={self.T} I={self.I} H={self.H}"
+
+
+def parse_shapes(spec: str, device: str) -> list[Shape]:
+    if spec == "sweep":
+        if device == "cuda":
+            grid = itertools.product((16, 64, 256, 1024), (32, 64, 128, 256), (50, 200, 1000))
+        else:  # the GPU grid would take hours on a few cores
+            grid = itertools.product((16, 64, 256), (32, 64, 128), (50, 200))
+        return [Shape(B, T, H, H) for B, H, T in grid]
+    spec = NOTEBOOK_SHAPES if spec == "notebooks" else spec
+    return [Shape.parse(s.strip()) for s in spec.split(";") if s.strip()]
+
+
+def parse_list(values: list[str], allowed) -> list[str]:
+    items = [v.strip() for value in values for v in value.split(",") if v.strip()]
+    bad = [v for v in items if v not in allowed]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown {bad}; choose from {list(allowed)}")
+    return list(dict.fromkeys(items))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--shapes", default="notebooks", help="notebooks | sweep | B,T,I,H[;B,T,I,H...]")
+    p.add_argument("--dtype", action="append", help="float32 | bfloat16; repeatable or a comma list")
+    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--bidirectional", action="store_true")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--backends", default=",".join(BACKENDS), help="comma list of fused,cudnn,reference")
+    p.add_argument("--reference-repeats", type=int, default=3,
+                   help="repeats for the slow reference backend (at most --repeats)")
+    p.add_argument("--reference-max-steps", type=int, default=None,
+                   help="skip the reference where T*layers*directions exceeds this (default: never)")
+    p.add_argument("--recurrent-dropout", type=float, default=0.0,
+                   help="P>0: time training with recurrent dropout, fused vs reference only")
+    p.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/<device>.json)")
+    p.add_argument("--no-save", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        args.shapes = parse_shapes(args.shapes, args.device)
+        args.dtype = parse_list(args.dtype or ["float32"], DTYPES)
+        args.backends = parse_list([args.backends], BACKENDS)
+    except argparse.ArgumentTypeError as e:
+        p.error(str(e))
+    if min(args.layers, args.repeats, args.reference_repeats) < 1 or args.warmup < 0:
+        p.error("--layers, --repeats and --reference-repeats must be >= 1, --warmup >= 0")
+    if not 0 <= args.recurrent_dropout < 1:
+        p.error("--recurrent-dropout must lie in [0, 1)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no CUDA device")
+    return args
+
+
+# ---- modules and inputs
+
+def build_modules(shape: Shape, args: argparse.Namespace, dtype: torch.dtype,
+                  device: torch.device, backends: list[str]) -> dict[str, nn.Module]:
+    """One GRU per backend, all with the same weights; "cudnn" is a plain nn.GRU."""
+    def make(backend: str) -> GRU:
+        return GRU(shape.I, shape.H, args.layers, bidirectional=args.bidirectional,
+                   recurrent_dropout=args.recurrent_dropout, backend=backend,
+                   device=device, dtype=dtype)
+
+    base = make("reference")
+    modules: dict[str, nn.Module] = {}
+    for name in backends:
+        if name == "cudnn":
+            modules[name] = base.to_torch()
+        else:
+            modules[name] = make(name)
+            modules[name].load_state_dict(base.state_dict())
+    return modules
+
+
+def make_inputs(shape: Shape, args: argparse.Namespace, dtype: torch.dtype,
+                device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """x [T, B, I] and fixed random gradients for output [T, B, D*H] and h_n [L*D, B, H]."""
+    D = 2 if args.bidirectional else 1
+    kw = {"dtype": dtype, "device": device}
+    return (torch.randn(shape.T, shape.B, shape.I, **kw),
+            torch.randn(shape.T, shape.B, D * shape.H, **kw),
+            torch.randn(args.layers * D, shape.B, shape.H, **kw))
+
+
+def fused_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
+    status = gru_torch.extension_status()
+    if not status.loaded:
+        return f"the extension is not loaded ({status.reason})"
+    return ops.unsupported_reason(device, dtype)
+
+
+# ---- correctness check
+
+def results_and_grads(module: nn.Module, x: Tensor, h0: Tensor, g_out: Tensor,
+                      g_h: Tensor) -> dict[str, Tensor]:
+    x, h0 = x.clone().requires_grad_(), h0.clone().requires_grad_()
+    module.train().zero_grad(set_to_none=True)
+    torch.manual_seed(1234)  # the same recurrent-dropout masks for every backend
+    out, h_n = module(x, h0)
+    torch.autograd.backward((out, h_n), (g_out, g_h))
+    found = {"output": out, "h_n": h_n, "grad input": x.grad, "grad hx": h0.grad}
+    found.update({f"grad {n}": p.grad for n, p in module.named_parameters()})
+    return found
+
+
+def check_shape(shape: Shape, args: argparse.Namespace, device: torch.device) -> str:
+    """Compares the backends with the reference on a slice of shape; exits on a mismatch."""
+    why = fused_unavailable(device, torch.float64)
+    if why:
+        return f"check {shape}: SKIPPED, fused unavailable: {why}"
+    small = Shape(min(shape.B, 8), min(shape.T, 20), shape.I, shape.H)
+    others = ["fused"] + (["cudnn"] if "cudnn" in args.backends and not args.recurrent_dropout else [])
+    modules = build_modules(small, args, torch.float64, device, ["reference"] + others)
+    x, g_out, g_h = make_inputs(small, args, torch.float64, device)
+    h0 = torch.randn_like(g_h)
+    expected = results_and_grads(modules["reference"], x, h0, g_out, g_h)
+    for name in others:
+        got = results_and_grads(modules[name], x, h0, g_out, g_h)
+        for key, want in expected.items():
+            err = (got[key] - want).abs().max().item()
+            if not err <= CHECK_TOLERANCE:
+                sys.exit(f"CHECK FAILED on {small} (slice of {shape}): {name} and reference differ "
+                         f"in {key} by {err:.3g} (tolerance {CHECK_TOLERANCE:g}); not timing.")
+    return f"check {shape}: ok on {small}, float64, {'+'.join(others)} vs reference"
+
+
+# ---- timing
+
+def make_step(module: nn.Module, pass_: str, x: Tensor, g_out: Tensor,
+              g_h: Tensor) -> Callable[[], None]:
+    if pass_ == "forward":
+        module.eval()
+
+        def step() -> None:
+            with torch.no_grad():
+                module(x)
+        return step
+    module.train()
+    x = x.detach().requires_grad_()
+
+    def step() -> None:
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        out, h_n = module(x)
+        torch.autograd.backward((out, h_n), (g_out, g_h))
+    return step
+
+
+def time_ms(step: Callable[[], None], device: torch.device) -> float:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    step()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def measure(steps: dict[str, Callable[[], None]], repeats: dict[str, int], warmup: int,
+            device: torch.device) -> dict[str, list[float]]:
+    """Interleaved: every round runs each backend still short of its repeats once, the
+    order rotating by one per round, so drifts in machine load hit all alike."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    names, times = list(steps), {name: [] for name in steps}
+    for r in range(max(repeats.values())):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            if len(times[name]) < repeats[name]:
+                times[name].append(time_ms(steps[name], device))
+    return times
+
+
+def chosen_backends(shape: Shape, args: argparse.Namespace, device: torch.device,
+                    dtype: torch.dtype) -> list[str]:
+    chosen, D = [], 2 if args.bidirectional else 1
+    for name in args.backends:
+        why = None
+        if name == "fused":
+            why = fused_unavailable(device, dtype)
+        elif name == "cudnn" and args.recurrent_dropout:
+            why = "nn.GRU has no recurrent dropout"
+        elif name == "reference" and args.reference_max_steps is not None \
+                and shape.T * args.layers * D > args.reference_max_steps:
+            why = f"T*layers*directions > --reference-max-steps {args.reference_max_steps}"
+        if why:
+            print(f"  {shape} {dtype_name(dtype)}: skipping {name}: {why}")
+        else:
+            chosen.append(name)
+    return chosen
+
+
+def bench_case(shape: Shape, dtype: torch.dtype, args: argparse.Namespace,
+               device: torch.device) -> list[dict]:
+    backends = chosen_backends(shape, args, device, dtype)
+    if not backends:
+        return []
+    modules = build_modules(shape, args, dtype, device, backends)
+    x, g_out, g_h = make_inputs(shape, args, dtype, device)
+    repeats = {n: min(args.repeats, args.reference_repeats) if n == "reference" else args.repeats
+               for n in backends}
+    passes = ["forward+backward"] if args.recurrent_dropout else ["forward", "forward+backward"]
+    rows = []
+    for pass_ in passes:
+        steps = {n: make_step(m, pass_, x, g_out, g_h) for n, m in modules.items()}
+        for name, times in measure(steps, repeats, args.warmup, device).items():
+            rows.append({**asdict(shape), "layers": args.layers, "bidirectional": args.bidirectional,
+                         "dtype": dtype_name(dtype), "pass": pass_, "backend": name,
+                         "median_ms": statistics.median(times), "repeats": len(times),
+                         "recurrent_dropout": args.recurrent_dropout})
+    return rows
+
+
+# ---- reporting
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def forward_flops(shape: Shape, layers: int, directions: int) -> tuple[int, int]:
+    """(recurrent GEMM FLOPs per step and layer-direction, forward GEMM FLOPs in all)."""
+    G = 3 * shape.H
+    recurrent = 2 * shape.B * shape.H * G
+    inputs = sum(2 * shape.T * shape.B * (shape.I if k == 0 else directions * shape.H) * G
+                 for k in range(layers))
+    return recurrent, directions * (layers * shape.T * recurrent + inputs)
+
+
+def napkin(shape: Shape, layers: int, directions: int) -> str:
+    recurrent, total = forward_flops(shape, layers, directions)
+    input_gemm = 2 * shape.T * shape.B * shape.I * 3 * shape.H
+    return (f"{shape}: recurrent GEMM 2*B*H*3H = {recurrent / 1e6:.3g} MFLOP/step "
+            f"({shape.T * recurrent / 1e9:.3g} GFLOP over T, sequential); input GEMM "
+            f"2*T*B*I*3H = {input_gemm / 1e9:.3g} GFLOP (one GEMM, all steps); forward with "
+            f"{layers} layer(s) x {directions} direction(s) = {total / 1e9:.3g} GFLOP, "
+            f"forward+backward ~3x")
+
+
+def fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    return (f"{value:.2f}" if unit == "x" else f"{value:.0f}" if value >= 100 else f"{value:.3g}") + unit
+
+
+def render_table(rows: list[dict]) -> str:
+    cases: dict[tuple, dict[str, float]] = {}
+    for row in rows:
+        key = (Shape(row["B"], row["T"], row["I"], row["H"]), row["layers"],
+               row["bidirectional"], row["dtype"], row["pass"])
+        cases.setdefault(key, {})[row["backend"]] = row["median_ms"]
+    lines = ["| B,T,I,H | dtype | pass | fused ms | nn.GRU ms | reference ms | fused us/step "
+             "| fused GFLOP/s | fused vs nn.GRU | fused vs reference |", "|" + "---|" * 10]
+    for (shape, layers, bidi, dtype, pass_), ms in cases.items():
+        fused = ms.get("fused")
+        flops = forward_flops(shape, layers, 2 if bidi else 1)[1] * (3 if "backward" in pass_ else 1)
+        per_step, rate = (fused * 1e3 / shape.T, flops / fused / 1e6) if fused else (None, None)
+        speedups = [ms[n] / fused if fused and n in ms else None for n in ("cudnn", "reference")]
+        cells = [f"{shape.B},{shape.T},{shape.I},{shape.H}", dtype, pass_,
+                 *(fmt(ms.get(n)) for n in BACKENDS), fmt(per_step), fmt(rate),
+                 *(fmt(v, "x") for v in speedups)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def default_out(device: torch.device, name: str) -> Path:
+    if device.type == "cpu":  # "AMD EPYC 7763 64-Core Processor" -> "cpu-amd-epyc-7763"
+        name = re.sub(r"\((R|TM)\)|@.*|\bCPU\b|\bProcessor\b|\b\d+-Core\b", " ", name, flags=re.I)
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
+    return RESULTS_DIR / (f"cpu-{slug}.json" if device.type == "cpu" else f"{slug}.json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    env = {"device": device_name(device), "torch": torch.__version__,
+           "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+           "threads": torch.get_num_threads()}
+    print(", ".join(f"{k}: {v}" for k, v in env.items()))
+    for shape in args.shapes:
+        print(check_shape(shape, args, device))
+    rows = [row for shape in args.shapes for dtype in args.dtype
+            for row in bench_case(shape, DTYPES[dtype], args, device)]
+    directions = 2 if args.bidirectional else 1
+    notes = [f"- {napkin(shape, args.layers, directions)}" for shape in args.shapes]
+    dropout = f", recurrent_dropout={args.recurrent_dropout}" if args.recurrent_dropout else ""
+    report = "\n".join([f"# GRU benchmark: {env['device']}", "",
+                        f"torch {env['torch']}, cuDNN {env['cudnn']}, {env['threads']} threads, "
+                        f"layers={args.layers}, bidirectional={args.bidirectional}{dropout}; "
+                        f"median ms over repeats after {args.warmup} warm-up run(s).", "",
+                        render_table(rows), "", "Napkin math:", *notes, ""])
+    print("\n" + report)
+    if not args.no_save:
+        out = args.out or default_out(device, env["device"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({**env, "rows": rows}, indent=2) + "\n")
+        out.with_suffix(".md").write_text(report)
+        print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

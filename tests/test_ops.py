@@ -1,0 +1,109 @@
+"""The compiled op itself: against the reference, gradcheck, opcheck, torch.compile."""
+import itertools
+
+import pytest
+import torch
+
+import gru_torch
+from gru_torch import ops
+from gru_torch.reference import gru_layer_reference
+
+pytestmark = pytest.mark.skipif(not gru_torch.extension_status().loaded,
+                                reason="gru_torch extension not built")
+
+
+def make_args(T=5, B=4, I=3, H=6, D=1, reset_after=True, bias=True, mask=False, lengths=False,
+              dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()
+
+    b_ih = rand(D, 3 * H) if bias else None
+    b_hh = rand(D, 3 * H) if bias and reset_after else None
+    m = (torch.rand(D, B, H, generator=g) > 0.3).to(dtype) / 0.7 if mask else None
+    lens = torch.randint(1, T + 1, (B,), generator=g) if lengths else None
+    if lens is not None:
+        lens[0] = T
+    return (rand(T, B, I), rand(D, B, H), rand(D, 3 * H, I) * 0.5, rand(D, 3 * H, H) * 0.5,
+            b_ih, b_hh, m, lens, reset_after)
+
+
+CASES = list(itertools.product([True, False], [1, 2], [False, True], [False, True], [True, False]))
+
+
+@pytest.mark.parametrize("reset_after,D,mask,lengths,bias", CASES)
+def test_matches_reference(reset_after, D, mask, lengths, bias):
+    args = make_args(T=7, B=5, D=D, reset_after=reset_after, mask=mask, lengths=lengths, bias=bias)
+    args = tuple(a.detach().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point()
+                 and a.requires_grad else a for a in args)
+    out, h_n = ops.gru_layer(*args)
+    ref_out, ref_h = gru_layer_reference(*args)
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-12)
+    torch.testing.assert_close(h_n, ref_h, rtol=0, atol=1e-12)
+    g = torch.Generator().manual_seed(1)
+    go = torch.randn(out.shape, generator=g, dtype=out.dtype)
+    gh = torch.randn(h_n.shape, generator=g, dtype=out.dtype)
+    leaves = [a for a in args[:6] if a is not None]
+    grads = torch.autograd.grad((out * go).sum() + (h_n * gh).sum(), leaves)
+    ref_grads = torch.autograd.grad((ref_out * go).sum() + (ref_h * gh).sum(), leaves)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-11)
+    if lengths:
+        lens = args[7]
+        t = torch.arange(out.shape[0]).unsqueeze(1)
+        assert (out[t >= lens] == 0).all(), "output must be zero past each row's length"
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_gradcheck(reset_after):
+    args = make_args(T=4, B=3, I=2, H=3, D=2, reset_after=reset_after, mask=True, lengths=True)
+    assert torch.autograd.gradcheck(lambda *a: ops.gru_layer(*a), args, eps=1e-6, atol=1e-7)
+
+
+def _opcheck_samples():
+    for reset_after, mask, lengths in itertools.product([True, False], [False, True], [False, True]):
+        a = make_args(D=2, reset_after=reset_after, mask=mask, lengths=lengths, dtype=torch.float32)
+        yield a + (True,)
+
+
+@pytest.mark.parametrize("sample", list(_opcheck_samples()), ids=lambda s: f"ra{s[8]}-m{s[6] is not None}-l{s[7] is not None}")
+def test_opcheck(sample):
+    ops._register()
+    torch.library.opcheck(torch.ops.gru_torch.gru_layer.default, sample)
+
+
+def test_no_reserve_without_grad():
+    args = make_args(T=6, B=3)
+    with torch.no_grad():
+        out, h_n = ops.gru_layer(*args)
+        raw = torch.ops.gru_torch.gru_layer(*args, False)
+    assert raw[2].numel() == 0
+    torch.testing.assert_close(out, raw[0], rtol=0, atol=0)
+    torch.testing.assert_close(h_n, raw[1], rtol=0, atol=0)
+
+
+def test_lengths_out_of_range_in_op():
+    args = list(make_args(T=5, B=2))
+    args[7] = torch.tensor([5, 6])
+    with pytest.raises(RuntimeError, match="lengths"):
+        torch.ops.gru_torch.gru_layer(*args, True)
+
+
+def test_torch_compile_fullgraph():
+    torch._dynamo.reset()
+    gru = gru_torch.GRU(3, 6, num_layers=2, bidirectional=True, batch_first=True,
+                        backend="fused")
+    x = torch.randn(4, 5, 3, requires_grad=True)
+
+    def step(x):
+        out, h_n = gru(x)
+        return out.square().mean() + h_n.sum()
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    loss = compiled(x)
+    (gx,) = torch.autograd.grad(loss, x)
+    ref_loss = step(x)
+    (ref_gx,) = torch.autograd.grad(ref_loss, x)
+    torch.testing.assert_close(loss, ref_loss)
+    torch.testing.assert_close(gx, ref_gx)
