@@ -1,0 +1,37 @@
+# The README's commands. Everything runs from a fresh clone: `make test` creates the
+# virtual environment, installs the pinned dependencies, builds the extension, and
+# runs the suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Where nvcc's toolkit lives; the .cu files are compiled whenever it and a CUDA build
+# of torch are present. GRU_TORCH_CUDA=1 makes a failed CUDA compile fail the build,
+# GRU_TORCH_CUDA=0 skips it.
+export CUDA_HOME ?= /usr/local/cuda
+export GRU_TORCH_CUDA
+
+SOURCES := $(wildcard csrc/*.cpp csrc/*.cu csrc/*.h) setup.py pyproject.toml gru_torch/_build.py
+
+.PHONY: venv build test bench clean
+
+venv: $(VENV)/.deps
+$(VENV)/.deps: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+build: $(VENV)/.built
+$(VENV)/.built: $(VENV)/.deps $(SOURCES)
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	$(PY) -c "import gru_torch; s = gru_torch.extension_status(); print('gru_torch extension:', s); assert s.loaded"
+	touch $@
+
+test: build
+	$(PY) -m pytest -q
+
+bench: build
+	$(PY) scripts/benchmark.py
+
+clean:
+	rm -rf build *.egg-info gru_torch/_C*.so $(VENV)/.built
