@@ -4,6 +4,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# ninja (for the extension build) comes from the venv.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 # Where nvcc's toolkit lives; the .cu files are compiled whenever it and a CUDA build
 # of torch are present. GRU_TORCH_CUDA=1 makes a failed CUDA compile fail the build,
 # GRU_TORCH_CUDA=0 skips it.
@@ -17,7 +19,6 @@ SOURCES := $(wildcard csrc/*.cpp csrc/*.cu csrc/*.h) setup.py pyproject.toml gru
 venv: $(VENV)/.deps
 $(VENV)/.deps: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
