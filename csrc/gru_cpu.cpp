@@ -48,18 +48,19 @@ struct Block {
 
 // The blocks of direction d in the order the forward visits them: forward walks
 // t = 0..T-1, reverse t = T-1..0.
+int64_t block_steps(int64_t T, int64_t B) {
+  const int64_t rows = std::max<int64_t>(B, 1);  // an empty batch is one (empty) block
+  return std::max<int64_t>(1, std::min<int64_t>(T, (kBlockRows + rows - 1) / rows));
+}
+
 std::vector<Block> blocks_of(int64_t d, int64_t T, int64_t B) {
-  const int64_t K = std::max<int64_t>(1, std::min<int64_t>(T, (kBlockRows + B - 1) / B));
+  const int64_t K = block_steps(T, B);
   std::vector<Block> out;
   for (int64_t i = 0; i * K < T; ++i) {
     const int64_t lo = i * K, hi = std::min(T, lo + K);
     out.push_back(d == 0 ? Block{lo, hi} : Block{T - hi, T - lo});
   }
   return out;
-}
-
-int64_t block_steps(int64_t T, int64_t B) {
-  return std::max<int64_t>(1, std::min<int64_t>(T, (kBlockRows + B - 1) / B));
 }
 
 std::tuple<Tensor, Tensor, Tensor> gru_layer_cpu(const Tensor& input_, const Tensor& hx_,

@@ -2,7 +2,7 @@
 """Times gru_torch's fused GRU against nn.GRU (cuDNN on a GPU) and the reference loop.
 
 Before timing anything it checks every shape: on a small slice of it (B<=8, T<=20) in
-float64, the fused and reference backends (and nn.GRU) must agree to 1e-8 on the output,
+float64, the fused backend (and nn.GRU) must match the reference to 1e-8 in the output,
 h_n, the input and hx gradients and every parameter gradient, or the script exits with
 status 1. Then, per shape, dtype and pass ("forward" under torch.no_grad(), and
 "forward+backward" with fixed random gradients for output and h_n), it runs the backends
@@ -11,14 +11,14 @@ interleaved (each repeat runs every backend once, rotating the order) and report
 Usage (from the repository root, in the venv):
   python scripts/benchmark.py                          # the notebooks' shapes, CPU, float32
   python scripts/benchmark.py --shapes "8,20,4,8" --repeats 3 --no-save
-  python scripts/benchmark.py --shapes notebooks --backends fused,cudnn --repeats 3
+  python scripts/benchmark.py --backends fused,cudnn --repeats 3 --warmup 1
   python scripts/benchmark.py --device cuda --shapes sweep --dtype float32,bfloat16
   python scripts/benchmark.py --shapes "64,100,32,64;256,50,64,64" --layers 2 --bidirectional
   python scripts/benchmark.py --recurrent-dropout 0.25     # training, fused vs reference
   python scripts/benchmark.py --reference-max-steps 300 --reference-repeats 1
 
-Results: benchmarks/results/<device>.json (cpu-<cpu model> or the GPU's name) and the
-same table rendered as markdown beside it (.md); --out picks another path.
+Results: benchmarks/results/<device>.json (cpu-<cpu model> or the GPU's name, as a slug)
+and the printed report as markdown beside it (.md); --out picks another path.
 """
 from __future__ import annotations
 
@@ -56,11 +56,8 @@ class Shape:
 
     @classmethod
     def parse(cls, text: str) -> Shape:
-        try:
-            values = [int(v) for v in text.split(",")]
-        except ValueError:
-            values = []
-        if len(values) != 4 or min(values) <= 0:
+        values = [int(v) for v in text.split(",") if v.strip().isdigit()]
+        if len(values) != 4 or len(text.split(",")) != 4 or min(values) <= 0:
             raise argparse.ArgumentTypeError(f"a shape is four positive ints B,T,I,H, got {text!r}")
         return cls(*values)
 
@@ -69,21 +66,18 @@ class Shape:
 
 
 def parse_shapes(spec: str, device: str) -> list[Shape]:
-    if spec == "sweep":
-        if device == "cuda":
-            grid = itertools.product((16, 64, 256, 1024), (32, 64, 128, 256), (50, 200, 1000))
-        else:  # the GPU grid would take hours on a few cores
-            grid = itertools.product((16, 64, 256), (32, 64, 128), (50, 200))
-        return [Shape(B, T, H, H) for B, H, T in grid]
+    if spec == "sweep":  # on a CPU, a smaller grid: the GPU's would take hours on a few cores
+        grid = (((16, 64, 256, 1024), (32, 64, 128, 256), (50, 200, 1000)) if device == "cuda"
+                else ((16, 64, 256), (32, 64, 128), (50, 200)))
+        return [Shape(B, T, H, H) for B, H, T in itertools.product(*grid)]
     spec = NOTEBOOK_SHAPES if spec == "notebooks" else spec
     return [Shape.parse(s.strip()) for s in spec.split(";") if s.strip()]
 
 
 def parse_list(values: list[str], allowed) -> list[str]:
     items = [v.strip() for value in values for v in value.split(",") if v.strip()]
-    bad = [v for v in items if v not in allowed]
-    if bad:
-        raise argparse.ArgumentTypeError(f"unknown {bad}; choose from {list(allowed)}")
+    if not items or any(v not in allowed for v in items):
+        raise argparse.ArgumentTypeError(f"got {items}; choose from {list(allowed)}")
     return list(dict.fromkeys(items))
 
 
@@ -98,11 +92,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--backends", default=",".join(BACKENDS), help="comma list of fused,cudnn,reference")
     p.add_argument("--reference-repeats", type=int, default=3,
-                   help="repeats for the slow reference backend (at most --repeats)")
+                   help="repeats for the slow reference backend (at most --repeats; default 3)")
     p.add_argument("--reference-max-steps", type=int, default=None,
                    help="skip the reference where T*layers*directions exceeds this (default: never)")
     p.add_argument("--recurrent-dropout", type=float, default=0.0,
-                   help="P>0: time training with recurrent dropout, fused vs reference only")
+                   help="P>0: time training with recurrent dropout P, fused vs reference only")
     p.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/<device>.json)")
     p.add_argument("--no-save", action="store_true")
     args = p.parse_args(argv)
@@ -121,47 +115,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-# ---- modules and inputs
-
 def build_modules(shape: Shape, args: argparse.Namespace, dtype: torch.dtype,
                   device: torch.device, backends: list[str]) -> dict[str, nn.Module]:
-    """One GRU per backend, all with the same weights; "cudnn" is a plain nn.GRU."""
+    """One module per backend, all with the same weights; "cudnn" is a plain nn.GRU."""
     def make(backend: str) -> GRU:
-        return GRU(shape.I, shape.H, args.layers, bidirectional=args.bidirectional,
-                   recurrent_dropout=args.recurrent_dropout, backend=backend,
-                   device=device, dtype=dtype)
+        return GRU(shape.I, shape.H, args.layers, bidirectional=args.bidirectional, device=device,
+                   dtype=dtype, recurrent_dropout=args.recurrent_dropout, backend=backend)
 
     base = make("reference")
-    modules: dict[str, nn.Module] = {}
-    for name in backends:
-        if name == "cudnn":
-            modules[name] = base.to_torch()
-        else:
-            modules[name] = make(name)
-            modules[name].load_state_dict(base.state_dict())
+    modules = {name: base.to_torch() if name == "cudnn" else make(name) for name in backends}
+    for module in modules.values():  # to_torch() copied them already; the others need it
+        module.load_state_dict(base.state_dict())
     return modules
 
 
 def make_inputs(shape: Shape, args: argparse.Namespace, dtype: torch.dtype,
                 device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     """x [T, B, I] and fixed random gradients for output [T, B, D*H] and h_n [L*D, B, H]."""
-    D = 2 if args.bidirectional else 1
-    kw = {"dtype": dtype, "device": device}
+    D, kw = 2 if args.bidirectional else 1, {"dtype": dtype, "device": device}
     return (torch.randn(shape.T, shape.B, shape.I, **kw),
             torch.randn(shape.T, shape.B, D * shape.H, **kw),
             torch.randn(args.layers * D, shape.B, shape.H, **kw))
 
 
 def fused_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
-    status = gru_torch.extension_status()
-    if not status.loaded:
-        return f"the extension is not loaded ({status.reason})"
-    return ops.unsupported_reason(device, dtype)
+    status = gru_torch.extension_status()  # may lack the op while it is being rebuilt
+    return ops.unsupported_reason(device, dtype) if status.loaded else f"not loaded: {status.reason}"
 
 
-# ---- correctness check
-
-def results_and_grads(module: nn.Module, x: Tensor, h0: Tensor, g_out: Tensor,
+def outputs_and_grads(module: nn.Module, x: Tensor, h0: Tensor, g_out: Tensor,
                       g_h: Tensor) -> dict[str, Tensor]:
     x, h0 = x.clone().requires_grad_(), h0.clone().requires_grad_()
     module.train().zero_grad(set_to_none=True)
@@ -169,51 +151,47 @@ def results_and_grads(module: nn.Module, x: Tensor, h0: Tensor, g_out: Tensor,
     out, h_n = module(x, h0)
     torch.autograd.backward((out, h_n), (g_out, g_h))
     found = {"output": out, "h_n": h_n, "grad input": x.grad, "grad hx": h0.grad}
-    found.update({f"grad {n}": p.grad for n, p in module.named_parameters()})
-    return found
+    return found | {f"grad {n}": p.grad for n, p in module.named_parameters()}
 
 
 def check_shape(shape: Shape, args: argparse.Namespace, device: torch.device) -> str:
-    """Compares the backends with the reference on a slice of shape; exits on a mismatch."""
+    """Compares fused (and nn.GRU) with the reference on a slice of shape; exits on a mismatch."""
     why = fused_unavailable(device, torch.float64)
     if why:
-        return f"check {shape}: SKIPPED, fused unavailable: {why}"
+        return f"check {shape}: SKIPPED, the fused op is unavailable: {why}"
     small = Shape(min(shape.B, 8), min(shape.T, 20), shape.I, shape.H)
     others = ["fused"] + (["cudnn"] if "cudnn" in args.backends and not args.recurrent_dropout else [])
     modules = build_modules(small, args, torch.float64, device, ["reference"] + others)
     x, g_out, g_h = make_inputs(small, args, torch.float64, device)
     h0 = torch.randn_like(g_h)
-    expected = results_and_grads(modules["reference"], x, h0, g_out, g_h)
+    expected = outputs_and_grads(modules["reference"], x, h0, g_out, g_h)
     for name in others:
-        got = results_and_grads(modules[name], x, h0, g_out, g_h)
+        got = outputs_and_grads(modules[name], x, h0, g_out, g_h)
         for key, want in expected.items():
             err = (got[key] - want).abs().max().item()
-            if not err <= CHECK_TOLERANCE:
-                sys.exit(f"CHECK FAILED on {small} (slice of {shape}): {name} and reference differ "
-                         f"in {key} by {err:.3g} (tolerance {CHECK_TOLERANCE:g}); not timing.")
-    return f"check {shape}: ok on {small}, float64, {'+'.join(others)} vs reference"
+            if not err <= CHECK_TOLERANCE:  # also catches NaN
+                sys.exit(f"CHECK FAILED on {small} (slice of {shape}): {name} and reference "
+                         f"differ in {key} by {err:.3g} (tolerance {CHECK_TOLERANCE:g}); not timing.")
+    return f"check {shape}: ok on {small} in float64, {' and '.join(others)} vs reference"
 
-
-# ---- timing
 
 def make_step(module: nn.Module, pass_: str, x: Tensor, g_out: Tensor,
               g_h: Tensor) -> Callable[[], None]:
     if pass_ == "forward":
         module.eval()
 
-        def step() -> None:
+        def forward() -> None:
             with torch.no_grad():
                 module(x)
-        return step
+        return forward
     module.train()
     x = x.detach().requires_grad_()
 
-    def step() -> None:
+    def forward_backward() -> None:
         module.zero_grad(set_to_none=True)
         x.grad = None
-        out, h_n = module(x)
-        torch.autograd.backward((out, h_n), (g_out, g_h))
-    return step
+        torch.autograd.backward(module(x), (g_out, g_h))
+    return forward_backward
 
 
 def time_ms(step: Callable[[], None], device: torch.device) -> float:
@@ -232,7 +210,7 @@ def time_ms(step: Callable[[], None], device: torch.device) -> float:
 
 def measure(steps: dict[str, Callable[[], None]], repeats: dict[str, int], warmup: int,
             device: torch.device) -> dict[str, list[float]]:
-    """Interleaved: every round runs each backend still short of its repeats once, the
+    """Interleaved: each round runs every backend still short of its repeats once, the
     order rotating by one per round, so drifts in machine load hit all alike."""
     for step in steps.values():
         for _ in range(warmup):
@@ -245,69 +223,70 @@ def measure(steps: dict[str, Callable[[], None]], repeats: dict[str, int], warmu
     return times
 
 
-def chosen_backends(shape: Shape, args: argparse.Namespace, device: torch.device,
-                    dtype: torch.dtype) -> list[str]:
-    chosen, D = [], 2 if args.bidirectional else 1
-    for name in args.backends:
-        why = None
-        if name == "fused":
-            why = fused_unavailable(device, dtype)
-        elif name == "cudnn" and args.recurrent_dropout:
-            why = "nn.GRU has no recurrent dropout"
-        elif name == "reference" and args.reference_max_steps is not None \
-                and shape.T * args.layers * D > args.reference_max_steps:
-            why = f"T*layers*directions > --reference-max-steps {args.reference_max_steps}"
-        if why:
-            print(f"  {shape} {dtype_name(dtype)}: skipping {name}: {why}")
-        else:
-            chosen.append(name)
-    return chosen
+def skip_reason(name: str, shape: Shape, args: argparse.Namespace, device: torch.device,
+                dtype: torch.dtype) -> str | None:
+    """Why backend `name` is left out of this case, or None."""
+    steps = shape.T * args.layers * (2 if args.bidirectional else 1)
+    if name == "fused":
+        return fused_unavailable(device, dtype)
+    if name == "cudnn" and args.recurrent_dropout:
+        return "nn.GRU has no recurrent dropout"
+    if name == "reference" and args.reference_max_steps is not None and steps > args.reference_max_steps:
+        return f"T*layers*directions = {steps} > --reference-max-steps {args.reference_max_steps}"
+    return None
 
 
-def bench_case(shape: Shape, dtype: torch.dtype, args: argparse.Namespace,
+def bench_case(shape: Shape, dtype_name: str, args: argparse.Namespace,
                device: torch.device) -> list[dict]:
-    backends = chosen_backends(shape, args, device, dtype)
+    """Times every pass of one (shape, dtype) for the backends that can run it: JSON rows."""
+    dtype, backends = DTYPES[dtype_name], []
+    for name in args.backends:
+        why = skip_reason(name, shape, args, device, dtype)
+        if why:
+            print(f"  {shape} {dtype_name}: skipping {name}: {why}")
+        else:
+            backends.append(name)
     if not backends:
         return []
     modules = build_modules(shape, args, dtype, device, backends)
     x, g_out, g_h = make_inputs(shape, args, dtype, device)
     repeats = {n: min(args.repeats, args.reference_repeats) if n == "reference" else args.repeats
                for n in backends}
-    passes = ["forward+backward"] if args.recurrent_dropout else ["forward", "forward+backward"]
     rows = []
-    for pass_ in passes:
+    for pass_ in ["forward+backward"] if args.recurrent_dropout else ["forward", "forward+backward"]:
         steps = {n: make_step(m, pass_, x, g_out, g_h) for n, m in modules.items()}
-        for name, times in measure(steps, repeats, args.warmup, device).items():
+        timed = measure(steps, repeats, args.warmup, device)
+        print(f"  {shape} {dtype_name} {pass_}: " + ", ".join(
+            f"{n} {statistics.median(t):.4g} ms" for n, t in timed.items()), flush=True)
+        for name, times in timed.items():
             rows.append({**asdict(shape), "layers": args.layers, "bidirectional": args.bidirectional,
-                         "dtype": dtype_name(dtype), "pass": pass_, "backend": name,
+                         "dtype": dtype_name, "pass": pass_, "backend": name,
                          "median_ms": statistics.median(times), "repeats": len(times),
                          "recurrent_dropout": args.recurrent_dropout})
     return rows
 
 
-# ---- reporting
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
-
-
-def forward_flops(shape: Shape, layers: int, directions: int) -> tuple[int, int]:
-    """(recurrent GEMM FLOPs per step and layer-direction, forward GEMM FLOPs in all)."""
+def forward_flops(shape: Shape, layers: int, directions: int) -> tuple[int, int, int]:
+    """GEMM FLOPs: (recurrent, per step and layer-direction; layer 0's input GEMM over all
+    steps, per direction; the whole forward)."""
     G = 3 * shape.H
     recurrent = 2 * shape.B * shape.H * G
-    inputs = sum(2 * shape.T * shape.B * (shape.I if k == 0 else directions * shape.H) * G
-                 for k in range(layers))
-    return recurrent, directions * (layers * shape.T * recurrent + inputs)
+    inputs = [2 * shape.T * shape.B * (shape.I if k == 0 else directions * shape.H) * G
+              for k in range(layers)]
+    return recurrent, inputs[0], directions * (layers * shape.T * recurrent + sum(inputs))
+
+
+def flop(n: float) -> str:
+    scale, unit = next((s, u) for s, u in ((1e9, "G"), (1e6, "M"), (1e3, "k"), (1, "")) if n >= s)
+    return f"{n / scale:.3g} {unit}FLOP"
 
 
 def napkin(shape: Shape, layers: int, directions: int) -> str:
-    recurrent, total = forward_flops(shape, layers, directions)
-    input_gemm = 2 * shape.T * shape.B * shape.I * 3 * shape.H
-    return (f"{shape}: recurrent GEMM 2*B*H*3H = {recurrent / 1e6:.3g} MFLOP/step "
-            f"({shape.T * recurrent / 1e9:.3g} GFLOP over T, sequential); input GEMM "
-            f"2*T*B*I*3H = {input_gemm / 1e9:.3g} GFLOP (one GEMM, all steps); forward with "
-            f"{layers} layer(s) x {directions} direction(s) = {total / 1e9:.3g} GFLOP, "
-            f"forward+backward ~3x")
+    recurrent, input_gemm, total = forward_flops(shape, layers, directions)
+    return (f"{shape}: recurrent GEMM 2*B*H*3H = {flop(recurrent)}/step ({flop(shape.T * recurrent)} "
+            f"over T, in sequence); input GEMM 2*T*B*I*3H = {flop(input_gemm)} (one GEMM, all "
+            f"steps); forward, {layers} layer(s) x {directions} direction(s): {flop(total)}; "
+            f"forward+backward ~3x that")
 
 
 def fmt(value: float | None, unit: str = "") -> str:
@@ -326,7 +305,7 @@ def render_table(rows: list[dict]) -> str:
              "| fused GFLOP/s | fused vs nn.GRU | fused vs reference |", "|" + "---|" * 10]
     for (shape, layers, bidi, dtype, pass_), ms in cases.items():
         fused = ms.get("fused")
-        flops = forward_flops(shape, layers, 2 if bidi else 1)[1] * (3 if "backward" in pass_ else 1)
+        flops = forward_flops(shape, layers, 2 if bidi else 1)[2] * (3 if "backward" in pass_ else 1)
         per_step, rate = (fused * 1e3 / shape.T, flops / fused / 1e6) if fused else (None, None)
         speedups = [ms[n] / fused if fused and n in ms else None for n in ("cudnn", "reference")]
         cells = [f"{shape.B},{shape.T},{shape.I},{shape.H}", dtype, pass_,
@@ -350,9 +329,8 @@ def device_name(device: torch.device) -> str:
 
 def default_out(device: torch.device, name: str) -> Path:
     if device.type == "cpu":  # "AMD EPYC 7763 64-Core Processor" -> "cpu-amd-epyc-7763"
-        name = re.sub(r"\((R|TM)\)|@.*|\bCPU\b|\bProcessor\b|\b\d+-Core\b", " ", name, flags=re.I)
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
-    return RESULTS_DIR / (f"cpu-{slug}.json" if device.type == "cpu" else f"{slug}.json")
+        name = "cpu " + re.sub(r"\((R|TM)\)|@.*|\bCPU\b|\bProcessor\b|\b\d+-Core\b", " ", name, flags=re.I)
+    return RESULTS_DIR / (re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") + ".json")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -364,17 +342,18 @@ def main(argv: list[str] | None = None) -> int:
            "threads": torch.get_num_threads()}
     print(", ".join(f"{k}: {v}" for k, v in env.items()))
     for shape in args.shapes:
-        print(check_shape(shape, args, device))
+        print(check_shape(shape, args, device), flush=True)
     rows = [row for shape in args.shapes for dtype in args.dtype
-            for row in bench_case(shape, DTYPES[dtype], args, device)]
+            for row in bench_case(shape, dtype, args, device)]
     directions = 2 if args.bidirectional else 1
-    notes = [f"- {napkin(shape, args.layers, directions)}" for shape in args.shapes]
     dropout = f", recurrent_dropout={args.recurrent_dropout}" if args.recurrent_dropout else ""
-    report = "\n".join([f"# GRU benchmark: {env['device']}", "",
-                        f"torch {env['torch']}, cuDNN {env['cudnn']}, {env['threads']} threads, "
-                        f"layers={args.layers}, bidirectional={args.bidirectional}{dropout}; "
-                        f"median ms over repeats after {args.warmup} warm-up run(s).", "",
-                        render_table(rows), "", "Napkin math:", *notes, ""])
+    report = "\n".join([
+        f"# GRU benchmark: {env['device']}", "",
+        f"torch {env['torch']}, cuDNN {env['cudnn']}, {env['threads']} threads, layers={args.layers}, "
+        f"bidirectional={args.bidirectional}{dropout}; median ms after {args.warmup} warm-up run(s), "
+        f"{args.repeats} repeats ({min(args.repeats, args.reference_repeats)} for the reference).", "",
+        render_table(rows), "", "Napkin math (GEMM FLOPs):",
+        *(f"- {napkin(shape, args.layers, directions)}" for shape in args.shapes), ""])
     print("\n" + report)
     if not args.no_save:
         out = args.out or default_out(device, env["device"])

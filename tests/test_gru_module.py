@@ -287,3 +287,82 @@ def test_partial_requires_grad(backend, needs):
     for g_m, g_r in zip(results[1], results[0]):
         assert g_r.abs().sum() > 0
         assert_close(g_m, g_r, atol=ATOL, what=f"grad ({needs})")
+
+
+# ------------------------------------------------------------------ other shapes
+@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("use_lengths", [False, True], ids=["full", "lengths"])
+def test_large_batch_matches_nn_gru(backend, use_lengths):
+    """A batch large enough that the fused op splits the sequence into several time
+    blocks (it blocks about 1024 rows of T*B: here steps 0-7 and 8), the last one partial."""
+    Bl, Tl = 129, 9
+    torch.manual_seed(6)
+    ref = nn.GRU(I, H, 1, bidirectional=True, dtype=DT)
+    mod = gru_torch.GRU.from_torch(ref, backend=backend)
+    x = torch.randn(Tl, Bl, I, dtype=DT)
+    hx = torch.randn(2, Bl, H, dtype=DT)
+    lengths = torch.randint(1, Tl + 1, (Bl,)) if use_lengths else None
+    w = torch.randn(Tl, Bl, 2 * H, dtype=DT)
+    results = []
+    for m in (ref, mod):
+        xi = x.clone().requires_grad_(True)
+        hi = hx.clone().requires_grad_(True)
+        if m is ref and use_lengths:
+            packed = pack_padded_sequence(xi, lengths, enforce_sorted=False)
+            out_p, h_n = m(packed, hi)
+            out, _ = pad_packed_sequence(out_p, total_length=Tl)
+        elif use_lengths:
+            out, h_n = m(xi, hi, lengths=lengths)
+        else:
+            out, h_n = m(xi, hi)
+        loss = (out * w).sum() + (h_n * h_n).sum()
+        grads = torch.autograd.grad(loss, [xi, hi] + list(m.parameters()))
+        results.append((out.detach(), h_n.detach(), grads))
+    assert_close(results[1][0], results[0][0], atol=ATOL, what="output")
+    assert_close(results[1][1], results[0][1], atol=ATOL, what="h_n")
+    names = ["input", "hx"] + [n for n, _ in ref.named_parameters()]
+    for name, g_m, g_r in zip(names, results[1][2], results[0][2]):
+        assert_close(g_m, g_r, atol=1e-9, what=f"grad {name}")
+
+
+@pytest.mark.parametrize("backend", available_backends())
+def test_packed_enforce_sorted_true(backend):
+    torch.manual_seed(7)
+    ref = nn.GRU(I, H, 2, bidirectional=True, dtype=DT)
+    mod = gru_torch.GRU.from_torch(ref, backend=backend)
+    x = torch.randn(T, B, I, dtype=DT)
+    hx = torch.randn(4, B, H, dtype=DT)
+    packed = pack_padded_sequence(x, [7, 5, 5, 1], enforce_sorted=True)
+    assert packed.sorted_indices is None
+    out_m, h_m = mod(packed, hx)
+    out_r, h_r = ref(packed, hx)
+    assert out_m.sorted_indices is None and torch.equal(out_m.batch_sizes, out_r.batch_sizes)
+    assert_close(out_m.data.detach(), out_r.data.detach(), atol=ATOL, what="output")
+    assert_close(h_m.detach(), h_r.detach(), atol=ATOL, what="h_n")
+
+
+_EMPTY_BATCH = """
+import sys, torch, gru_torch
+from torch import nn
+torch.manual_seed(0)
+ref = nn.GRU(3, 5, 2, bidirectional=True, dtype=torch.float64)
+mod = gru_torch.GRU.from_torch(ref, backend=sys.argv[1])
+x = torch.randn(4, 0, 3, dtype=torch.float64)
+out, h_n = mod(x)
+out_r, h_r = ref(x)
+assert out.shape == out_r.shape == (4, 0, 10), (out.shape, out_r.shape)
+assert h_n.shape == h_r.shape == (4, 0, 5), (h_n.shape, h_r.shape)
+print("OK")
+"""
+
+
+@pytest.mark.parametrize("backend", available_backends())
+def test_empty_batch_like_nn_gru(backend):
+    """nn.GRU accepts a batch of 0 rows; so must every backend. Run in a subprocess,
+    since a crash in the compiled op would take the test process down."""
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-c", _EMPTY_BATCH, backend], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and "OK" in proc.stdout, (
+        f"rc={proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr[-2000:]}")

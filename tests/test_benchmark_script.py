@@ -1,0 +1,76 @@
+"""scripts/benchmark.py: a tiny run end to end, and its correctness check failing loudly."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import gru_torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+
+
+def run_script(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def test_tiny_run_writes_json_and_markdown(tmp_path):
+    out = tmp_path / "res" / "tiny.json"
+    proc = run_script("--shapes", "3,5,2,4;2,4,3,3", "--repeats", "2", "--warmup", "0",
+                      "--reference-repeats", "1", "--layers", "2", "--bidirectional",
+                      "--dtype", "float32,bfloat16", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    assert {"device", "torch", "cudnn", "threads", "rows"} <= set(data)
+    fused = gru_torch.extension_status().loaded
+    assert ("check B=3 T=5 I=2 H=4: ok" in proc.stdout) == fused
+    expected = {("fused", "float32")} if fused else set()
+    expected |= {(b, d) for b in ("cudnn", "reference") for d in ("float32", "bfloat16")}
+    for shape in ((3, 5, 2, 4), (2, 4, 3, 3)):
+        rows = [r for r in data["rows"] if (r["B"], r["T"], r["I"], r["H"]) == shape]
+        assert {(r["backend"], r["dtype"]) for r in rows} == expected
+        assert {r["pass"] for r in rows} == {"forward", "forward+backward"}
+        for r in rows:
+            assert r["layers"] == 2 and r["bidirectional"] is True and r["median_ms"] > 0
+            assert r["repeats"] == (1 if r["backend"] == "reference" else 2)
+    markdown = out.with_suffix(".md").read_text()
+    assert "| 3,5,2,4 | float32 | forward |" in markdown and "Napkin math" in markdown
+
+
+def test_recurrent_dropout_times_training_without_nn_gru(tmp_path):
+    out = tmp_path / "rd.json"
+    proc = run_script("--shapes", "3,5,2,4", "--repeats", "1", "--warmup", "0",
+                      "--recurrent-dropout", "0.3", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert rows and all(r["pass"] == "forward+backward" and r["backend"] != "cudnn" for r in rows)
+    assert all(r["recurrent_dropout"] == 0.3 for r in rows)
+
+
+def test_bad_shape_is_a_usage_error():
+    proc = run_script("--shapes", "1,2,3", "--no-save")
+    assert proc.returncode == 2 and "B,T,I,H" in proc.stderr
+
+
+@pytest.mark.skipif(not gru_torch.extension_status().loaded, reason="needs the fused op")
+def test_check_aborts_when_fused_disagrees(monkeypatch):
+    spec = importlib.util.spec_from_file_location("benchmark_script", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # dataclasses look their module up
+    spec.loader.exec_module(bench)
+    real = gru_torch.ops.gru_layer
+
+    def off_by_a_little(*args, **kwargs):
+        out, h_n = real(*args, **kwargs)
+        return out * (1 + 1e-6), h_n
+
+    monkeypatch.setattr(gru_torch.ops, "gru_layer", off_by_a_little)
+    args = bench.parse_args(["--shapes", "3,5,2,4", "--no-save"])
+    with pytest.raises(SystemExit, match="CHECK FAILED.*fused and reference differ in output"):
+        bench.check_shape(args.shapes[0], args, torch.device("cpu"))
