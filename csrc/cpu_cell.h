@@ -1,7 +1,6 @@
 // The GRU cell's pointwise math for one batch row on the CPU, vectorized with
 // at::vec. Every function reads and writes H contiguous values per pointer; the
-// reserve row `res` holds 4H values: r, z, n, aux (see gru.h), and `hp` is the
-// row's previous state h_{t-1}.
+// reserve row `res` holds 5H values: r, z, n, aux, h_prev (see gru.h).
 // Derivative helpers take the activation's *output* (d_sigmoid(y) = y (1 - y)).
 #pragma once
 
@@ -56,6 +55,7 @@ inline void forward_row_after(int64_t H, const scalar_t* gx, const scalar_t* gh,
     z.store(res + H + j, c);
     n.store(res + 2 * H + j, c);
     ghn.store(res + 3 * H + j, c);
+    hp.store(res + 4 * H + j, c);
     hn.store(h + j, c);
     hn.store(out + j, c);
     if (mask) masked(hn, mask, j, c).store(hm + j, c);
@@ -90,6 +90,7 @@ inline void forward_row_before_n(int64_t H, const scalar_t* gx, const scalar_t* 
     auto hp = load(h, j, c);
     auto hn = (one - z) * n + z * hp;
     n.store(res + 2 * H + j, c);
+    hp.store(res + 4 * H + j, c);
     hn.store(h + j, c);
     hn.store(out + j, c);
     if (mask) masked(hn, mask, j, c).store(hm + j, c);
@@ -101,7 +102,7 @@ inline void forward_row_before_n(int64_t H, const scalar_t* gx, const scalar_t* 
 template <typename scalar_t>
 inline void inactive_row(int64_t H, scalar_t* out, scalar_t* res) {
   std::memset(out, 0, sizeof(scalar_t) * H);
-  std::memset(res, 0, sizeof(scalar_t) * 4 * H);
+  std::memset(res, 0, sizeof(scalar_t) * 5 * H);
 }
 
 // The gradient reaching h_t: what was carried (dhz = dh_{t+1} * z_{t+1}), what came

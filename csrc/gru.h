@@ -15,10 +15,11 @@
 //
 //   output   [T, B, D*H]    zeros where a row is inactive
 //   h_n      [D, B, H]      each row's state at its own length
-//   reserve  [D, T, B, 4H]  what backward needs, per step and row (empty [0]
-//            when need_reserve=false): r, z, n, aux with
+//   reserve  [D, T, B, 5H]  what backward needs, per step and row (empty [0]
+//            when need_reserve=false): r, z, n, aux, h_prev with
 //            aux = gh_n (reset_after=true), aux = q = r * (h_prev*mask) (false).
-//            h_prev is not stored: backward reads it from output (or hx).
+//            h_prev is kept here, not read back from output, so that a caller
+//            may modify the output in place, as nn.GRU allows.
 //
 // reset_after=true  (nn.GRU):  n = tanh(gx_n + r * (h~ W_hn^T + b_hn))
 // reset_after=false (Keras 2): n = tanh(gx_n + (r * h~) W_hn^T)
@@ -31,7 +32,7 @@
 
 namespace gru_torch {
 
-constexpr int64_t kReserveSlots = 4;  // r, z, n, aux
+constexpr int64_t kReserveSlots = 5;  // r, z, n, aux, h_prev
 
 // Validates the op's arguments against each other; `where` names the caller.
 void check_layer_args(const at::Tensor& input, const at::Tensor& hx,

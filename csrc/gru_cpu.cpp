@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include "cpu_cell.h"
+#include "cpu_pool.h"
 #include "gru.h"
 
 namespace gru_torch {
@@ -80,16 +81,16 @@ std::tuple<Tensor, Tensor, Tensor> gru_layer_cpu(const Tensor& input_, const Ten
   const OptTensor lengths = lengths_ ? OptTensor(lengths_->contiguous()) : std::nullopt;
   const auto opts = input.options();
 
-  Tensor output = at::empty({T, B, D * H}, opts);
+  Tensor output = cpu::pooled_empty({T, B, D * H}, opts);
   Tensor h_n = hx_.clone(at::MemoryFormat::Contiguous);
   // Without a reserve, each step's r, z, n, aux go to one reused [B, 4H] scratch.
-  Tensor reserve = need_reserve ? at::empty({D, T, B, kReserveSlots * H}, opts)
+  Tensor reserve = need_reserve ? cpu::pooled_empty({D, T, B, kReserveSlots * H}, opts)
                                 : at::empty({0}, opts);
   Tensor scratch = need_reserve ? Tensor() : at::empty({B, kReserveSlots * H}, opts);
   const Tensor x2d = input.view({T * B, I});
   const int64_t* len = lengths ? lengths->data_ptr<int64_t>() : nullptr;
   const int64_t K = block_steps(T, B);
-  Tensor gx_buf = at::empty({K * B, G}, opts);
+  Tensor gx_buf = cpu::pooled_empty({K * B, G}, opts);
   Tensor gh = at::empty({B, reset_after ? G : 2 * H}, opts);
   Tensor q = at::empty({B, H}, opts), ghn = at::empty({B, H}, opts);
 
@@ -158,35 +159,32 @@ std::tuple<Tensor, Tensor, Tensor> gru_layer_cpu(const Tensor& input_, const Ten
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward_cpu(
     const Tensor& grad_output_, const Tensor& grad_h_n, const Tensor& input_,
-    const Tensor& hx_, const Tensor& w_ih_, const Tensor& w_hh_, const OptTensor& b_ih,
+    const Tensor& hx, const Tensor& w_ih_, const Tensor& w_hh_, const OptTensor& b_ih,
     const OptTensor& b_hh, const OptTensor& mask_, const OptTensor& lengths_,
-    bool reset_after, const Tensor& output_, const Tensor& reserve_) {
-  check_layer_args(input_, hx_, w_ih_, w_hh_, b_ih, b_hh, mask_, lengths_, reset_after,
+    bool reset_after, const Tensor& reserve_) {
+  check_layer_args(input_, hx, w_ih_, w_hh_, b_ih, b_hh, mask_, lengths_, reset_after,
                    "gru_layer_backward");
   const int64_t T = input_.size(0), B = input_.size(1), I = input_.size(2);
   const int64_t D = w_ih_.size(0), G = w_ih_.size(1), H = G / 3;
-  const std::vector<int64_t> out_shape{T, B, D * H};
+  const std::vector<int64_t> out_shape{T, B, D * H};  // grad_output's
   TORCH_CHECK(grad_output_.sizes() == at::IntArrayRef(out_shape),
               "gru_layer_backward: grad_output must have shape ", at::IntArrayRef(out_shape),
               ", got ", grad_output_.sizes());
-  TORCH_CHECK(output_.sizes() == at::IntArrayRef(out_shape),
-              "gru_layer_backward: output must have shape ", at::IntArrayRef(out_shape),
-              ", got ", output_.sizes());
-  TORCH_CHECK(grad_h_n.sizes() == hx_.sizes(), "gru_layer_backward: grad_h_n must have shape ",
-              hx_.sizes(), ", got ", grad_h_n.sizes());
+  TORCH_CHECK(grad_h_n.sizes() == hx.sizes(), "gru_layer_backward: grad_h_n must have shape ",
+              hx.sizes(), ", got ", grad_h_n.sizes());
   TORCH_CHECK(reserve_.sizes() == at::IntArrayRef({D, T, B, kReserveSlots * H}),
               "gru_layer_backward: reserve has shape ", reserve_.sizes(),
               "; it must be the one gru_layer returned with need_reserve=True");
   check_lengths_values(lengths_, T);
-  const Tensor input = input_.contiguous(), hx = hx_.contiguous(), w_ih = w_ih_.contiguous(),
+  const Tensor input = input_.contiguous(), w_ih = w_ih_.contiguous(),
                w_hh = w_hh_.contiguous(), reserve = reserve_.contiguous(),
-               output = output_.contiguous(), grad_output = grad_output_.contiguous();
+               grad_output = grad_output_.contiguous();
   const OptTensor mask = mask_ ? OptTensor(mask_->contiguous()) : std::nullopt;
   const OptTensor lengths = lengths_ ? OptTensor(lengths_->contiguous()) : std::nullopt;
   const int64_t* len = lengths ? lengths->data_ptr<int64_t>() : nullptr;
   const auto opts = input.options();
 
-  Tensor grad_input = at::empty({T * B, I}, opts);
+  Tensor grad_input = cpu::pooled_empty({T * B, I}, opts);
   Tensor grad_hx = at::empty({D, B, H}, opts);
   Tensor grad_w_ih = at::zeros({D, G, I}, opts);
   Tensor grad_w_hh = at::zeros({D, G, H}, opts);
@@ -194,8 +192,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward_cp
   Tensor grad_b_hh = at::zeros({D, G}, opts);
   const Tensor x2d = input.view({T * B, I});
   const int64_t K = block_steps(T, B);
-  Tensor dgx_buf = at::empty({K * B, G}, opts), dgh_buf = at::empty({K * B, G}, opts);
-  Tensor hm_buf = at::empty({K * B, H}, opts);
+  Tensor dgx_buf = cpu::pooled_empty({K * B, G}, opts);
+  Tensor dgh_buf = cpu::pooled_empty({K * B, G}, opts);
+  Tensor hm_buf = mask ? cpu::pooled_empty({K * B, H}, opts) : Tensor();  // h~ with a mask
   Tensor dhh = at::empty({B, H}, opts);  // dh~ from the recurrent GEMM
   Tensor dq = at::empty({B, H}, opts), dqr = at::empty({B, H}, opts);
 
@@ -212,22 +211,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward_cp
       auto mrow = [&](int64_t b) { return m ? m + b * H : nullptr; };
       const scalar_t* res_d = reserve[d].data_ptr<scalar_t>();
       const scalar_t* gop = grad_output.data_ptr<scalar_t>();
-      const scalar_t* outp = output.data_ptr<scalar_t>();
-      const scalar_t* hxp = hx[d].data_ptr<scalar_t>();
       scalar_t* dhzp = dhz.data_ptr<scalar_t>();
       scalar_t* dhhp = dhh.data_ptr<scalar_t>();
       scalar_t* dgxp = dgx_buf.data_ptr<scalar_t>();
       scalar_t* dghp = dgh_buf.data_ptr<scalar_t>();
-      scalar_t* hmp = hm_buf.data_ptr<scalar_t>();
+      scalar_t* hmp = mask ? hm_buf.data_ptr<scalar_t>() : nullptr;
       const scalar_t* dqp = dq.data_ptr<scalar_t>();
       scalar_t* dqrp = dqr.data_ptr<scalar_t>();
-      // h_{t-1} of an active row: the previous output in visiting order, or hx at the
-      // row's first step (t = 0 forward; t = len_b - 1 reverse).
-      auto hprev = [&](int64_t t, int64_t b) -> const scalar_t* {
-        const int64_t len_b = len ? len[b] : T;
-        const int64_t tp = d == 0 ? t - 1 : t + 1;
-        if (tp < 0 || tp >= len_b) return hxp + b * H;
-        return outp + (tp * B + b) * D * H + d * H;
+      auto hprev = [&](int64_t t, int64_t b) {
+        return res_d + (t * B + b) * kReserveSlots * H + 4 * H;
       };
 
       auto blocks = blocks_of(d, T, B);
@@ -280,12 +272,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward_cp
         else dx_blk.addmm_(dgx, w_ih[d]);
         gw_ih.addmm_(dgx.t(), x_blk);
         gb_ih.add_(dgx.sum(0));
-        for_rows(rows, H, [&](int64_t r) {
-          const int64_t t = blk.t_lo + r / B, b = r % B;
-          if (len && t >= len[b]) return (void)std::memset(hmp + r * H, 0, sizeof(scalar_t) * H);
-          cpu::masked_copy_row(H, hprev(t, b), mrow(b), hmp + r * H);
-        });
-        const Tensor hm = hm_buf.narrow(0, 0, rows);
+        // h~ of the block's rows, [rows, H] (rows past their length hold zeros).
+        Tensor hm = reserve[d].narrow(0, blk.t_lo, nt).narrow(2, 4 * H, H).reshape({rows, H});
+        if (m) {
+          for_rows(rows, H, [&](int64_t r) {
+            const int64_t t = blk.t_lo + r / B, b = r % B;
+            cpu::masked_copy_row(H, hprev(t, b), mrow(b), hmp + r * H);
+          });
+          hm = hm_buf.narrow(0, 0, rows);
+        }
         if (reset_after) {
           gw_hh.addmm_(dgh.t(), hm);
           gb_hh.add_(dgh.sum(0));

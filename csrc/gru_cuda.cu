@@ -1,7 +1,7 @@
 // CUDA side of the fused GRU layer op.
 //
-// Status: a placeholder. The persistent whole-sequence kernel (see
-// ../shared design notes, csrc/README.md) is not written yet, so the CUDA
+// Status: a placeholder. The persistent whole-sequence kernel (csrc/README.md)
+// is not written yet, so the CUDA
 // registrations below raise a clear error, and gru_torch's "auto" backend never
 // picks the fused op on CUDA. What is here is compiled on every CI run so the
 // CUDA build stays healthy: the step's pointwise cell (reset_after=true) as a

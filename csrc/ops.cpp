@@ -67,7 +67,7 @@ TORCH_LIBRARY(gru_torch, m) {
   m.def(
       "gru_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor hx, "
       "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? mask, "
-      "Tensor? lengths, bool reset_after, Tensor output, Tensor reserve) "
+      "Tensor? lengths, bool reset_after, Tensor reserve) "
       "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, "
       "Tensor grad_b_ih, Tensor grad_b_hh)");
 }

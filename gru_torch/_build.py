@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 CSRC_DIRS = (Path(__file__).resolve().parent / "csrc", Path(__file__).resolve().parent.parent / "csrc")
-CPU_SOURCES = ("ops.cpp", "gru_cpu.cpp")
+CPU_SOURCES = ("ops.cpp", "gru_cpu.cpp", "cpu_pool.cpp")
 CUDA_SOURCES = ("gru_cuda.cu",)
 
 

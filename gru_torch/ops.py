@@ -16,7 +16,7 @@ from . import _ext
 # yet: its registration only raises, so "auto" never routes CUDA tensors to it.
 FUSED_DTYPES = {"cpu": (torch.float32, torch.float64)}
 
-RESERVE_SLOTS = 4  # r, z, n, aux per step and row (csrc/gru.h)
+RESERVE_SLOTS = 5  # r, z, n, aux, h_prev per step and row (csrc/gru.h)
 
 _registered = False
 
@@ -45,14 +45,14 @@ def _setup_context(ctx, inputs, output):
     ctx.has_b_ih = b_ih is not None
     ctx.has_b_hh = b_hh is not None
     ctx.mark_non_differentiable(reserve)
-    ctx.save_for_backward(input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, out, reserve)
+    ctx.save_for_backward(input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, reserve)
 
 
 def _backward(ctx, grad_out, grad_h_n, _grad_reserve):
-    input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, out, reserve = ctx.saved_tensors
+    input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, reserve = ctx.saved_tensors
     grads = torch.ops.gru_torch.gru_layer_backward(
         grad_out.contiguous(), grad_h_n.contiguous(), input, hx, w_ih, w_hh, b_ih, b_hh,
-        mask, lengths, ctx.reset_after, out, reserve)
+        mask, lengths, ctx.reset_after, reserve)
     d_input, d_hx, d_w_ih, d_w_hh, d_b_ih, d_b_hh = grads
     return (d_input, d_hx, d_w_ih, d_w_hh, d_b_ih if ctx.has_b_ih else None,
             d_b_hh if ctx.has_b_hh else None, None, None, None, None)
@@ -68,7 +68,7 @@ def _fake_forward(input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, reset_after,
 
 
 def _fake_backward(grad_output, grad_h_n, input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths,
-                   reset_after, output, reserve):
+                   reset_after, reserve):
     D, G, _ = w_ih.shape
     return (input.new_empty(input.shape), hx.new_empty(hx.shape), w_ih.new_empty(w_ih.shape),
             w_hh.new_empty(w_hh.shape), w_ih.new_empty((D, G)), w_ih.new_empty((D, G)))

@@ -15,7 +15,7 @@ Usage (from the repository root, in the venv):
   python scripts/benchmark.py --device cuda --shapes sweep --dtype float32,bfloat16
   python scripts/benchmark.py --shapes "64,100,32,64;256,50,64,64" --layers 2 --bidirectional
   python scripts/benchmark.py --recurrent-dropout 0.25     # training, fused vs reference
-  python scripts/benchmark.py --reference-max-steps 300 --reference-repeats 1
+  python scripts/benchmark.py --reference-max-steps 300 --reference-repeats 1 --threads 1
 
 Results: benchmarks/results/<device>.json (cpu-<cpu model> or the GPU's name, as a slug)
 and the printed report as markdown beside it (.md); --out picks another path.
@@ -97,6 +97,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="skip the reference where T*layers*directions exceeds this (default: never)")
     p.add_argument("--recurrent-dropout", type=float, default=0.0,
                    help="P>0: time training with recurrent dropout P, fused vs reference only")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads(N) first (default: torch's choice)")
     p.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/<device>.json)")
     p.add_argument("--no-save", action="store_true")
     args = p.parse_args(argv)
@@ -106,8 +107,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.backends = parse_list([args.backends], BACKENDS)
     except argparse.ArgumentTypeError as e:
         p.error(str(e))
-    if min(args.layers, args.repeats, args.reference_repeats) < 1 or args.warmup < 0:
-        p.error("--layers, --repeats and --reference-repeats must be >= 1, --warmup >= 0")
+    if min(args.layers, args.repeats, args.reference_repeats) < 1 or args.warmup < 0 \
+            or (args.threads is not None and args.threads < 1):
+        p.error("--layers, --repeats, --reference-repeats, --threads must be >= 1, --warmup >= 0")
     if not 0 <= args.recurrent_dropout < 1:
         p.error("--recurrent-dropout must lie in [0, 1)")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -336,6 +338,8 @@ def default_out(device: torch.device, name: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
+    if args.threads:  # on a small shared box, 1 thread avoids stalls when another process runs
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     env = {"device": device_name(device), "torch": torch.__version__,
            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,

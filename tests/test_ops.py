@@ -107,3 +107,14 @@ def test_torch_compile_fullgraph():
     (ref_gx,) = torch.autograd.grad(ref_loss, x)
     torch.testing.assert_close(loss, ref_loss)
     torch.testing.assert_close(gx, ref_gx)
+
+
+def test_output_may_be_modified_in_place():
+    """nn.GRU lets a caller scale its output in place before backward; so must the op."""
+    args = make_args(T=6, B=3, D=2, lengths=True)
+    out, h_n = ops.gru_layer(*args)
+    out.mul_(2)
+    grads = torch.autograd.grad(out.sum() + h_n.sum(), args[0])
+    ref_out, ref_h = gru_layer_reference(*args)
+    ref_grads = torch.autograd.grad(2 * ref_out.sum() + ref_h.sum(), args[0])
+    torch.testing.assert_close(grads[0], ref_grads[0], rtol=0, atol=1e-11)
