@@ -45,11 +45,18 @@ def _setup_context(ctx, inputs, output):
     ctx.has_b_ih = b_ih is not None
     ctx.has_b_hh = b_hh is not None
     ctx.mark_non_differentiable(reserve)
+    # Otherwise autograd would fill a zero gradient as large as the reserve.
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, reserve)
 
 
 def _backward(ctx, grad_out, grad_h_n, _grad_reserve):
     input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, reserve = ctx.saved_tensors
+    if grad_out is None:
+        T, B = input.shape[:2]
+        grad_out = input.new_zeros(T, B, w_hh.shape[0] * w_hh.shape[2])
+    if grad_h_n is None:
+        grad_h_n = torch.zeros_like(hx)
     grads = torch.ops.gru_torch.gru_layer_backward(
         grad_out.contiguous(), grad_h_n.contiguous(), input, hx, w_ih, w_hh, b_ih, b_hh,
         mask, lengths, ctx.reset_after, reserve)

@@ -118,3 +118,32 @@ def test_output_may_be_modified_in_place():
     ref_out, ref_h = gru_layer_reference(*args)
     ref_grads = torch.autograd.grad(2 * ref_out.sum() + ref_h.sum(), args[0])
     torch.testing.assert_close(grads[0], ref_grads[0], rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_float32_error_like_nn_gru(reset_after):
+    """In float32 the fused op strays from the float64 result no more than nn.GRU's own
+    float32 path does (with a small margin for the fast exp)."""
+    torch.manual_seed(0)
+    args64 = make_args(T=300, B=16, I=32, H=48, D=2, reset_after=reset_after, bias=True,
+                       lengths=True)
+    args64 = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args64)
+    args32 = tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                   for a in args64)
+    exact, _ = gru_layer_reference(*args64)
+    with torch.no_grad():
+        fused, _ = ops.gru_layer(*args32)
+    err = (fused.double() - exact).abs().max().item()
+    nn_err = 0.0
+    if reset_after:  # nn.GRU's own float32 error on the same problem, direction 0
+        x, hx, w_ih, w_hh, b_ih, b_hh, _, lengths, _ = args32
+        gru = torch.nn.GRU(x.shape[2], hx.shape[2])
+        with torch.no_grad():
+            for p, v in zip((gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0),
+                            (w_ih[0], w_hh[0], b_ih[0], b_hh[0])):
+                p.copy_(v)
+            packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+            out, _ = gru(packed, hx[:1])
+            out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=x.shape[0])
+        nn_err = (out.double() - exact[..., :hx.shape[2]]).abs().max().item()
+    assert err < max(2 * nn_err, 5e-6), (err, nn_err)
