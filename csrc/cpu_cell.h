@@ -46,17 +46,18 @@ inline Vec<scalar_t> masked(Vec<scalar_t> h, const scalar_t* mask, int64_t j, in
   return mask ? h * load(mask, j, c) : h;
 }
 
-// reset_after=true, one step. gx: [G] (input projection + b_ih), gh: [G]
-// (h~ W_hh^T + b_hh). Updates h (and hm = h * mask when a mask is given).
+// reset_after=true, one step. gx: [G], the input projection plus b_ih and the r, z
+// parts of b_hh; gh: [G] = h~ W_hh^T (no bias); b_hn: [H] or null. Updates h (and
+// hm = h * mask when a mask is given).
 template <typename scalar_t>
 inline void forward_row_after(int64_t H, const scalar_t* gx, const scalar_t* gh,
-                              const scalar_t* mask, scalar_t* h, scalar_t* hm,
-                              scalar_t* out, scalar_t* res) {
+                              const scalar_t* b_hn, const scalar_t* mask, scalar_t* h,
+                              scalar_t* hm, scalar_t* out, scalar_t* res) {
   const Vec<scalar_t> one(scalar_t(1));
   for_chunks<scalar_t>(H, [&](int64_t j, int c) {
     auto r = sigmoid(load(gx, j, c) + load(gh, j, c));
     auto z = sigmoid(load(gx + H, j, c) + load(gh + H, j, c));
-    auto ghn = load(gh + 2 * H, j, c);
+    auto ghn = b_hn ? load(gh + 2 * H, j, c) + load(b_hn, j, c) : load(gh + 2 * H, j, c);
     auto n = tanh(load(gx + 2 * H, j, c) + r * ghn);
     auto hp = load(h, j, c);
     auto hn = (one - z) * n + z * hp;

@@ -41,7 +41,7 @@ void check_lengths_values(const OptTensor& lengths, int64_t T) {
 // projection of a block (forward) and the weight-gradient GEMMs of a block
 // (backward) run on buffers reused from block to block, which stay in cache and
 // spare the page faults of [T, B, 3H] temporaries.
-constexpr int64_t kBlockRows = 1024;
+constexpr int64_t kBlockRows = 2048;
 
 struct Block {
   int64_t t_lo, t_hi;  // times [t_lo, t_hi)
@@ -109,12 +109,24 @@ std::tuple<Tensor, Tensor, Tensor> gru_layer_cpu(const Tensor& input_, const Ten
       scalar_t* qp = q.data_ptr<scalar_t>();
       const scalar_t* ghnp = ghn.data_ptr<scalar_t>();
 
+      // The r and z parts of b_hh add to the pre-activation like b_ih does, so they
+      // join it in the input GEMM; only b_hn (scaled by r) stays in the step.
+      std::optional<Tensor> gx_bias;
+      if (b_ih) gx_bias = (*b_ih)[d];
+      if (b_hh) {
+        Tensor rz = at::zeros({G}, opts);
+        rz.narrow(0, 0, 2 * H).copy_((*b_hh)[d].narrow(0, 0, 2 * H));
+        gx_bias = gx_bias ? *gx_bias + rz : rz;
+      }
+      const Tensor b_hn = b_hh ? (*b_hh)[d].narrow(0, 2 * H, H).contiguous() : Tensor();
+      const scalar_t* b_hnp = b_hh ? b_hn.data_ptr<scalar_t>() : nullptr;
+
       for (const Block& blk : blocks_of(d, T, B)) {
-        // gx of the block: [(t_hi - t_lo) * B, G] = x W_ih^T + b_ih.
+        // gx of the block: [(t_hi - t_lo) * B, G] = x W_ih^T + bias.
         const int64_t rows = (blk.t_hi - blk.t_lo) * B;
         Tensor gx = gx_buf.narrow(0, 0, rows);
         const Tensor x_blk = x2d.narrow(0, blk.t_lo * B, rows);
-        if (b_ih) at::addmm_out(gx, (*b_ih)[d], x_blk, w_ih[d].t());
+        if (gx_bias) at::addmm_out(gx, *gx_bias, x_blk, w_ih[d].t());
         else at::mm_out(gx, x_blk, w_ih[d].t());
         const scalar_t* gxp = gx.data_ptr<scalar_t>();
 
@@ -126,12 +138,12 @@ std::tuple<Tensor, Tensor, Tensor> gru_layer_cpu(const Tensor& input_, const Ten
           auto out_row = [&](int64_t b) { return out + (t * B + b) * D * H + d * H; };
           auto res_row = [&](int64_t b) { return res_t + b * kReserveSlots * H; };
           if (reset_after) {
-            if (b_hh) at::addmm_out(gh, (*b_hh)[d], hm, w_hh_d.t());
-            else at::mm_out(gh, hm, w_hh_d.t());
+            at::mm_out(gh, hm, w_hh_d.t());
             for_rows(B, H, [&](int64_t b) {
               if (!active(b)) return cpu::inactive_row(H, out_row(b), res_row(b));
-              cpu::forward_row_after(H, gx_t + b * G, ghp + b * G, m ? m + b * H : nullptr,
-                                     hp + b * H, hmp + b * H, out_row(b), res_row(b));
+              cpu::forward_row_after(H, gx_t + b * G, ghp + b * G, b_hnp,
+                                     m ? m + b * H : nullptr, hp + b * H, hmp + b * H,
+                                     out_row(b), res_row(b));
             });
             continue;
           }
@@ -283,13 +295,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward_cp
         }
         if (reset_after) {
           gw_hh.addmm_(dgh.t(), hm);
-          gb_hh.add_(dgh.sum(0));
+          gb_hh.narrow(0, 2 * H, H).add_(dgh.narrow(1, 2 * H, H).sum(0));
         } else {
           const Tensor q = reserve[d].narrow(0, blk.t_lo, nt).narrow(2, 3 * H, H).reshape({rows, H});
           gw_rz.addmm_(dgh.narrow(1, 0, 2 * H).t(), hm);
           gw_n.addmm_(dgh.narrow(1, 2 * H, H).t(), q);
         }
       }
+      // dgh and dgx agree on the r and z gates, and so do their bias gradients.
+      if (reset_after) gb_hh.narrow(0, 0, 2 * H).copy_(gb_ih.narrow(0, 0, 2 * H));
       // dh_0 = carried part + recurrent part through the mask.
       grad_hx[d].copy_(mask ? dhz + dhh * (*mask)[d] : dhz + dhh);
     }
