@@ -51,7 +51,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_cuda(
     const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
     const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& mask,
-    const std::optional<at::Tensor>& lengths, bool reset_after) {
+    const std::optional<at::Tensor>& lengths, bool reset_after, bool /*need_reserve*/) {
   check_layer_args(input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, reset_after, "gru_layer");
   not_built("gru_layer");
 }

@@ -6,6 +6,7 @@ why, and asking for backend="fused" where it is missing raises an error built fr
 Environment switches:
   GRU_TORCH_DISABLE_EXT=1  behave as if no build exists (tests of the fallback chain)
   GRU_TORCH_NO_JIT=1       do not try the JIT build when the prebuilt one is missing
+  GRU_TORCH_JIT=1          skip the prebuilt one and JIT-build from csrc/ (C++ edits)
 """
 from __future__ import annotations
 
@@ -82,12 +83,15 @@ def status() -> ExtStatus:
 def _load() -> ExtStatus:
     if os.environ.get("GRU_TORCH_DISABLE_EXT") == "1":
         return ExtStatus(False, "none", False, "disabled by GRU_TORCH_DISABLE_EXT=1")
-    try:
-        from . import _C  # noqa: F401  (loading it registers torch.ops.gru_torch.*)
+    if os.environ.get("GRU_TORCH_JIT") == "1":
+        prebuilt_error = "prebuilt gru_torch._C skipped (GRU_TORCH_JIT=1)"
+    else:
+        try:
+            from . import _C  # noqa: F401  (loading it registers torch.ops.gru_torch.*)
 
-        return ExtStatus(True, "prebuilt", _has_cuda_kernels(), "")
-    except ImportError as e:
-        prebuilt_error = f"no prebuilt gru_torch._C ({e})"
+            return ExtStatus(True, "prebuilt", _has_cuda_kernels(), "")
+        except ImportError as e:
+            prebuilt_error = f"no prebuilt gru_torch._C ({e})"
     if os.environ.get("GRU_TORCH_NO_JIT") == "1":
         return ExtStatus(False, "none", False, f"{prebuilt_error}; JIT build disabled by GRU_TORCH_NO_JIT=1")
     try:
