@@ -1,0 +1,157 @@
+"""IMDB data: pad_sequences, the tokenizer, load_data on the real archive, bad archives."""
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gru_torch.data import archive, imdb, pad_sequences, tokenize
+from gru_torch.data.archive import (CorruptArchiveError, DataNotFoundError, DownloadError,
+                                    LayoutError, UnsafeArchiveError)
+
+REAL = Path(os.environ.get("GRU_TORCH_TEST_DATA", Path(__file__).resolve().parents[1].parent
+                           / "shared" / "data" / "aclImdb_v1-text.tar.gz"))
+needs_real = pytest.mark.skipif(not REAL.is_file(), reason=f"IMDB archive not at {REAL}")
+
+
+# ---- pad_sequences: Keras's semantics
+SEQS = [[1, 2, 3], [4, 5], [6, 7, 8, 9, 10], []]
+
+
+@pytest.mark.parametrize("padding,truncating,maxlen,expected", [
+    ("pre", "pre", None, [[0, 0, 1, 2, 3], [0, 0, 0, 4, 5], [6, 7, 8, 9, 10], [0] * 5]),
+    ("post", "pre", None, [[1, 2, 3, 0, 0], [4, 5, 0, 0, 0], [6, 7, 8, 9, 10], [0] * 5]),
+    ("pre", "pre", 3, [[1, 2, 3], [0, 4, 5], [8, 9, 10], [0, 0, 0]]),
+    ("pre", "post", 3, [[1, 2, 3], [0, 4, 5], [6, 7, 8], [0, 0, 0]]),
+    ("post", "post", 3, [[1, 2, 3], [4, 5, 0], [6, 7, 8], [0, 0, 0]]),
+    ("post", "pre", 2, [[2, 3], [4, 5], [9, 10], [0, 0]]),
+])
+def test_pad_sequences_modes(padding, truncating, maxlen, expected):
+    out = pad_sequences(SEQS, maxlen=maxlen, padding=padding, truncating=truncating)
+    assert out.dtype == np.int32
+    np.testing.assert_array_equal(out, np.array(expected))
+
+
+def test_pad_sequences_value_dtype_and_items():
+    out = pad_sequences([[1.5], [2.5, 3.5]], dtype="float32", value=-1.0)
+    np.testing.assert_array_equal(out, np.array([[-1.0, 1.5], [2.5, 3.5]], dtype=np.float32))
+    out = pad_sequences([np.ones((2, 3)), np.ones((1, 3))], maxlen=3)
+    assert out.shape == (2, 3, 3) and out[1, :2].sum() == 0 and out[1, 2].sum() == 3
+    assert pad_sequences([], maxlen=None).shape == (0, 0)
+    assert pad_sequences([[1, 2]], maxlen=0).shape == (1, 0)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"padding": "middle"}, "padding"), ({"truncating": "mid"}, "truncating"),
+    ({"maxlen": -1}, "maxlen"), ({"value": "x"}, "string"),
+])
+def test_pad_sequences_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pad_sequences([[1, 2]], **kwargs)
+    with pytest.raises(ValueError, match="iterables"):
+        pad_sequences([[1], 5])
+
+
+def test_tokenize_like_basic_english():
+    assert tokenize('Hello, World!<br />It\'s "GOOD" (really): yes; no?') == [
+        "hello", ",", "world", "!", "it", "'", "s", "good", "(", "really", ")", "yes", "no", "?"]
+
+
+# ---- bad sources, each with its own error
+def _tar(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _layout(n=1):
+    return {f"aclImdb/{s}/{lab}/{i}_{7 if lab == 'pos' else 2}.txt": f"review {s} {lab} {i}".encode()
+            for s in ("train", "test") for lab in ("pos", "neg") for i in range(n)}
+
+
+def test_small_archive_reads(tmp_path):
+    reviews = archive.read_reviews(_tar(tmp_path / "a.tar.gz", _layout(3)))
+    texts, labels = reviews["train"]
+    assert len(texts) == 6 and labels == [0, 0, 0, 1, 1, 1]
+    assert texts[0] == "review train neg 0"
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(DataNotFoundError, match="does not exist"):
+        archive.resolve_source(tmp_path / "nope.tar.gz")
+
+
+def test_truncated_archive(tmp_path):
+    good = _tar(tmp_path / "good.tar.gz", _layout(50))
+    bad = tmp_path / "bad.tar.gz"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CorruptArchiveError, match="corrupt or truncated"):
+        archive.read_reviews(bad)
+    (tmp_path / "junk.tar.gz").write_bytes(b"not a gzip file at all")
+    with pytest.raises(CorruptArchiveError, match="corrupt or truncated"):
+        archive.read_reviews(tmp_path / "junk.tar.gz")
+
+
+def test_wrong_layout(tmp_path):
+    members = {k: v for k, v in _layout().items() if "/test/neg/" not in k}
+    with pytest.raises(LayoutError, match="aclImdb/test/neg/"):
+        archive.read_reviews(_tar(tmp_path / "a.tar.gz", members))
+
+
+def test_path_traversal_member(tmp_path):
+    members = {**_layout(), "aclImdb/../../evil.txt": b"gotcha"}
+    with pytest.raises(UnsafeArchiveError, match="evil.txt"):
+        archive.read_reviews(_tar(tmp_path / "a.tar.gz", members))
+    assert not (tmp_path.parent / "evil.txt").exists()
+
+
+def test_offline_with_nothing_local(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRU_TORCH_CACHE", str(tmp_path))
+    monkeypatch.delenv("GRU_TORCH_DATA", raising=False)
+
+    def offline(*a, **k):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(archive.urllib.request, "urlopen", offline)
+    with pytest.raises(DownloadError, match="offline"):
+        archive.resolve_source(None)
+    assert list(tmp_path.iterdir()) == [], "a failed download must leave nothing behind"
+
+
+# ---- the real archive
+@pytest.fixture(scope="module")
+def real_cache(tmp_path_factory):
+    old = os.environ.get("GRU_TORCH_CACHE")
+    os.environ["GRU_TORCH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("GRU_TORCH_CACHE")
+    else:
+        os.environ["GRU_TORCH_CACHE"] = old
+
+
+@needs_real
+def test_load_data_keras_conventions(real_cache, monkeypatch):
+    (x_train, y_train), (x_test, y_test) = imdb.load_data(REAL, num_words=10000)
+    assert len(x_train) == len(y_train) == 25000 and len(x_test) == len(y_test) == 25000
+    assert y_train.sum() == 12500 and y_test.sum() == 12500
+    assert all(x[0] == 1 for x in x_train) and all(x[0] == 1 for x in x_test)
+    assert max(max(x) for x in x_train) < 10000 and max(max(x) for x in x_test) < 10000
+    assert any(2 in x for x in x_train), "rare words must become the oov mark"
+    # shuffled (labels are stored neg then pos) and reproducible
+    assert 0 < y_train[:100].sum() < 100
+    (x2, y2), _ = imdb.load_data(REAL, num_words=10000)
+    assert list(x2[0]) == list(x_train[0]) and (y2 == y_train).all()
+    # the second load reads the cache, not the archive
+    monkeypatch.setattr(imdb, "_build_corpus", lambda s: pytest.fail("cache not used"))
+    (x_short, y_short), (xt_short, _) = imdb.load_data(REAL, num_words=1000, maxlen=200)
+    assert 0 < len(x_short) < 25000 and len(x_short) == len(y_short)
+    assert all(len(x) < 200 for x in x_short) and all(len(x) < 200 for x in xt_short)
+    assert max(max(x) for x in x_short) < 1000
+    word_index = imdb.get_word_index(REAL)
+    assert word_index["the"] <= 3 and word_index["."] <= 5 and word_index["movie"] < 50
