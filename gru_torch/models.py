@@ -1,0 +1,133 @@
+"""The sentiment classifier of the notebooks: embedding -> dropout -> recurrent stack ->
+dense head -> one logit. Parameter counts follow Keras (one bias per recurrent layer
+where Keras keeps one)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .gru import GRU
+from .keras_rnn import KerasRecurrent
+
+INPUT_MODES = ("embedding", "onehot", "raw")
+CELLS = ("gru", "lstm", "rnn")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 10000
+    input_mode: str = "embedding"   # "onehot": words straight into the gates; "raw": ids as a float
+    embed_dim: int = 128
+    embed_dropout: float = 0.0
+    cell: str = "gru"
+    hidden: list[int] = field(default_factory=lambda: [128])  # one entry per layer
+    bidirectional: bool = False
+    dropout: float = 0.0             # Keras's `dropout`: on each recurrent layer's input
+    recurrent_dropout: float = 0.0
+    reset_after: bool = True
+    head: list[int] = field(default_factory=list)  # relu Dense sizes before the logit
+    head_dropout: float = 0.0
+    logit: bool = True               # False: the last layer's state is the probability (Keras B)
+    backend: str = "auto"
+
+    def __post_init__(self):
+        if self.input_mode not in INPUT_MODES:
+            raise ValueError(f"input_mode must be one of {INPUT_MODES}, got {self.input_mode!r}")
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {CELLS}, got {self.cell!r}")
+        if not self.hidden or any(h <= 0 for h in self.hidden):
+            raise ValueError(f"hidden must list positive layer sizes, got {self.hidden!r}")
+        if self.input_mode == "onehot" and self.cell != "gru":
+            raise ValueError("input_mode='onehot' is implemented for the GRU cell only")
+        if not self.logit and (self.head or self.hidden[-1] != 1 or self.bidirectional):
+            raise ValueError("logit=False needs a last recurrent layer of size 1 and no head")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _variational_dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Keras's recurrent-layer input dropout: one mask per sequence, the same at every step."""
+    if not training or p == 0:
+        return x
+    mask = torch.bernoulli(x.new_full((x.shape[0], 1, x.shape[2]), 1 - p)) / (1 - p)
+    return x * mask
+
+
+class SentimentClassifier(nn.Module):
+    """forward(ids [B, T] int64, lengths [B] or None) -> logits [B]."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        D = 2 if c.bidirectional else 1
+        if c.input_mode == "embedding":
+            self.embedding = nn.Embedding(c.vocab_size, c.embed_dim)
+            in_size = c.embed_dim
+        elif c.input_mode == "onehot":
+            # one_hot(x) W_ih^T is row x of W_ih^T: an embedding straight into the gates.
+            self.embedding = nn.Embedding(c.vocab_size, 3 * c.hidden[0])
+            in_size = 3 * c.hidden[0]
+        else:
+            self.embedding = None
+            in_size = 1
+        self.layers = nn.ModuleList()
+        for i, h in enumerate(c.hidden):
+            self.layers.append(self._layer(in_size, h))
+            in_size = h * D
+        if c.input_mode == "onehot":
+            first = self.layers[0]
+            G = 3 * c.hidden[0]
+            for name in [n for n, _ in first.named_parameters() if n.startswith("weight_ih")]:
+                delattr(first, name)
+                first.register_buffer(name, torch.eye(G), persistent=False)
+        head, size = [], in_size
+        for h in c.head:
+            head += [nn.Linear(size, h), nn.ReLU(), nn.Dropout(c.head_dropout)]
+            size = h
+        if not c.head and c.head_dropout:
+            head.append(nn.Dropout(c.head_dropout))  # Keras E: Dropout, then Dense(1)
+        if c.logit:
+            head.append(nn.Linear(size, 1))
+        self.head = nn.Sequential(*head)
+
+    def _layer(self, in_size: int, hidden: int) -> nn.Module:
+        c = self.config
+        if c.cell == "gru":
+            return GRU(in_size, hidden, batch_first=True, bidirectional=c.bidirectional,
+                       reset_after=c.reset_after, recurrent_dropout=c.recurrent_dropout,
+                       backend=c.backend)
+        return KerasRecurrent(c.cell, in_size, hidden, bidirectional=c.bidirectional,
+                              recurrent_dropout=c.recurrent_dropout)
+
+    def forward(self, ids: Tensor, lengths: Tensor | None = None) -> Tensor:
+        if ids.dim() != 2:
+            raise ValueError(f"ids must be [batch, time], got shape {tuple(ids.shape)}")
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"ids must be int64 token ids, got dtype {ids.dtype}")
+        c = self.config
+        if c.input_mode == "raw":
+            x = ids.float().unsqueeze(-1)
+        else:
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= c.vocab_size):
+                raise ValueError(f"token ids must lie in [0, {c.vocab_size}), got "
+                                 f"[{int(ids.min())}, {int(ids.max())}]")
+            x = self.embedding(ids)
+            x = nn.functional.dropout(x, c.embed_dropout, self.training)
+        h_n = None
+        for layer in self.layers:
+            if c.input_mode != "onehot" or layer is not self.layers[0]:
+                x = _variational_dropout(x, c.dropout, self.training)
+            if isinstance(layer, GRU):
+                x, h_n = layer(x, lengths=lengths)
+            else:
+                x, h_n = layer(x, lengths)
+        D = 2 if c.bidirectional else 1
+        final = torch.cat(list(h_n[-D:]), dim=-1)  # each row's state at its own length
+        if not c.logit:
+            # Keras B: a tanh state read as a probability, clipped as Keras's loss clips it
+            p = final.squeeze(-1).clamp(1e-7, 1 - 1e-7)
+            return torch.log(p) - torch.log1p(-p)
+        return self.head(final).squeeze(-1)

@@ -1,0 +1,66 @@
+"""The notebooks' models: Keras parameter counts, forward/backward, lengths, bad ids."""
+import pytest
+import torch
+
+from gru_torch import presets
+from gru_torch.keras_rnn import KerasRecurrent
+from gru_torch.models import ModelConfig, SentimentClassifier
+
+
+@pytest.mark.parametrize("name", list(presets.PRESETS))
+def test_preset_parameter_count_is_keras(name):
+    model = presets.build(name)
+    assert presets.count_parameters(model) == presets.get(name).keras_params
+
+
+@pytest.mark.parametrize("name", list(presets.PRESETS))
+def test_preset_trains_one_step(name):
+    torch.manual_seed(0)
+    p = presets.get(name)
+    model = presets.build(name).train()
+    ids = torch.randint(1, p.model.vocab_size, (3, 12))
+    lengths = torch.tensor([12, 5, 1])
+    logits = model(ids, lengths)
+    assert logits.shape == (3,) and torch.isfinite(logits).all()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor([1., 0., 1.]))
+    loss.backward()
+    grads = [q.grad for q in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("cell,bidirectional", [("gru", False), ("gru", True), ("lstm", False),
+                                                ("lstm", True), ("rnn", False)])
+def test_state_read_at_each_rows_length(cell, bidirectional):
+    """Post-padding must not change a row's prediction: the state is read at its length."""
+    torch.manual_seed(0)
+    model = SentimentClassifier(ModelConfig(vocab_size=50, embed_dim=8, cell=cell, hidden=[6, 5],
+                                            bidirectional=bidirectional)).eval()
+    ids = torch.randint(1, 50, (2, 7))
+    short = model(ids[:, :4], torch.tensor([4, 4]))
+    padded = torch.cat([ids[:, :4], torch.zeros(2, 3, dtype=torch.long)], dim=1)
+    post = model(padded, torch.tensor([4, 4]))
+    torch.testing.assert_close(post, short)
+
+
+def test_lstm_recurrent_dropout_loop_matches_kernel_without_dropout():
+    torch.manual_seed(0)
+    m = KerasRecurrent("lstm", 4, 6, bidirectional=True, recurrent_dropout=0.3).double()
+    x = torch.randn(3, 5, 4, dtype=torch.double)
+    lengths = torch.tensor([5, 2, 4])
+    kernel = m.eval()(x, lengths)
+    m.recurrent_dropout, m.training = 1e-12, True  # the loop, with masks of ~1
+    loop = m(x, lengths)
+    torch.testing.assert_close(loop[0], kernel[0])
+    torch.testing.assert_close(loop[1], kernel[1])
+
+
+def test_bad_token_ids_and_shapes():
+    model = presets.build("gru128")
+    with pytest.raises(ValueError, match="token ids"):
+        model(torch.tensor([[1, 10000]]))
+    with pytest.raises(ValueError, match="ids must be"):
+        model(torch.tensor([1, 2]))
+    with pytest.raises(TypeError, match="int64"):
+        model(torch.tensor([[1.0, 2.0]]))
+    with pytest.raises(KeyError, match="unknown preset"):
+        presets.build("gru-nope")
