@@ -1,0 +1,154 @@
+"""Command lines: `gru-torch-train` (scripts/train.py) and `gru-torch-predict`."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import presets
+from .data import imdb
+from .data.batching import ReviewBatches
+from .data.text import tokenize
+from .models import ModelConfig, SentimentClassifier
+from .train import (EarlyStopping, evaluate, fit, load_checkpoint, make_optimizer,
+                    model_from_checkpoint, summary)
+
+START, OOV, INDEX_FROM = 1, 2, 3
+
+
+def default_recipe(cell: str, bidirectional: bool) -> presets.Preset:
+    """The project's own recipe for a cell (used without --preset): length-aware batches
+    of post-padded reviews, a 20,000-word vocabulary, dropout around the recurrent layer."""
+    return presets.Preset(
+        f"{'bi' if bidirectional else ''}{cell}-default", "-",
+        ModelConfig(vocab_size=20000, embed_dim=128, embed_dropout=0.3, cell=cell, hidden=[128],
+                    bidirectional=bidirectional, head_dropout=0.3),
+        num_words=20000, maxlen=400, batch_size=64, epochs=4, validation_split=0.1,
+        early_stopping={"monitor": "val_accuracy", "patience": 2})
+
+
+def _parse_train(argv):
+    ap = argparse.ArgumentParser(description="Train an IMDB sentiment classifier.")
+    ap.add_argument("--cell", choices=["gru", "lstm", "rnn"], default="gru")
+    ap.add_argument("--bidirectional", action="store_true")
+    ap.add_argument("--preset", help="a notebook model (see --list-presets)")
+    ap.add_argument("--list-presets", action="store_true")
+    ap.add_argument("--data", help="IMDB archive or aclImdb/ folder (default: $GRU_TORCH_DATA, "
+                                   "the cache, or a download)")
+    ap.add_argument("--out", type=Path, help="output folder (default runs/<name>)")
+    ap.add_argument("--epochs", type=int)
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--limit-train", type=int, help="use the first N training reviews")
+    ap.add_argument("--limit-test", type=int, help="evaluate on the first N test reviews")
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-bucket", action="store_true", help="do not batch by length")
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads")
+    args = ap.parse_args(argv)
+    for name in ("epochs", "batch_size", "limit_train", "limit_test", "threads"):
+        v = getattr(args, name)
+        if v is not None and v <= 0:
+            ap.error(f"--{name.replace('_', '-')} must be positive, got {v}")
+    return args
+
+
+def train_main(argv=None) -> int:
+    args = _parse_train(argv)
+    if args.list_presets:
+        for p in presets.PRESETS.values():
+            acc = f"{p.reported:.2%}" if p.reported else "-"
+            print(f"{p.name:<16} notebook {p.notebook}  {p.keras_params:>9,} params  "
+                  f"reported {acc:>7}  {p.note}")
+        return 0
+    preset = presets.get(args.preset) if args.preset else default_recipe(args.cell, args.bidirectional)
+    epochs = args.epochs or preset.epochs
+    batch_size = args.batch_size or preset.batch_size
+    out = args.out or Path("runs") / preset.name
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    use_lengths = preset.padding != "post" or preset.model.input_mode != "raw"
+    config = {"preset": preset.name, "model": preset.model.to_dict(), "num_words": preset.num_words,
+              "maxlen": preset.maxlen, "optimizer": preset.optimizer, "lr": args.lr,
+              "batch_size": batch_size, "epochs": epochs,
+              "validation_split": preset.validation_split, "early_stopping": preset.early_stopping,
+              "use_lengths": use_lengths, "seed": args.seed, "data": args.data,
+              "limit_train": args.limit_train, "limit_test": args.limit_test}
+    print("config:", json.dumps(config, indent=1))
+
+    (x_train, y_train), (x_test, y_test) = imdb.load_data(args.data, num_words=preset.num_words)
+    word_index = imdb.get_word_index(args.data)
+    vocab = sorted(word_index, key=word_index.get)[: preset.num_words - INDEX_FROM - 1]
+    if args.limit_train:
+        x_train, y_train = x_train[: args.limit_train], y_train[: args.limit_train]
+    if args.limit_test:
+        x_test, y_test = x_test[: args.limit_test], y_test[: args.limit_test]
+    n_val = int(len(x_train) * preset.validation_split)  # Keras: the last fraction
+    pad_to = None if use_lengths else preset.maxlen
+    batches = lambda x, y, shuffle: ReviewBatches(  # noqa: E731
+        x, y, batch_size, maxlen=preset.maxlen, shuffle=shuffle,
+        bucket=shuffle and use_lengths and not args.no_bucket, seed=args.seed, pad_to=pad_to)
+    train = batches(x_train[: len(x_train) - n_val], y_train[: len(x_train) - n_val], True)
+    val = batches(x_train[len(x_train) - n_val:], y_train[len(x_train) - n_val:], False) if n_val else None
+    test = batches(x_test, y_test, False)
+
+    model = SentimentClassifier(preset.model)
+    print(summary(model))
+    optimizer = make_optimizer(preset.optimizer, model.parameters(), args.lr)
+    stopper = EarlyStopping(**preset.early_stopping) if preset.early_stopping and val else None
+    resume = None
+    if args.resume:
+        resume = load_checkpoint(out / "last.pt")
+        model.load_state_dict(resume["model"])
+    t0 = time.perf_counter()
+    history = fit(model, optimizer, train, val, epochs, out, config, vocab, stopper,
+                  use_lengths, resume)
+    train_seconds = time.perf_counter() - t0 + sum(
+        r["seconds"] for r in (resume or {}).get("history", []))
+    result = evaluate(model, test, use_lengths, progress="test")
+    metrics = {"test_accuracy": result["accuracy"], "test_loss": result["loss"],
+               "epochs": len(history.rows), "train_seconds": round(train_seconds, 2)}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    print("test:", json.dumps(metrics))
+    return 0
+
+
+def encode(text: str, vocab: list[str], num_words: int, maxlen: int | None) -> list[int]:
+    rank = {w: i + 1 for i, w in enumerate(vocab)}
+    ids = [START] + [rank[w] + INDEX_FROM if w in rank and rank[w] + INDEX_FROM < num_words
+                     else OOV for w in tokenize(text)]
+    return ids[-maxlen:] if maxlen else ids
+
+
+def predict_main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Classify review text with a trained checkpoint.")
+    ap.add_argument("--checkpoint", required=True, type=Path)
+    ap.add_argument("--json", action="store_true", help="print a JSON list")
+    ap.add_argument("text", nargs="+")
+    args = ap.parse_args(argv)
+    state = load_checkpoint(args.checkpoint)
+    model, cfg = model_from_checkpoint(state), state["config"]
+    rows = []
+    with torch.no_grad():
+        for text in args.text:
+            ids = encode(text, state["vocab"], cfg["num_words"], cfg["maxlen"])
+            x = torch.tensor([ids])
+            p = torch.sigmoid(model(x, torch.tensor([len(ids)]) if cfg["use_lengths"] else None))
+            rows.append({"text": text, "positive_probability": float(p),
+                         "label": "positive" if float(p) >= 0.5 else "negative"})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        for r in rows:
+            print(f"{r['label']:<8} {r['positive_probability']:.3f}  {r['text']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(train_main())

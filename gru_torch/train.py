@@ -1,0 +1,226 @@
+"""Training: fit / evaluate / predict, early stopping, checkpoints, history.
+
+Checkpoints are plain dicts of tensors and Python values (loadable with
+torch.load(weights_only=True)); each holds the model config and the vocabulary, so a
+checkpoint alone can classify raw text.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .models import ModelConfig, SentimentClassifier
+
+CHECKPOINT_VERSION = 1
+
+
+def make_optimizer(name: str, params, lr: float | None = None) -> torch.optim.Optimizer:
+    """Keras's defaults: Adam(1e-3, eps 1e-7) and RMSprop(1e-3, rho 0.9, eps 1e-7)."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr or 1e-3, betas=(0.9, 0.999), eps=1e-7)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr or 1e-3, alpha=0.9, eps=1e-7)
+    raise ValueError(f"optimizer must be 'adam' or 'rmsprop', got {name!r}")
+
+
+@dataclass
+class EarlyStopping:
+    monitor: str = "val_accuracy"
+    patience: int = 3
+    restore_best: bool = True
+    best: float = -math.inf
+    best_epoch: int = -1
+    wait: int = 0
+
+    def mode_sign(self) -> float:
+        return -1.0 if "loss" in self.monitor else 1.0
+
+    def update(self, epoch: int, logs: dict) -> tuple[bool, bool]:
+        """-> (improved, stop)."""
+        if self.monitor not in logs:
+            raise KeyError(f"EarlyStopping monitors {self.monitor!r}, which the logs lack: "
+                           f"{sorted(logs)}")
+        value = self.mode_sign() * logs[self.monitor]
+        if value > self.best:
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            return True, False
+        self.wait += 1
+        return False, self.wait >= self.patience
+
+
+@dataclass
+class History:
+    rows: list[dict] = field(default_factory=list)
+
+    def write(self, out: Path) -> None:
+        (out / "history.json").write_text(json.dumps(self.rows, indent=1))
+        if self.rows:
+            with open(out / "history.csv", "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(self.rows[0]))
+                w.writeheader()
+                w.writerows(self.rows)
+        self.plot(out / "history.png")
+
+    def plot(self, path: Path) -> None:
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return  # plots are optional; history.json/csv hold the numbers
+        epochs = [r["epoch"] for r in self.rows]
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        for ax, key in zip(axes, ("loss", "accuracy")):
+            for prefix in ("", "val_"):
+                if self.rows and prefix + key in self.rows[0]:
+                    ax.plot(epochs, [r[prefix + key] for r in self.rows], marker="o",
+                            label=(prefix or "train_") + key)
+            ax.set_xlabel("epoch")
+            ax.set_title(key)
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+
+
+def summary(model: nn.Module) -> str:
+    """A Keras-like table: each top-level layer, its output, its parameter count."""
+    lines = [f"{'Layer':<28}{'Type':<24}{'Params':>12}", "=" * 64]
+    total = 0
+    for name, child in model.named_children():
+        subs = list(child.children()) if isinstance(child, (nn.ModuleList, nn.Sequential)) else [child]
+        for i, sub in enumerate(subs):
+            n = sum(p.numel() for p in sub.parameters())
+            total += n
+            label = f"{name}.{i}" if len(subs) > 1 or sub is not child else name
+            lines.append(f"{label:<28}{type(sub).__name__:<24}{n:>12,}")
+    lines += ["=" * 64, f"{'Total params':<52}{total:>12,}"]
+    return "\n".join(lines)
+
+
+def _batches_metrics(model, batches, use_lengths: bool, train: bool, optimizer=None,
+                     progress: str | None = None):
+    from tqdm import tqdm
+
+    loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
+    # disable=None: a bar on a terminal, none in logs
+    bar = tqdm(batches, desc=progress, leave=False, disable=True if progress is None else None,
+               dynamic_ncols=True, mininterval=0.5)
+    for ids, lengths, labels in bar:
+        with torch.set_grad_enabled(train):
+            logits = model(ids, lengths if use_lengths else None)
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, labels)
+        if train:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        n = len(labels)
+        loss_sum += loss.item() * n
+        correct += int(((logits > 0).float() == labels).sum())
+        seen += n
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}",
+                        samples_s=f"{seen / (time.perf_counter() - start):.0f}")
+    return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1)}
+
+
+def evaluate(model, batches, use_lengths: bool = True, progress: str | None = None) -> dict:
+    model.eval()
+    return _batches_metrics(model, batches, use_lengths, train=False, progress=progress)
+
+
+@torch.no_grad()
+def predict(model, batches, use_lengths: bool = True) -> torch.Tensor:
+    """Positive-class probabilities, in the batches' order."""
+    model.eval()
+    return torch.cat([torch.sigmoid(model(ids, lengths if use_lengths else None))
+                      for ids, lengths, _ in batches])
+
+
+def save_checkpoint(path: Path, model, optimizer, epoch: int, history: History,
+                    config: dict, vocab: list[str], stopper: EarlyStopping | None) -> None:
+    state = {
+        "version": CHECKPOINT_VERSION, "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history.rows,
+        "config": config, "vocab": vocab, "rng": torch.get_rng_state(),
+        "stopper": None if stopper is None else
+        {"best": stopper.best, "best_epoch": stopper.best_epoch, "wait": stopper.wait},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
+
+
+def load_checkpoint(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"checkpoint {str(path)!r} is not a readable gru_torch checkpoint "
+                         f"({type(e).__name__}: {e})") from e
+    missing = {"version", "model", "config", "vocab"} - set(state if isinstance(state, dict) else ())
+    if missing:
+        raise ValueError(f"checkpoint {str(path)!r} lacks {sorted(missing)}; not a gru_torch "
+                         "checkpoint")
+    if state["version"] != CHECKPOINT_VERSION:
+        raise ValueError(f"checkpoint {str(path)!r} has version {state['version']}, "
+                         f"this gru_torch reads version {CHECKPOINT_VERSION}")
+    return state
+
+
+def model_from_checkpoint(state: dict) -> SentimentClassifier:
+    model = SentimentClassifier(ModelConfig(**state["config"]["model"]))
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def fit(model, optimizer, train_batches, val_batches, epochs: int, out: Path, config: dict,
+        vocab: list[str], stopper: EarlyStopping | None = None, use_lengths: bool = True,
+        resume: dict | None = None, log=print) -> History:
+    """Trains, writing last.pt every epoch and best.pt on improvement (when validating)."""
+    out.mkdir(parents=True, exist_ok=True)
+    history, start_epoch = History(), 0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        history.rows = list(resume["history"])
+        start_epoch = resume["epoch"] + 1
+        torch.set_rng_state(resume["rng"])
+        if stopper is not None and resume.get("stopper"):
+            for k, v in resume["stopper"].items():
+                setattr(stopper, k, v)
+        log(f"resumed after epoch {resume['epoch'] + 1}")
+    for epoch in range(start_epoch, epochs):
+        if stopper is not None and stopper.wait >= stopper.patience:
+            break
+        train_batches.set_epoch(epoch)
+        t0 = time.perf_counter()
+        model.train()
+        logs = {"epoch": epoch + 1, **_batches_metrics(
+            model, train_batches, use_lengths, train=True, optimizer=optimizer,
+            progress=f"epoch {epoch + 1}/{epochs}")}
+        logs["seconds"] = round(time.perf_counter() - t0, 2)
+        if val_batches is not None:
+            logs.update({f"val_{k}": v for k, v in evaluate(model, val_batches, use_lengths).items()})
+        history.rows.append(logs)
+        log("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items()))
+        improved, stop = (stopper.update(epoch, logs) if stopper and val_batches is not None
+                          else (True, False))
+        if improved:
+            save_checkpoint(out / "best.pt", model, optimizer, epoch, history, config, vocab, stopper)
+        save_checkpoint(out / "last.pt", model, optimizer, epoch, history, config, vocab, stopper)
+        history.write(out)
+        if stop:
+            log(f"early stopping: {stopper.monitor} has not improved for {stopper.patience} epochs")
+            break
+    if stopper is not None and stopper.restore_best and (out / "best.pt").is_file():
+        model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
+    return history

@@ -1,0 +1,127 @@
+"""Batching, the trainer and the command lines, on the real archive where needed."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gru_torch import cli, train
+from gru_torch.data.batching import ReviewBatches
+
+REAL = Path(os.environ.get("GRU_TORCH_TEST_DATA", Path(__file__).resolve().parents[1].parent
+                           / "shared" / "data" / "aclImdb_v1-text.tar.gz"))
+needs_real = pytest.mark.skipif(not REAL.is_file(), reason=f"IMDB archive not at {REAL}")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_batches_carry_lengths_and_cover_every_row():
+    seqs = [list(range(1, n + 1)) for n in (5, 1, 9, 3, 7, 2, 8)]
+    labels = np.arange(7) % 2
+    for bucket in (False, True):
+        seen = []
+        for ids, lengths, y in ReviewBatches(seqs, labels, 3, maxlen=6, bucket=bucket, seed=1):
+            for row, n in zip(ids, lengths):
+                assert (row[n:] == 0).all() and (row[:n] > 0).all()
+                seen.append(int(row[n - 1]))  # maxlen keeps each review's end
+        assert sorted(seen) == sorted(s[-1] for s in seqs)
+    padded = next(iter(ReviewBatches(seqs, labels, 3, maxlen=6, shuffle=False, pad_to=6)))[0]
+    assert padded.shape == (3, 6)
+
+
+def test_bucketing_reduces_padding():
+    rng = np.random.RandomState(0)
+    seqs = [[1] * n for n in rng.randint(1, 400, 2000)]
+    labels = np.zeros(2000)
+
+    def padding(bucket):
+        return sum(int(ids.numel() - lengths.sum())
+                   for ids, lengths, _ in ReviewBatches(seqs, labels, 32, bucket=bucket))
+    assert padding(True) < padding(False) / 3
+
+
+def _run_train(out, *extra, env=None):
+    return cli.train_main(["--data", str(REAL), "--out", str(out), "--limit-train", "1200",
+                           "--limit-test", "300", "--threads", "2", *extra])
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRU_TORCH_CACHE", os.environ.get("GRU_TORCH_TEST_CACHE",
+                                                         str(tmp_path / "cache")))
+
+
+@needs_real
+def test_short_training_run_loss_falls(tmp_path, cache):
+    out = tmp_path / "run"
+    assert _run_train(out, "--epochs", "3", "--lr", "0.003") == 0
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) == 3 and history[-1]["loss"] < history[0]["loss"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"test_accuracy", "test_loss", "epochs", "train_seconds"}
+    for name in ("best.pt", "last.pt", "history.csv", "history.png"):
+        assert (out / name).is_file(), name
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["config"]["num_words"] == 20000 and len(state["vocab"]) > 1000
+    # the checkpoint alone classifies raw text
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "predict.py"), "--checkpoint",
+                           str(out / "best.pt"), "--json", "A wonderful film.", "Dull, awful."],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [r["text"] for r in rows] == ["A wonderful film.", "Dull, awful."]
+    assert all(0 <= r["positive_probability"] <= 1 and r["label"] in ("positive", "negative")
+               for r in rows)
+
+
+@needs_real
+def test_resume_after_kill(tmp_path, cache):
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--data", str(REAL), "--out",
+           str(out), "--limit-train", "1200", "--limit-test", "300", "--epochs", "6"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "history.json").is_file() and json.loads((out / "history.json").read_text()):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, f"training ended before it could be killed: {proc.stderr.read()}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(json.loads((out / "history.json").read_text()))
+    assert 1 <= done < 6
+    first = json.loads((out / "history.json").read_text())[0]
+    resumed = subprocess.run(cmd + ["--resume", "--epochs", str(done + 1)], capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed after epoch {done}" in resumed.stdout
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) == done + 1 and history[0] == first
+    assert [r["epoch"] for r in history] == list(range(1, done + 2))
+
+
+def test_bad_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        train.load_checkpoint(tmp_path / "none.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable"):
+        train.load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"model": {}}, tmp_path / "partial.pt")
+    with pytest.raises(ValueError, match="lacks"):
+        train.load_checkpoint(tmp_path / "partial.pt")
+
+
+def test_list_presets(capsys):
+    assert cli.train_main(["--list-presets"]) == 0
+    text = capsys.readouterr().out
+    assert "gru100-recdrop" in text and "120,801" in text and "bilstm32x2" in text
+
+
+def test_encode_uses_keras_ids():
+    vocab = ["the", "film", "good"]
+    assert cli.encode("The good, unseen film", vocab, num_words=6, maxlen=None) == [1, 4, 2, 2, 2, 5]
