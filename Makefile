@@ -14,7 +14,10 @@ export GRU_TORCH_CUDA
 
 SOURCES := $(wildcard csrc/*.cpp csrc/*.cu csrc/*.h) setup.py pyproject.toml gru_torch/_build.py
 
-.PHONY: venv build test bench clean
+.PHONY: venv build test bench train clean
+
+# The IMDB archive: the shared copy when present, else the cache or a download.
+DATA ?= $(wildcard ../shared/data/aclImdb_v1-text.tar.gz)
 
 venv: $(VENV)/.deps
 $(VENV)/.deps: requirements-dev.txt
@@ -30,6 +33,9 @@ $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 
 test: build
 	$(PY) -m pytest -q
+
+train: build
+	$(PY) scripts/train.py --cell gru $(if $(DATA),--data $(DATA)) --out runs/gru
 
 bench: build
 	$(PY) scripts/benchmark.py

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import presets
@@ -15,8 +16,8 @@ from .data import imdb
 from .data.batching import ReviewBatches
 from .data.text import tokenize
 from .models import ModelConfig, SentimentClassifier
-from .train import (EarlyStopping, evaluate, fit, load_checkpoint, make_optimizer,
-                    model_from_checkpoint, summary)
+from .train import (EarlyStopping, RunOptions, evaluate, fit, load_checkpoint,
+                    make_optimizer, model_from_checkpoint, summary)
 
 START, OOV, INDEX_FROM = 1, 2, 3
 
@@ -50,6 +51,12 @@ def _parse_train(argv):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-bucket", action="store_true", help="do not batch by length")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads")
+    ap.add_argument("--device", choices=["cpu", "cuda"],
+                    help="default: cuda when available (the local rank's GPU under torchrun)")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--deterministic", action="store_true",
+                    help="torch.use_deterministic_algorithms(True)")
     args = ap.parse_args(argv)
     for name in ("epochs", "batch_size", "limit_train", "limit_test", "threads"):
         v = getattr(args, name)
@@ -73,14 +80,33 @@ def train_main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True)
+    rank, world, local = (int(os.environ.get(k, d)) for k, d in
+                          (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
+    use_cuda = args.device == "cuda" or (args.device is None and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+    if args.bf16 and device.type != "cuda":
+        raise SystemExit("--bf16 needs --device cuda (bf16 autocast is for the GPU)")
+    if world > 1:
+        torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
+        if use_cuda:
+            torch.cuda.set_device(device)
+    opts = RunOptions(device=device, bf16=args.bf16, is_main=rank == 0)
+    log = print if rank == 0 else (lambda *a, **k: None)
     use_lengths = preset.padding != "post" or preset.model.input_mode != "raw"
     config = {"preset": preset.name, "model": preset.model.to_dict(), "num_words": preset.num_words,
               "maxlen": preset.maxlen, "optimizer": preset.optimizer, "lr": args.lr,
               "batch_size": batch_size, "epochs": epochs,
               "validation_split": preset.validation_split, "early_stopping": preset.early_stopping,
               "use_lengths": use_lengths, "seed": args.seed, "data": args.data,
-              "limit_train": args.limit_train, "limit_test": args.limit_test}
-    print("config:", json.dumps(config, indent=1))
+              "limit_train": args.limit_train, "limit_test": args.limit_test,
+              "device": str(device), "world_size": world, "bf16": args.bf16,
+              "compile": args.compile}
+    log("config:", json.dumps(config, indent=1))
 
     (x_train, y_train), (x_test, y_test) = imdb.load_data(args.data, num_words=preset.num_words)
     word_index = imdb.get_word_index(args.data)
@@ -93,29 +119,40 @@ def train_main(argv=None) -> int:
     pad_to = None if use_lengths else preset.maxlen
     batches = lambda x, y, shuffle: ReviewBatches(  # noqa: E731
         x, y, batch_size, maxlen=preset.maxlen, shuffle=shuffle,
-        bucket=shuffle and use_lengths and not args.no_bucket, seed=args.seed, pad_to=pad_to)
+        bucket=shuffle and use_lengths and not args.no_bucket, seed=args.seed, pad_to=pad_to,
+        rank=rank if shuffle else 0, world_size=world if shuffle else 1)
     train = batches(x_train[: len(x_train) - n_val], y_train[: len(x_train) - n_val], True)
     val = batches(x_train[len(x_train) - n_val:], y_train[len(x_train) - n_val:], False) if n_val else None
     test = batches(x_test, y_test, False)
 
     model = SentimentClassifier(preset.model)
-    print(summary(model))
-    optimizer = make_optimizer(preset.optimizer, model.parameters(), args.lr)
+    log(summary(model))
+    model.to(device)
     stopper = EarlyStopping(**preset.early_stopping) if preset.early_stopping and val else None
     resume = None
     if args.resume:
         resume = load_checkpoint(out / "last.pt")
         model.load_state_dict(resume["model"])
+    optimizer = make_optimizer(preset.optimizer, model.parameters(), args.lr)
+    runner = model
+    if world > 1:
+        runner = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[local] if use_cuda else None)
+    if args.compile:
+        runner = torch.compile(runner)
     t0 = time.perf_counter()
-    history = fit(model, optimizer, train, val, epochs, out, config, vocab, stopper,
-                  use_lengths, resume)
+    history = fit(runner, optimizer, train, val, epochs, out, config, vocab, stopper,
+                  use_lengths, resume, log=log, opts=opts)
     train_seconds = time.perf_counter() - t0 + sum(
         r["seconds"] for r in (resume or {}).get("history", []))
-    result = evaluate(model, test, use_lengths, progress="test")
+    result = evaluate(model, test, use_lengths, progress="test", opts=opts)
     metrics = {"test_accuracy": result["accuracy"], "test_loss": result["loss"],
                "epochs": len(history.rows), "train_seconds": round(train_seconds, 2)}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    print("test:", json.dumps(metrics))
+    if rank == 0:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    log("test:", json.dumps(metrics))
+    if world > 1:
+        torch.distributed.destroy_process_group()
     return 0
 
 

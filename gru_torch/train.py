@@ -106,17 +106,41 @@ def summary(model: nn.Module) -> str:
     return "\n".join(lines)
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel (or torch.compile), for saving."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+@dataclass
+class RunOptions:
+    device: torch.device = torch.device("cpu")
+    bf16: bool = False          # bf16 autocast (CUDA)
+    is_main: bool = True        # the rank that logs and writes files
+
+
 def _batches_metrics(model, batches, use_lengths: bool, train: bool, optimizer=None,
-                     progress: str | None = None):
+                     progress: str | None = None, opts: RunOptions | None = None,
+                     reduce: bool = False):
     from tqdm import tqdm
+
+    opts = opts or RunOptions()
+    if not opts.is_main:
+        progress = None
 
     loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
     # disable=None: a bar on a terminal, none in logs
     bar = tqdm(batches, desc=progress, leave=False, disable=True if progress is None else None,
                dynamic_ncols=True, mininterval=0.5)
     for ids, lengths, labels in bar:
-        with torch.set_grad_enabled(train):
-            logits = model(ids, lengths if use_lengths else None)
+        ids, labels = ids.to(opts.device), labels.to(opts.device)
+        with torch.set_grad_enabled(train), torch.autocast(
+                opts.device.type, dtype=torch.bfloat16, enabled=opts.bf16):
+            logits = model(ids, lengths if use_lengths else None).float()
             loss = nn.functional.binary_cross_entropy_with_logits(logits, labels)
         if train:
             optimizer.zero_grad(set_to_none=True)
@@ -128,26 +152,33 @@ def _batches_metrics(model, batches, use_lengths: bool, train: bool, optimizer=N
         seen += n
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}",
                         samples_s=f"{seen / (time.perf_counter() - start):.0f}")
+    if reduce and _distributed():  # every rank saw its own shard: sum them
+        totals = torch.tensor([loss_sum, correct, seen], dtype=torch.float64, device=opts.device)
+        torch.distributed.all_reduce(totals)
+        loss_sum, correct, seen = totals.tolist()
     return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1)}
 
 
-def evaluate(model, batches, use_lengths: bool = True, progress: str | None = None) -> dict:
+def evaluate(model, batches, use_lengths: bool = True, progress: str | None = None,
+             opts: RunOptions | None = None) -> dict:
     model.eval()
-    return _batches_metrics(model, batches, use_lengths, train=False, progress=progress)
+    return _batches_metrics(unwrap(model), batches, use_lengths, train=False, progress=progress,
+                            opts=opts)
 
 
 @torch.no_grad()
-def predict(model, batches, use_lengths: bool = True) -> torch.Tensor:
+def predict(model, batches, use_lengths: bool = True,
+            device: torch.device = torch.device("cpu")) -> torch.Tensor:
     """Positive-class probabilities, in the batches' order."""
-    model.eval()
-    return torch.cat([torch.sigmoid(model(ids, lengths if use_lengths else None))
+    model = unwrap(model).eval()
+    return torch.cat([torch.sigmoid(model(ids.to(device), lengths if use_lengths else None)).cpu()
                       for ids, lengths, _ in batches])
 
 
 def save_checkpoint(path: Path, model, optimizer, epoch: int, history: History,
                     config: dict, vocab: list[str], stopper: EarlyStopping | None) -> None:
     state = {
-        "version": CHECKPOINT_VERSION, "model": model.state_dict(),
+        "version": CHECKPOINT_VERSION, "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history.rows,
         "config": config, "vocab": vocab, "rng": torch.get_rng_state(),
         "stopper": None if stopper is None else
@@ -185,8 +216,12 @@ def model_from_checkpoint(state: dict) -> SentimentClassifier:
 
 def fit(model, optimizer, train_batches, val_batches, epochs: int, out: Path, config: dict,
         vocab: list[str], stopper: EarlyStopping | None = None, use_lengths: bool = True,
-        resume: dict | None = None, log=print) -> History:
-    """Trains, writing last.pt every epoch and best.pt on improvement (when validating)."""
+        resume: dict | None = None, log=print, opts: RunOptions | None = None) -> History:
+    """Trains, writing last.pt every epoch and best.pt on improvement (when validating).
+    Under torch.distributed every rank trains on its shard; the main rank writes files."""
+    opts = opts or RunOptions()
+    if not opts.is_main:
+        log = lambda *a, **k: None  # noqa: E731
     out.mkdir(parents=True, exist_ok=True)
     history, start_epoch = History(), 0
     if resume is not None:
@@ -206,21 +241,27 @@ def fit(model, optimizer, train_batches, val_batches, epochs: int, out: Path, co
         model.train()
         logs = {"epoch": epoch + 1, **_batches_metrics(
             model, train_batches, use_lengths, train=True, optimizer=optimizer,
-            progress=f"epoch {epoch + 1}/{epochs}")}
+            progress=f"epoch {epoch + 1}/{epochs}", opts=opts, reduce=True)}
         logs["seconds"] = round(time.perf_counter() - t0, 2)
-        if val_batches is not None:
-            logs.update({f"val_{k}": v for k, v in evaluate(model, val_batches, use_lengths).items()})
+        if val_batches is not None:  # every rank scores the whole validation set alike
+            logs.update({f"val_{k}": v for k, v in
+                         evaluate(model, val_batches, use_lengths, opts=opts).items()})
         history.rows.append(logs)
         log("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items()))
         improved, stop = (stopper.update(epoch, logs) if stopper and val_batches is not None
                           else (True, False))
-        if improved:
-            save_checkpoint(out / "best.pt", model, optimizer, epoch, history, config, vocab, stopper)
-        save_checkpoint(out / "last.pt", model, optimizer, epoch, history, config, vocab, stopper)
-        history.write(out)
+        if opts.is_main:
+            if improved:
+                save_checkpoint(out / "best.pt", model, optimizer, epoch, history, config, vocab,
+                                stopper)
+            save_checkpoint(out / "last.pt", model, optimizer, epoch, history, config, vocab,
+                            stopper)
+            history.write(out)
+        if _distributed():
+            torch.distributed.barrier()  # best.pt is complete before anyone reads it
         if stop:
             log(f"early stopping: {stopper.monitor} has not improved for {stopper.patience} epochs")
             break
     if stopper is not None and stopper.restore_best and (out / "best.pt").is_file():
-        model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
+        unwrap(model).load_state_dict(load_checkpoint(out / "best.pt")["model"])
     return history

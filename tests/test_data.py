@@ -155,3 +155,13 @@ def test_load_data_keras_conventions(real_cache, monkeypatch):
     assert max(max(x) for x in x_short) < 1000
     word_index = imdb.get_word_index(REAL)
     assert word_index["the"] <= 3 and word_index["."] <= 5 and word_index["movie"] < 50
+
+
+def test_shipped_sample_reads_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRU_TORCH_CACHE", str(tmp_path))
+    reviews = archive.read_reviews(archive.resolve_source("sample"))
+    for split in ("train", "test"):
+        texts, labels = reviews[split]
+        assert len(texts) == 50 and sum(labels) == 25 and all(len(t) > 20 for t in texts)
+    (x, y), (xt, yt) = imdb.load_data("sample", num_words=500)
+    assert len(x) == len(xt) == 50 and all(w < 500 for row in x for w in row)

@@ -125,3 +125,21 @@ def test_list_presets(capsys):
 def test_encode_uses_keras_ids():
     vocab = ["the", "film", "good"]
     assert cli.encode("The good, unseen film", vocab, num_words=6, maxlen=None) == [1, 4, 2, 2, 2, 5]
+
+
+def test_two_process_gloo_ddp(tmp_path):
+    """torchrun with 2 CPU processes (gloo) on the shipped sample: both ranks train their
+    shard, rank 0 alone writes the results."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "GRU_TORCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", "29517", str(ROOT / "scripts" / "train.py"), "--data", "sample",
+         "--out", str(out), "--epochs", "2", "--batch-size", "8", "--device", "cpu",
+         "--threads", "1"], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("test:") == 1, "only rank 0 reports"
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["config"]["world_size"] == 2
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) == 2 and all(0 <= r["accuracy"] <= 1 for r in history)

@@ -18,6 +18,8 @@ from pathlib import Path, PurePosixPath
 OFFICIAL_URL = "http://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 OFFICIAL_MD5 = "7c2ac02c03563afcf9b574c7e56c153a"
 ARCHIVE_NAME = "aclImdb_v1.tar.gz"
+# 100 real reviews shipped with the package, for offline smoke runs (`--data sample`)
+SAMPLE = Path(__file__).resolve().parent / "sample" / "aclImdb-sample.tar.gz"
 SPLITS = ("train", "test")
 LABELS = {"neg": 0, "pos": 1}
 
@@ -52,8 +54,10 @@ def cache_dir() -> Path:
 
 def resolve_source(path: str | os.PathLike | None = None, download: bool = True) -> Path:
     """The archive or folder to read: `path`, else $GRU_TORCH_DATA, else the cache, else
-    a download (when `download`)."""
+    a download (when `download`). "sample" names the small sample shipped with gru_torch."""
     given = path if path is not None else os.environ.get("GRU_TORCH_DATA") or None
+    if given == "sample":
+        return SAMPLE
     if given is not None:
         p = Path(given).expanduser()
         if not p.exists():

@@ -11,11 +11,13 @@ class ReviewBatches:
 
     pad_to pads every batch to a fixed width, as Keras's pad_sequences(maxlen,
     padding="post") does. bucket=True sorts each window of `bucket_batches` batches by length before cutting
-    it into batches (less padding, same randomness across epochs via `seed`)."""
+    it into batches (less padding, same randomness across epochs via `seed`).
+    rank / world_size shard the batches for data-parallel training."""
 
     def __init__(self, sequences, labels, batch_size: int, maxlen: int | None = None,
                  shuffle: bool = True, bucket: bool = False, bucket_batches: int = 50,
-                 seed: int = 0, pad_to: int | None = None) -> None:
+                 seed: int = 0, pad_to: int | None = None, rank: int = 0,
+                 world_size: int = 1) -> None:
         if len(sequences) != len(labels):
             raise ValueError(f"{len(sequences)} sequences but {len(labels)} labels")
         if batch_size <= 0:
@@ -28,9 +30,12 @@ class ReviewBatches:
         self.batch_size, self.shuffle, self.bucket = batch_size, shuffle, bucket
         self.bucket_batches, self.seed, self.epoch = bucket_batches, seed, 0
         self.pad_to = pad_to  # a fixed width (Keras's pad_sequences(maxlen)) instead of the batch's longest
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must lie in [0, world_size={world_size}), got {rank}")
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
-        return (len(self.seqs) + self.batch_size - 1) // self.batch_size
+        return (len(self.seqs) + self.batch_size - 1) // self.batch_size // self.world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -47,7 +52,10 @@ class ReviewBatches:
         batches = [order[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
         if self.bucket and self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
-        return batches
+        # Data parallel: every rank shuffles alike and takes every world_size-th batch; all
+        # ranks get the same count (the remainder is dropped) so their collectives match.
+        per_rank = len(batches) // self.world_size if self.world_size > 1 else len(batches)
+        return batches[self.rank: per_rank * self.world_size: self.world_size]
 
     def __iter__(self):
         for idx in self._order():
