@@ -30,6 +30,8 @@ class ModelConfig:
     head: list[int] = field(default_factory=list)  # relu Dense sizes before the logit
     head_dropout: float = 0.0
     logit: bool = True               # False: the last layer's state is the probability (Keras B)
+    pooling: str = "last"            # "last": each row's state at its length; "last+max": and
+                                     # the max of the last layer's outputs over its steps
     backend: str = "auto"
 
     def __post_init__(self):
@@ -43,6 +45,10 @@ class ModelConfig:
             raise ValueError("input_mode='onehot' is implemented for the GRU cell only")
         if not self.logit and (self.head or self.hidden[-1] != 1 or self.bidirectional):
             raise ValueError("logit=False needs a last recurrent layer of size 1 and no head")
+        if self.pooling not in ("last", "last+max"):
+            raise ValueError(f"pooling must be 'last' or 'last+max', got {self.pooling!r}")
+        if self.pooling != "last" and not self.logit:
+            raise ValueError("pooling='last+max' needs logit=True")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,7 +89,7 @@ class SentimentClassifier(nn.Module):
             for name in [n for n, _ in first.named_parameters() if n.startswith("weight_ih")]:
                 delattr(first, name)
                 first.register_buffer(name, torch.eye(G), persistent=False)
-        head, size = [], in_size
+        head, size = [], in_size * (2 if c.pooling == "last+max" else 1)
         for h in c.head:
             head += [nn.Linear(size, h), nn.ReLU(), nn.Dropout(c.head_dropout)]
             size = h
@@ -126,6 +132,11 @@ class SentimentClassifier(nn.Module):
                 x, h_n = layer(x, lengths)
         D = 2 if c.bidirectional else 1
         final = torch.cat(list(h_n[-D:]), dim=-1)  # each row's state at its own length
+        if c.pooling == "last+max":
+            if lengths is not None:  # steps past a row's length must not win the max
+                past = torch.arange(x.shape[1], device=x.device) >= lengths.to(x.device)[:, None]
+                x = x.masked_fill(past.unsqueeze(-1), float("-inf"))
+            final = torch.cat([final, x.amax(dim=1)], dim=-1)
         if not c.logit:
             # Keras B: a tanh state read as a probability, clipped as Keras's loss clips it
             p = final.squeeze(-1).clamp(1e-7, 1 - 1e-7)

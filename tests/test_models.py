@@ -64,3 +64,15 @@ def test_bad_token_ids_and_shapes():
         model(torch.tensor([[1.0, 2.0]]))
     with pytest.raises(KeyError, match="unknown preset"):
         presets.build("gru-nope")
+
+
+def test_max_pooling_ignores_padding():
+    torch.manual_seed(0)
+    model = SentimentClassifier(ModelConfig(vocab_size=50, embed_dim=8, hidden=[6],
+                                            bidirectional=True, pooling="last+max")).eval()
+    ids = torch.randint(1, 50, (2, 4))
+    short = model(ids, torch.tensor([4, 4]))
+    padded = torch.cat([ids, torch.zeros(2, 3, dtype=torch.long)], dim=1)
+    torch.testing.assert_close(model(padded, torch.tensor([4, 4])), short)
+    with pytest.raises(ValueError, match="pooling"):
+        ModelConfig(pooling="mean")
