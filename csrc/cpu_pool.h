@@ -1,10 +1,10 @@
 // A small cache of large CPU buffers for the op's outputs and workspaces.
 //
 // glibc serves allocations above its mmap threshold (at most 32 MiB) with fresh
-// pages from the kernel, and every first touch of a page is a fault: on the
-// machines measured, writing fresh memory ran at ~4 GB/s against ~20 GB/s for
-// memory already mapped. A training loop asks for the same [T, B, ...] buffers
-// every batch, so the op keeps freed ones and hands them out again.
+// pages from the kernel, and every first touch of a page is a fault, several
+// times slower than writing memory already mapped. A training loop asks for the
+// same [T, B, ...] buffers every batch, so the op keeps freed ones and hands
+// them out again.
 //
 // Buffers of 1 MiB and more are rounded up to 2 MiB and cached by size; at most
 // GRU_TORCH_CPU_POOL_MB (default 1024, 0 disables) of idle memory is kept.

@@ -24,11 +24,12 @@ START, OOV, INDEX_FROM = 1, 2, 3
 
 def default_recipe(cell: str, bidirectional: bool) -> presets.Preset:
     """The project's own recipe for a cell (used without --preset): length-aware batches
-    of post-padded reviews, a 20,000-word vocabulary, dropout around the recurrent layer."""
+    of post-padded reviews, a 20,000-word vocabulary, dropout around the recurrent layer,
+    and the max of the outputs over each review beside its last state."""
     return presets.Preset(
         f"{'bi' if bidirectional else ''}{cell}-default", "-",
         ModelConfig(vocab_size=20000, embed_dim=128, embed_dropout=0.3, cell=cell, hidden=[128],
-                    bidirectional=bidirectional, head_dropout=0.3),
+                    bidirectional=bidirectional, head_dropout=0.3, pooling="last+max"),
         num_words=20000, maxlen=400, batch_size=64, epochs=4, validation_split=0.1,
         early_stopping={"monitor": "val_accuracy", "patience": 2})
 
