@@ -25,20 +25,29 @@ from gru_torch import presets  # noqa: E402
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True)
+    ap.add_argument("--data", help="IMDB archive or folder (needed unless --collect)")
     ap.add_argument("--only", nargs="*", help="preset names (default: all)")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "presets")
     ap.add_argument("--machine", default=f"cpu-{torch.get_num_threads()}threads")
+    ap.add_argument("--collect", action="store_true",
+                    help="train nothing: tabulate the finished runs already in --runs")
     args = ap.parse_args(argv)
     names = args.only or list(presets.PRESETS)
     rows = []
     for name in names:
         p = presets.get(name)
         out = args.runs / name
-        cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--preset", name,
-               "--data", args.data, "--out", str(out)]
-        print("$", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
+        if args.collect:
+            if not (out / "metrics.json").is_file():
+                print(f"{name}: no finished run in {out}; left out")
+                continue
+        else:
+            if not args.data:
+                ap.error("--data is required unless --collect")
+            cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--preset", name,
+                   "--data", args.data, "--out", str(out)]
+            print("$", " ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True)
         metrics = json.loads((out / "metrics.json").read_text())
         history = json.loads((out / "history.json").read_text())
         rows.append({"preset": name, "notebook": p.notebook, "params": p.keras_params,
