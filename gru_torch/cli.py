@@ -98,7 +98,9 @@ def train_main(argv=None) -> int:
             torch.cuda.set_device(device)
     opts = RunOptions(device=device, bf16=args.bf16, is_main=rank == 0)
     log = print if rank == 0 else (lambda *a, **k: None)
-    use_lengths = preset.padding != "post" or preset.model.input_mode != "raw"
+    # Every model reads each row's state at its length, except the raw-ids notebook (B),
+    # which is reproduced as Keras ran it: state read after the post-padding.
+    use_lengths = preset.model.input_mode != "raw"
     config = {"preset": preset.name, "model": preset.model.to_dict(), "num_words": preset.num_words,
               "maxlen": preset.maxlen, "optimizer": preset.optimizer, "lr": args.lr,
               "batch_size": batch_size, "epochs": epochs,

@@ -128,7 +128,7 @@ class GRU(nn.Module):
             input, hx, lengths, input_size=self.input_size, hidden_size=self.hidden_size,
             num_directions=self.num_directions, num_layers=self.num_layers,
             batch_first=self.batch_first, dtype=p.dtype, device=p.device)
-        T, B = x.shape[0], x.shape[1]
+        B = x.shape[1]
         if hx is None:
             hx = x.new_zeros(self.num_layers * self.num_directions, B, self.hidden_size)
         cfg = backends.Config(x.device, x.dtype, self.reset_after,

@@ -5,7 +5,7 @@ is the test accuracy the notebook reported, where it did.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .models import ModelConfig, SentimentClassifier
 
