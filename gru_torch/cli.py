@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -51,6 +52,8 @@ def _parse_train(argv):
     ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-bucket", action="store_true", help="do not batch by length")
+    ap.add_argument("--init", choices=["torch", "keras"],
+                    help="initializers (default: keras for a --preset, torch otherwise)")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads")
     ap.add_argument("--device", choices=["cpu", "cuda"],
                     help="default: cuda when available (the local rank's GPU under torchrun)")
@@ -75,6 +78,8 @@ def train_main(argv=None) -> int:
                   f"reported {acc:>7}  {p.note}")
         return 0
     preset = presets.get(args.preset) if args.preset else default_recipe(args.cell, args.bidirectional)
+    if args.init:
+        preset = dataclasses.replace(preset, model=dataclasses.replace(preset.model, init=args.init))
     epochs = args.epochs or preset.epochs
     batch_size = args.batch_size or preset.batch_size
     out = args.out or Path("runs") / preset.name

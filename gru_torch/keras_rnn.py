@@ -70,13 +70,15 @@ class KerasRecurrent(nn.Module):
             outs = []
             for d in range(D):
                 w_ih, w_hh, b = (getattr(self, n) for n in self._names[layer * D + d])
-                gx = torch.nn.functional.linear(x, w_ih, b)
+                # unbind, not gx[:, t]: each select's backward would write a full-size
+                # zero gradient of gx, T times over
+                gx = torch.nn.functional.linear(x, w_ih, b).unbind(1)
                 mask = torch.bernoulli(x.new_full((B, self.hidden_size), keep)) / keep
                 h = x.new_zeros(B, self.hidden_size)
                 state = (h,) if self.cell == "rnn" else (h, torch.zeros_like(h))
                 steps = [None] * T
                 for t in (range(T) if d == 0 else range(T - 1, -1, -1)):
-                    new = self._step(gx[:, t], state[0] if self.cell == "rnn" else state, w_hh, mask)
+                    new = self._step(gx[t], state[0] if self.cell == "rnn" else state, w_hh, mask)
                     active = (t < lens).unsqueeze(-1)
                     state = tuple(torch.where(active, n, o) for n, o in zip(new, state))
                     steps[t] = torch.where(active, new[0], torch.zeros_like(new[0]))

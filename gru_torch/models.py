@@ -8,11 +8,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
+from . import initializers
 from .gru import GRU
 from .keras_rnn import KerasRecurrent
 
 INPUT_MODES = ("embedding", "onehot", "raw")
 CELLS = ("gru", "lstm", "rnn")
+INITS = ("torch", "keras")
 
 
 @dataclass
@@ -32,9 +34,12 @@ class ModelConfig:
     logit: bool = True               # False: the last layer's state is the probability (Keras B)
     pooling: str = "last"            # "last": each row's state at its length; "last+max": and
                                      # the max of the last layer's outputs over its steps
+    init: str = "torch"              # "keras": Keras's default initializers (see initializers.py)
     backend: str = "auto"
 
     def __post_init__(self):
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if self.input_mode not in INPUT_MODES:
             raise ValueError(f"input_mode must be one of {INPUT_MODES}, got {self.input_mode!r}")
         if self.cell not in CELLS:
@@ -98,6 +103,23 @@ class SentimentClassifier(nn.Module):
         if c.logit:
             head.append(nn.Linear(size, 1))
         self.head = nn.Sequential(*head)
+        if c.init == "keras":
+            self.keras_init_()
+
+    @torch.no_grad()
+    def keras_init_(self) -> None:
+        """Keras's defaults: Embedding U(+-0.05); the one-hot GRU's input kernel (held as
+        the embedding) and every Dense kernel glorot_uniform; recurrent layers as
+        `initializers.keras_recurrent_init_`; zero biases."""
+        if self.config.input_mode == "embedding":
+            initializers.embedding_uniform_(self.embedding.weight)
+        elif self.config.input_mode == "onehot":
+            initializers.glorot_uniform_(self.embedding.weight)
+        for layer in self.layers:
+            initializers.keras_recurrent_init_(layer)
+        for m in self.head:
+            if isinstance(m, nn.Linear):
+                initializers.keras_dense_init_(m)
 
     def _layer(self, in_size: int, hidden: int) -> nn.Module:
         c = self.config

@@ -39,7 +39,8 @@ def gru_layer_reference(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
     D = w_ih.shape[0]
     outputs, finals = [], []
     for d in range(D):
-        gx = torch.nn.functional.linear(input, w_ih[d], None if b_ih is None else b_ih[d])
+        # unbind, not gx[t]: each select's backward writes a full-size zero gradient
+        gx = torch.nn.functional.linear(input, w_ih[d], None if b_ih is None else b_ih[d]).unbind(0)
         h = hx[d]
         steps: list[Tensor] = [None] * T  # type: ignore[list-item]
         order = range(T) if d == 0 else range(T - 1, -1, -1)
