@@ -143,3 +143,33 @@ def test_two_process_gloo_ddp(tmp_path):
     assert state["config"]["world_size"] == 2
     history = json.loads((out / "history.json").read_text())
     assert len(history) == 2 and all(0 <= r["accuracy"] <= 1 for r in history)
+
+
+def test_compile_matches_eager_and_saves_plain_checkpoints(tmp_path):
+    """--compile: torch.compile (inductor) of the classifier, fused GRU op inside, gives the
+    eager model's logits and gradients, and the run's checkpoints load into a plain model."""
+    from gru_torch.models import ModelConfig, SentimentClassifier
+    torch.manual_seed(0)
+    model = SentimentClassifier(ModelConfig(vocab_size=100, embed_dim=8, hidden=[6],
+                                            pooling="last+max"))
+    ids, lengths = torch.randint(1, 100, (4, 9)), torch.tensor([9, 3, 7, 1])
+    compiled = torch.compile(model)
+    results = []
+    for m in (model, compiled):
+        logits = m(ids, lengths)
+        grads = torch.autograd.grad(logits.sum(), list(model.parameters()))
+        results.append((logits, *grads))
+    for c, e in zip(results[1], results[0]):
+        torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-6)
+
+    out = tmp_path / "compiled"
+    env = {**os.environ, "GRU_TORCH_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), "--data", "sample", "--out", str(out),
+         "--epochs", "1", "--batch-size", "25", "--no-bucket", "--compile", "--device", "cpu"],
+        capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert '"compile": true' in proc.stdout
+    state = train.load_checkpoint(out / "last.pt")
+    assert not any(k.startswith("_orig_mod") for k in state["model"])
+    train.model_from_checkpoint(state)  # strict load into an uncompiled model
