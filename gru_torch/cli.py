@@ -35,6 +35,14 @@ def default_recipe(cell: str, bidirectional: bool) -> presets.Preset:
         early_stopping={"monitor": "val_accuracy", "patience": 2})
 
 
+def chosen_preset(args) -> presets.Preset:
+    """--preset NAME, else the default recipe for --cell; --init overrides its initializers."""
+    preset = presets.get(args.preset) if args.preset else default_recipe(args.cell, args.bidirectional)
+    if args.init:
+        preset = dataclasses.replace(preset, model=dataclasses.replace(preset.model, init=args.init))
+    return preset
+
+
 def _parse_train(argv):
     ap = argparse.ArgumentParser(description="Train an IMDB sentiment classifier.")
     ap.add_argument("--cell", choices=["gru", "lstm", "rnn"], default="gru")
@@ -77,9 +85,7 @@ def train_main(argv=None) -> int:
             print(f"{p.name:<16} notebook {p.notebook}  {p.keras_params:>9,} params  "
                   f"reported {acc:>7}  {p.note}")
         return 0
-    preset = presets.get(args.preset) if args.preset else default_recipe(args.cell, args.bidirectional)
-    if args.init:
-        preset = dataclasses.replace(preset, model=dataclasses.replace(preset.model, init=args.init))
+    preset = chosen_preset(args)
     epochs = args.epochs or preset.epochs
     batch_size = args.batch_size or preset.batch_size
     out = args.out or Path("runs") / preset.name

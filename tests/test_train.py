@@ -122,6 +122,14 @@ def test_list_presets(capsys):
     assert "gru100-recdrop" in text and "120,801" in text and "bilstm32x2" in text
 
 
+def test_init_flag_overrides_the_presets_initializers():
+    pick = lambda *a: cli.chosen_preset(cli._parse_train(list(a))).model.init  # noqa: E731
+    assert pick("--preset", "gru32x2") == "keras"
+    assert pick("--preset", "gru32x2", "--init", "torch") == "torch"
+    assert pick("--cell", "gru") == "torch"
+    assert pick("--cell", "lstm", "--init", "keras") == "keras"
+
+
 def test_encode_uses_keras_ids():
     vocab = ["the", "film", "good"]
     assert cli.encode("The good, unseen film", vocab, num_words=6, maxlen=None) == [1, 4, 2, 2, 2, 5]
