@@ -36,10 +36,13 @@ def default_recipe(cell: str, bidirectional: bool) -> presets.Preset:
 
 
 def chosen_preset(args) -> presets.Preset:
-    """--preset NAME, else the default recipe for --cell; --init overrides its initializers."""
+    """--preset NAME, else the default recipe for --cell; --init and --recurrent-dropout
+    override its model's."""
     preset = presets.get(args.preset) if args.preset else default_recipe(args.cell, args.bidirectional)
-    if args.init:
-        preset = dataclasses.replace(preset, model=dataclasses.replace(preset.model, init=args.init))
+    changes = {k: v for k, v in (("init", args.init), ("recurrent_dropout", args.recurrent_dropout))
+               if v is not None}
+    if changes:
+        preset = dataclasses.replace(preset, model=dataclasses.replace(preset.model, **changes))
     return preset
 
 
@@ -60,6 +63,8 @@ def _parse_train(argv):
     ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-bucket", action="store_true", help="do not batch by length")
+    ap.add_argument("--recurrent-dropout", type=float, metavar="P",
+                    help="override the model's recurrent_dropout")
     ap.add_argument("--init", choices=["torch", "keras"],
                     help="initializers (default: keras for a --preset, torch otherwise)")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads")
@@ -74,6 +79,8 @@ def _parse_train(argv):
         v = getattr(args, name)
         if v is not None and v <= 0:
             ap.error(f"--{name.replace('_', '-')} must be positive, got {v}")
+    if args.recurrent_dropout is not None and not 0 <= args.recurrent_dropout < 1:
+        ap.error(f"--recurrent-dropout must be in [0, 1), got {args.recurrent_dropout}")
     return args
 
 

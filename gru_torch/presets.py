@@ -35,13 +35,19 @@ def _c(name, cell, H, params, reported):
                   num_words=10000, maxlen=200, keras_params=params, reported=reported)
 
 
+# tf.keras's GRUCell (implementation 2, its default) draws a recurrent-dropout mask and never
+# applies it, so notebook E's GRU trained without recurrent dropout; its LSTMs applied theirs.
+_TF_KERAS_GRU_NOTE = "recurrent_dropout=0.2 as written, but tf.keras's GRU never applied it"
+
+
 def _e(name, cell, bidirectional, params, reported):
+    gru = cell == "gru"
     return Preset(name, "E", ModelConfig(vocab_size=10000, embed_dim=100, cell=cell,
                                          hidden=[32, 32], bidirectional=bidirectional,
-                                         dropout=0.5, recurrent_dropout=0.2, head_dropout=0.5,
-                                         init="keras"),
+                                         dropout=0.5, recurrent_dropout=0.0 if gru else 0.2,
+                                         head_dropout=0.5, init="keras"),
                   num_words=10000, maxlen=500, optimizer="rmsprop", batch_size=512, epochs=5,
-                  keras_params=params, reported=reported)
+                  keras_params=params, reported=reported, note=_TF_KERAS_GRU_NOTE if gru else "")
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [

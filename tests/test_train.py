@@ -128,6 +128,10 @@ def test_init_flag_overrides_the_presets_initializers():
     assert pick("--preset", "gru32x2", "--init", "torch") == "torch"
     assert pick("--cell", "gru") == "torch"
     assert pick("--cell", "lstm", "--init", "keras") == "keras"
+    model = cli.chosen_preset(cli._parse_train(["--preset", "gru32x2", "--recurrent-dropout", "0.2"])).model
+    assert model.recurrent_dropout == 0.2 and model.init == "keras"
+    with pytest.raises(SystemExit):
+        cli._parse_train(["--recurrent-dropout", "1.5"])
 
 
 def test_encode_uses_keras_ids():
