@@ -63,17 +63,13 @@ def embedding_uniform_(weight: Tensor, limit: float = 0.05) -> Tensor:
     return weight.uniform_(-limit, limit)
 
 
-def _gates(module: nn.Module, hidden_size: int) -> int:
-    return module.weight_hh_l0.shape[0] // hidden_size
-
-
 @torch.no_grad()
 def keras_recurrent_init_(module: nn.Module) -> nn.Module:
     """Keras's defaults on a recurrent layer: glorot_uniform input kernels, orthogonal
     recurrent kernels, zero biases, and a unit forget bias for an LSTM. Only an LSTM's
     first bias vector of a pair gets the 1, so b_ih + b_hh starts at 1 as in Keras."""
     H = module.hidden_size
-    is_lstm = _gates(module, H) == 4
+    is_lstm = module.weight_hh_l0.shape[0] == 4 * H
     for name, p in module.named_parameters():
         if name.startswith("weight_ih"):
             glorot_uniform_(p)

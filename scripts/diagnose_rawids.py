@@ -11,7 +11,8 @@ the gate is saturated (sigmoid within 0.018 of 0 or 1) whatever the state: the w
 flips gates, and its id's size, which carries no meaning, decides which way. The script
 counts those saturated gates for the trained model and for a fresh one, how many test
 reviews are read after trailing padding ('post'), and how the GRU(1) state, a tanh read as
-a probability, is spread: after enough zero steps it forgets the review. It writes a JSON and a Markdown summary.
+a probability, is spread: after enough zero steps it forgets the review. It writes a JSON
+and a Markdown summary.
 """
 from __future__ import annotations
 

@@ -83,3 +83,26 @@ def test_max_pooling_ignores_padding():
     torch.testing.assert_close(model(padded, torch.tensor([4, 4])), short)
     with pytest.raises(ValueError, match="pooling"):
         ModelConfig(pooling="mean")
+
+
+def test_rawids_diagnosis_counts_only_gates_saturated_whatever_the_state():
+    """scripts/diagnose_rawids.py: a gate counts as saturated by the word alone only where
+    |id * w + b| exceeds the largest recurrent term (sum |W_hh row|) by the margin."""
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+
+    from gru_torch import GRU
+    path = Path(__file__).resolve().parents[1] / "scripts" / "diagnose_rawids.py"
+    spec = importlib.util.spec_from_file_location("diagnose_rawids", path)
+    diag = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diag)
+    layer = GRU(1, 2, reset_after=False)
+    with torch.no_grad():
+        layer.weight_ih_l0.fill_(1.0)   # pre-activation = id
+        layer.bias_ih_l0.zero_()
+        layer.weight_hh_l0.fill_(0.5)   # |recurrent term| <= 1 for every unit
+    ids = np.array([[0, 0, 3, 5], [6, 100, 0, 0]])  # pads (0) are left out
+    # saturated where id > 1 + 4: ids 6 and 100 of the real words 3, 5, 6, 100
+    assert diag.saturation(layer, ids) == {"r": 0.5, "z": 0.5, "n": 0.5}

@@ -122,7 +122,7 @@ def test_list_presets(capsys):
     assert "gru100-recdrop" in text and "120,801" in text and "bilstm32x2" in text
 
 
-def test_init_flag_overrides_the_presets_initializers():
+def test_init_and_recurrent_dropout_flags_override_the_preset():
     pick = lambda *a: cli.chosen_preset(cli._parse_train(list(a))).model.init  # noqa: E731
     assert pick("--preset", "gru32x2") == "keras"
     assert pick("--preset", "gru32x2", "--init", "torch") == "torch"
