@@ -12,7 +12,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export CUDA_HOME ?= /usr/local/cuda
 export GRU_TORCH_CUDA
 
-SOURCES := $(wildcard csrc/*.cpp csrc/*.cu csrc/*.h) setup.py pyproject.toml gru_torch/_build.py
+SOURCES := $(wildcard csrc/*.cpp csrc/*.cu csrc/*.h csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h csrc/*/*.cuh) setup.py pyproject.toml gru_torch/_build.py
 
 .PHONY: venv build test bench train clean
 

@@ -70,6 +70,9 @@ TORCH_LIBRARY(gru_torch, m) {
       "Tensor? lengths, bool reset_after, Tensor reserve) "
       "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, "
       "Tensor grad_b_ih, Tensor grad_b_hh)");
+  // The device self-tests (csrc/device/selftest_kernels.cuh): on CPU tensors through
+  // the emulator, on CUDA tensors on the GPU.
+  m.def("_device_selftest(str name, Tensor(a!)[] buffers, int[] ints) -> ()");
 }
 
 }  // namespace gru_torch

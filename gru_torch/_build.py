@@ -8,8 +8,11 @@ import os
 from pathlib import Path
 
 CSRC_DIRS = (Path(__file__).resolve().parent / "csrc", Path(__file__).resolve().parent.parent / "csrc")
-CPU_SOURCES = ("ops.cpp", "gru_cpu.cpp", "cpu_pool.cpp")
-CUDA_SOURCES = ("gru_cuda.cu",)
+# The emulator (emu/) and its ops are part of every build: it runs the CUDA kernels'
+# source on the CPU. CUDA_SOURCES: the torch-side glue (.cpp) and the kernels (.cu,
+# compiled by nvcc without torch headers).
+CPU_SOURCES = ("ops.cpp", "gru_cpu.cpp", "cpu_pool.cpp", "emu/emulator.cpp", "emu_ops.cpp")
+CUDA_SOURCES = ("gru_cuda.cpp", "cuda/selftest.cu")
 
 
 def csrc_dir() -> Path | None:

@@ -1,45 +1,29 @@
-// CUDA side of the fused GRU layer op.
-//
-// Status: a placeholder. The persistent whole-sequence kernel (csrc/README.md)
-// is not written yet, so the CUDA
-// registrations below raise a clear error, and gru_torch's "auto" backend never
-// picks the fused op on CUDA. What is here is compiled on every CI run so the
-// CUDA build stays healthy: the step's pointwise cell (reset_after=true) as a
-// kernel, which no GPU has run yet and nothing calls.
+// The CUDA side of the gru_torch ops, torch half: argument checks, allocation, the
+// current stream and device guard. The kernels are compiled by nvcc in csrc/cuda/*.cu,
+// which include no torch header; this file reaches them through cuda/cuda_entry.h.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "cuda/cuda_entry.h"
 #include "gru.h"
 
 namespace gru_torch {
 namespace {
 
-template <typename T>
-__device__ __forceinline__ T sigmoid(T x) {
-  return T(1) / (T(1) + exp(-x));
+void device_selftest_cuda(const std::string& name, at::TensorList bufs, at::IntArrayRef ints) {
+  TORCH_CHECK(!bufs.empty(), "_device_selftest: no buffers");
+  const c10::cuda::CUDAGuard guard(bufs[0].device());
+  std::vector<void*> data;
+  std::vector<size_t> bytes;
+  for (const auto& t : bufs) {
+    TORCH_CHECK(t.is_cuda() && t.is_contiguous(), "_device_selftest: buffers must be contiguous CUDA tensors");
+    data.push_back(t.data_ptr());
+    bytes.push_back(size_t(t.nbytes()));
+  }
+  cuda::run_selftest(name, data, bytes, ints.vec(), at::cuda::getCurrentCUDAStream());
 }
-
-// One step of the reset_after=true cell for B rows of H units.
-// gx, gh: [B, G]; h: [B, H] in/out; out: [B, H].
-template <typename scalar_t>
-__global__ void pointwise_step_after(int64_t B, int64_t H, const scalar_t* __restrict__ gx,
-                                     const scalar_t* __restrict__ gh, scalar_t* __restrict__ h,
-                                     scalar_t* __restrict__ out) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= B * H) return;
-  const int64_t b = i / H, j = i % H, G = 3 * H;
-  const scalar_t r = sigmoid(gx[b * G + j] + gh[b * G + j]);
-  const scalar_t z = sigmoid(gx[b * G + H + j] + gh[b * G + H + j]);
-  const scalar_t n = tanh(gx[b * G + 2 * H + j] + r * gh[b * G + 2 * H + j]);
-  const scalar_t hn = (scalar_t(1) - z) * n + z * h[i];
-  h[i] = hn;
-  out[i] = hn;
-}
-
-template __global__ void pointwise_step_after<float>(int64_t, int64_t, const float*,
-                                                     const float*, float*, float*);
 
 [[noreturn]] void not_built(const char* op) {
   TORCH_CHECK_NOT_IMPLEMENTED(false, "gru_torch::", op,
@@ -70,6 +54,7 @@ gru_layer_backward_cuda(const at::Tensor&, const at::Tensor&, const at::Tensor&,
 TORCH_LIBRARY_IMPL(gru_torch, CUDA, m) {
   m.impl("gru_layer", &gru_layer_cuda);
   m.impl("gru_layer_backward", &gru_layer_backward_cuda);
+  m.impl("_device_selftest", &device_selftest_cuda);
 }
 
 }  // namespace gru_torch
