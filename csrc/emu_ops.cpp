@@ -1,10 +1,14 @@
-// The emulator's torch face: its switch (gru_torch.testing.emulate_cuda) and the
-// device self-tests on CPU tensors. The emulated GRU layer ops join them here.
+// The emulator's torch face: its switch (gru_torch.testing.emulate_cuda), the device
+// self-tests on CPU tensors, and the fused layer ops on CPU tensors run by the CUDA
+// kernels (the same source nvcc builds) under the emulator.
 #include <torch/library.h>
 
 #include <ATen/ATen.h>
 
+#include "gru_stepwise_op.h"
 // After the torch headers: the port header defines CUDA's spellings for the host.
+#include "device/gru_dispatch.cuh"
+#include "device/gru_stepwise.cuh"
 #include "device/selftest_kernels.cuh"
 
 namespace gru_torch {
@@ -29,18 +33,67 @@ std::vector<double> emu_last_stats() {
           double(s.smem_accesses)};
 }
 
-std::vector<gt::selftest::Buffer> buffers(const at::TensorList& bufs, const char* device) {
+void device_selftest_cpu(const std::string& name, at::TensorList bufs, at::IntArrayRef ints) {
   std::vector<gt::selftest::Buffer> out;
   for (const auto& t : bufs) {
-    TORCH_CHECK(t.is_contiguous(), "_device_selftest: buffers must be contiguous");
-    TORCH_CHECK(t.device().type() == c10::Device(device).type(), "_device_selftest: every buffer must be on ", device);
+    TORCH_CHECK(t.is_contiguous() && t.is_cpu(), "_device_selftest: buffers must be contiguous CPU tensors");
     out.push_back({t.data_ptr(), size_t(t.nbytes())});
   }
-  return out;
+  gt::selftest::run(name, out, ints.vec(), nullptr);
 }
 
-void device_selftest_cpu(const std::string& name, at::TensorList bufs, at::IntArrayRef ints) {
-  gt::selftest::run(name, buffers(bufs, "cpu"), ints.vec(), nullptr);
+// The device the emulated ops run on: the emulator, with the limits of the GPU it is
+// set to; outputs are NaN-poisoned so that anything a kernel fails to write shows.
+struct Emulated {
+  static size_t smem_optin(const at::Tensor&) {
+    return gt_emu::gpu_props(gt_emu::options().gpu).smem_optin;
+  }
+  static bool poison() { return true; }
+  static void forward(plan::Dtype dt, const plan::Plan& p, const raw::Forward& r) {
+    switch (dt) {
+      case plan::Dtype::F32: return gt::gru::run_forward<float>(p, r, nullptr);
+      case plan::Dtype::BF16: return gt::gru::run_forward<gt::bf16>(p, r, nullptr);
+      case plan::Dtype::F16: return gt::gru::run_forward<gt::f16>(p, r, nullptr);
+      default: TORCH_CHECK(false, "gru_layer_emulated: no persistent kernel for this dtype");
+    }
+  }
+  static void backward(plan::Dtype dt, const plan::Plan& p, const raw::Backward& r) {
+    switch (dt) {
+      case plan::Dtype::F32: return gt::gru::run_backward<float>(p, r, nullptr);
+      case plan::Dtype::BF16: return gt::gru::run_backward<gt::bf16>(p, r, nullptr);
+      case plan::Dtype::F16: return gt::gru::run_backward<gt::f16>(p, r, nullptr);
+      default: TORCH_CHECK(false, "gru_layer_backward_emulated: no persistent kernel for this dtype");
+    }
+  }
+  static void step(plan::Dtype dt, const raw::Step& s) {
+    switch (dt) {
+      case plan::Dtype::F32: return gt::gru::run_step<float>(s, nullptr);
+      case plan::Dtype::F64: return gt::gru::run_step<double>(s, nullptr);
+      case plan::Dtype::BF16: return gt::gru::run_step<gt::bf16>(s, nullptr);
+      case plan::Dtype::F16: return gt::gru::run_step<gt::f16>(s, nullptr);
+    }
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_emulated(
+    const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& lengths,
+    bool reset_after, bool need_reserve) {
+  return device_op::forward<Emulated>(input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths,
+                                      reset_after, need_reserve);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+gru_layer_backward_emulated(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+                            const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
+                            const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+                            const std::optional<at::Tensor>& b_hh,
+                            const std::optional<at::Tensor>& mask,
+                            const std::optional<at::Tensor>& lengths, bool reset_after,
+                            const at::Tensor& reserve) {
+  return device_op::backward<Emulated>(grad_output, grad_h_n, input, hx, w_ih, w_hh, b_ih, b_hh,
+                                       mask, lengths, reset_after, reserve);
 }
 
 }  // namespace
@@ -53,6 +106,8 @@ TORCH_LIBRARY_FRAGMENT(gru_torch, m) {
 
 TORCH_LIBRARY_IMPL(gru_torch, CPU, m) {
   m.impl("_device_selftest", &device_selftest_cpu);
+  m.impl("gru_layer_emulated", &gru_layer_emulated);
+  m.impl("gru_layer_backward_emulated", &gru_layer_backward_emulated);
 }
 
 }  // namespace gru_torch

@@ -70,6 +70,18 @@ TORCH_LIBRARY(gru_torch, m) {
       "Tensor? lengths, bool reset_after, Tensor reserve) "
       "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, "
       "Tensor grad_b_ih, Tensor grad_b_hh)");
+  // The same ops on CPU tensors, run by the CUDA kernels under the emulator
+  // (gru_torch.testing.emulate_cuda): csrc/emu_ops.cpp.
+  m.def(
+      "gru_layer_emulated(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, Tensor? mask, Tensor? lengths, bool reset_after, bool need_reserve) "
+      "-> (Tensor output, Tensor h_n, Tensor reserve)");
+  m.def(
+      "gru_layer_backward_emulated(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor hx, "
+      "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? mask, "
+      "Tensor? lengths, bool reset_after, Tensor reserve) "
+      "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, "
+      "Tensor grad_b_ih, Tensor grad_b_hh)");
   // The device self-tests (csrc/device/selftest_kernels.cuh): on CPU tensors through
   // the emulator, on CUDA tensors on the GPU.
   m.def("_device_selftest(str name, Tensor(a!)[] buffers, int[] ints) -> ()");

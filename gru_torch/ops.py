@@ -3,22 +3,33 @@
 `gru_layer` runs one layer (one or two directions) over a whole sequence through the
 compiled op; its backward is the compiled `gru_layer_backward`. Both are registered
 with torch.library, so torch.compile traces them without a graph break and
-torch.library.opcheck can test them.
+torch.library.opcheck can test them. Inside `gru_torch.testing.emulate_cuda()`, CPU
+tensors go to `gru_layer_emulated` / `gru_layer_backward_emulated` instead: the CUDA
+kernels, compiled for the host, under the emulator.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import Tensor
 
-from . import _ext
+from . import _ext, testing
 
-# Devices and dtypes the compiled kernels implement. The CUDA kernel is not written
-# yet: its registration only raises, so "auto" never routes CUDA tensors to it.
-FUSED_DTYPES = {"cpu": (torch.float32, torch.float64)}
+# Devices and dtypes the compiled kernels implement: the C++ CPU op, and the CUDA
+# kernels (persistent for 16-bit and TF32 float32 up to H = 128, per-step otherwise),
+# which also run on CPU tensors under the emulator.
+FUSED_DTYPES = {"cpu": (torch.float32, torch.float64),
+                "cuda": (torch.float32, torch.float64, torch.bfloat16, torch.float16)}
 
 RESERVE_SLOTS = 5  # r, z, n, aux, h_prev per step and row (csrc/gru.h)
 
 _registered = False
+
+
+def emulating(device: torch.device) -> bool:
+    """Whether a fused layer on `device` runs the CUDA kernels under the emulator."""
+    return device.type == "cpu" and testing.active() is not None
 
 
 def unsupported_reason(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -26,7 +37,11 @@ def unsupported_reason(device: torch.device, dtype: torch.dtype) -> str | None:
     st = _ext.status()
     if not st.loaded:
         return f"the gru_torch extension is not built: {st.reason}"
-    dtypes = FUSED_DTYPES.get(device.type)
+    if device.type == "cuda" and not st.cuda:
+        return ("the gru_torch extension was built without its CUDA kernels (build with "
+                "GRU_TORCH_CUDA=1 and a CUDA toolkit)")
+    dtypes = FUSED_DTYPES["cuda" if emulating(device) else device.type] \
+        if device.type in FUSED_DTYPES else None
     if dtypes is None:
         return f"the fused kernel is not implemented on {device.type} yet"
     if dtype not in dtypes:
@@ -35,13 +50,14 @@ def unsupported_reason(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
-def _setup_context(ctx, inputs, output):
+def _setup_context(ctx, inputs, output, emulated=False):
     input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, reset_after, need_reserve = inputs
     out, h_n, reserve = output
     if not need_reserve:
         raise RuntimeError("gru_torch: gru_layer ran with need_reserve=False, so it cannot "
                            "be differentiated; call it with need_reserve=True")
     ctx.reset_after = reset_after
+    ctx.emulated = emulated
     ctx.has_b_ih = b_ih is not None
     ctx.has_b_hh = b_hh is not None
     ctx.mark_non_differentiable(reserve)
@@ -57,7 +73,9 @@ def _backward(ctx, grad_out, grad_h_n, _grad_reserve):
         grad_out = input.new_zeros(T, B, w_hh.shape[0] * w_hh.shape[2])
     if grad_h_n is None:
         grad_h_n = torch.zeros_like(hx)
-    grads = torch.ops.gru_torch.gru_layer_backward(
+    backward_op = (torch.ops.gru_torch.gru_layer_backward_emulated if ctx.emulated
+                   else torch.ops.gru_torch.gru_layer_backward)
+    grads = backward_op(
         grad_out.contiguous(), grad_h_n.contiguous(), input, hx, w_ih, w_hh, b_ih, b_hh,
         mask, lengths, ctx.reset_after, reserve)
     d_input, d_hx, d_w_ih, d_w_hh, d_b_ih, d_b_hh = grads
@@ -85,10 +103,12 @@ def _register() -> None:
     global _registered
     if _registered:
         return
-    torch.library.register_fake("gru_torch::gru_layer")(_fake_forward)
-    torch.library.register_fake("gru_torch::gru_layer_backward")(_fake_backward)
-    torch.library.register_autograd("gru_torch::gru_layer", _backward,
-                                    setup_context=_setup_context)
+    for suffix, emulated in (("", False), ("_emulated", True)):
+        torch.library.register_fake(f"gru_torch::gru_layer{suffix}")(_fake_forward)
+        torch.library.register_fake(f"gru_torch::gru_layer_backward{suffix}")(_fake_backward)
+        torch.library.register_autograd(
+            f"gru_torch::gru_layer{suffix}", _backward,
+            setup_context=functools.partial(_setup_context, emulated=emulated))
     _registered = True
 
 
@@ -103,6 +123,7 @@ def gru_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tenso
     params = (input, hx, w_ih, w_hh, b_ih, b_hh)
     need_reserve = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in params)
-    out, h_n, _ = torch.ops.gru_torch.gru_layer(input, hx, w_ih, w_hh, b_ih, b_hh, mask,
-                                                lengths, reset_after, need_reserve)
+    op = torch.ops.gru_torch.gru_layer_emulated if emulating(input.device) \
+        else torch.ops.gru_torch.gru_layer
+    out, h_n, _ = op(input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, reset_after, need_reserve)
     return out, h_n

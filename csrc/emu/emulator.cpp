@@ -743,14 +743,17 @@ namespace {
 
 Block& block_of(const Group& g, uint32_t tid) { return *g.blocks[tid / g.L->threads]; }
 
-// Whether an access recorded as (tid, bep, gep, clk) happens before fiber f's access
-// now: the same thread, or a barrier of the group, of the block, or a __syncwarp
-// between them.
-bool ordered(uint32_t tid, uint32_t bep, uint32_t gep, uint32_t clk, const Fiber& f) {
+// Whether an access recorded as (tid, bep, gep, clk) to a cell of block `owner`'s
+// arena happens before fiber f's access now: the same thread, or a barrier of the
+// group, of the block, or a __syncwarp between them. For several readers (kMany), clk
+// is 1 when one of them was in another block (distributed shared memory): then only
+// a group barrier orders them.
+bool ordered(uint32_t tid, uint32_t bep, uint32_t gep, uint32_t clk, const Fiber& f,
+             const Block& owner) {
   const Group& g = *f.blk->grp;
   if (tid == f.gid) return true;
   if (g.epoch > gep) return true;
-  if (tid == kMany) return false;
+  if (tid == kMany) return clk == 0 && f.blk == &owner && owner.epoch > bep;
   const Block& ba = block_of(g, tid);
   if (&ba != f.blk) return false;
   if (f.blk->epoch > bep) return true;
@@ -802,7 +805,7 @@ void access_as(Fiber& f, const Span& s, int64_t off, size_t bytes, bool write, v
                     tid == kMany ? "several threads" : thread_name(g, tid).c_str()));
       };
       const bool w_unordered =
-          cell.w_tid != kNone && !ordered(cell.w_tid, cell.w_bep, cell.w_gep, cell.w_clk, f);
+          cell.w_tid != kNone && !ordered(cell.w_tid, cell.w_bep, cell.w_gep, cell.w_clk, f, ob);
       // Atomics do not race with each other, only with plain accesses.
       const bool w_conflicts = w_unordered && !(atomic && cell.w_atomic);
       if (!write) {
@@ -813,18 +816,21 @@ void access_as(Fiber& f, const Span& s, int64_t off, size_t bytes, bool write, v
         if (!o.race_check) continue;
         if (w_conflicts) race(cell.w_atomic ? "atomic" : "write", cell.w_tid);
         if (atomic) continue;  // the read half of an atomic is not a plain read
-        if (cell.r_tid == kNone || ordered(cell.r_tid, cell.r_bep, cell.r_gep, cell.r_clk, f)) {
+        if (cell.r_tid == kNone || ordered(cell.r_tid, cell.r_bep, cell.r_gep, cell.r_clk, f, ob)) {
           cell.r_tid = f.gid;
           cell.r_clk = clk;
         } else if (cell.r_tid != f.gid) {
+          const bool remote = (cell.r_tid == kMany && cell.r_clk) || f.blk != &ob ||
+                              (cell.r_tid != kMany && &block_of(g, cell.r_tid) != &ob);
           cell.r_tid = kMany;
+          cell.r_clk = remote ? 1u : 0u;
         }
         cell.r_bep = f.blk->epoch;
         cell.r_gep = g.epoch;
         continue;
       }
       if (o.race_check) {
-        if (cell.r_tid != kNone && !ordered(cell.r_tid, cell.r_bep, cell.r_gep, cell.r_clk, f))
+        if (cell.r_tid != kNone && !ordered(cell.r_tid, cell.r_bep, cell.r_gep, cell.r_clk, f, ob))
           race("read", cell.r_tid);
         if (w_conflicts) race(cell.w_atomic ? "atomic" : "write", cell.w_tid);
       }

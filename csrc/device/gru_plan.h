@@ -1,0 +1,109 @@
+// Which CUDA path runs a GRU layer, and with what launch: plain C++, shared by the
+// torch side (to size buffers), the kernel dispatch (to pick the instantiation) and
+// the emulator (to run it). Letters as in csrc/gru.h.
+//
+// Paths:
+//   persistent  one launch for the whole sequence (csrc/device/gru_persistent.cuh),
+//               for 16-bit tensors and float32 with TF32 allowed, H <= 128 (H is
+//               padded to 32, 64 or 128).
+//   stepwise    per time step one GEMM (cuBLAS) and one fused pointwise kernel
+//               (csrc/device/gru_stepwise.cuh): everything else (H > 128, exact
+//               float32 when TF32 is off, float64).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace gru_torch::plan {
+
+enum class Dtype { F32, F64, BF16, F16 };
+enum class Operand { BF16, F16, TF32, None };
+enum class Path { Persistent, Stepwise };
+
+// Padded sizes with a persistent kernel, and each one's shape: warps per CTA and
+// how many k-tiles of W_hh stay in registers (forward, backward); the rest of W_hh
+// sits in shared memory. 16-bit W_hh fits in registers whole up to H = 128
+// (96 registers a thread at 8 warps); tf32 W_hh at H = 128 is twice that, so part
+// of it moves to shared memory.
+struct Shape {
+  int hp, warps, reg_tiles_fwd, reg_tiles_bwd;
+};
+constexpr int kTileRows = 16;
+constexpr int kPaddedSizes[3] = {32, 64, 128};
+
+constexpr Shape shape(Operand op, int hp) {
+  if (op == Operand::TF32) {
+    return hp == 32 ? Shape{32, 4, 4, 12} : hp == 64 ? Shape{64, 4, 8, 24} : Shape{128, 8, 10, 30};
+  }
+  return hp == 32 ? Shape{32, 4, 2, 6} : hp == 64 ? Shape{64, 4, 4, 12} : Shape{128, 8, 8, 24};
+}
+
+constexpr int k_of(Operand op) { return op == Operand::TF32 ? 8 : 16; }
+constexpr int pad_of(Operand op) { return op == Operand::TF32 ? 4 : 8; }
+constexpr size_t elem_bytes(Operand op) { return op == Operand::TF32 ? 4 : 2; }
+
+// Dynamic shared memory of the persistent kernel (mirrors gru::Config::kSmemBytes).
+constexpr size_t persistent_smem(Operand op, int hp, bool reset_after, bool backward) {
+  const Shape s = shape(op, hp);
+  const int K = backward ? 3 * hp : hp;
+  const int kt = K / k_of(op);
+  const int cols = (backward ? 1 : 3) * (hp / s.warps / 8);
+  const int reg = backward ? s.reg_tiles_bwd : s.reg_tiles_fwd;
+  const int tiles = (backward && !reset_after) ? 1 : 2;
+  const size_t tile = size_t(kTileRows) * (K + pad_of(op)) * elem_bytes(op);
+  return tiles * tile + size_t(s.warps) * (kt - reg) * cols * 32 * 8;
+}
+
+struct Problem {
+  Dtype dtype;
+  bool allow_tf32;  // float32 only: torch.backends.cudnn.allow_tf32
+  int H, B, T, D;
+  bool reset_after;
+  size_t smem_optin;  // the device's opt-in shared memory per block
+};
+
+struct Plan {
+  Path path = Path::Stepwise;
+  Operand op = Operand::None;
+  int hp = 0, warps = 0;
+  size_t smem_fwd = 0, smem_bwd = 0;
+  std::string why;  // why this path (for error messages and the benchmark report)
+};
+
+inline Operand operand_for(Dtype dt, bool allow_tf32) {
+  switch (dt) {
+    case Dtype::BF16: return Operand::BF16;
+    case Dtype::F16: return Operand::F16;
+    case Dtype::F32: return allow_tf32 ? Operand::TF32 : Operand::None;
+    default: return Operand::None;
+  }
+}
+
+inline Plan choose(const Problem& p) {
+  Plan plan;
+  plan.op = operand_for(p.dtype, p.allow_tf32);
+  if (plan.op == Operand::None) {
+    plan.why = p.dtype == Dtype::F32 ? "float32 with TF32 off needs exact fp32 FMA: per-step GEMMs"
+                                      : "float64 has no tensor-core path: per-step GEMMs";
+    return plan;
+  }
+  for (int hp : kPaddedSizes) {
+    if (p.H > hp) continue;
+    const size_t fwd = persistent_smem(plan.op, hp, p.reset_after, false);
+    const size_t bwd = persistent_smem(plan.op, hp, p.reset_after, true);
+    if (fwd > p.smem_optin || bwd > p.smem_optin) break;
+    plan.path = Path::Persistent;
+    plan.hp = hp;
+    plan.warps = shape(plan.op, hp).warps;
+    plan.smem_fwd = fwd;
+    plan.smem_bwd = bwd;
+    plan.why = "W_hh fits on one SM";
+    return plan;
+  }
+  plan.op = Operand::None;
+  plan.why = "H = " + std::to_string(p.H) + " exceeds the persistent kernels' 128: per-step GEMMs";
+  return plan;
+}
+
+}  // namespace gru_torch::plan
