@@ -1,13 +1,18 @@
-// The CUDA side of the gru_torch ops, torch half: argument checks, allocation, the
-// current stream and device guard. The kernels are compiled by nvcc in csrc/cuda/*.cu,
-// which include no torch header; this file reaches them through cuda/cuda_entry.h.
+// The CUDA side of the gru_torch ops, torch half: the device guard, the current
+// stream, the device's limits, and the layer op written once for every device
+// (gru_device_op.h, gru_stepwise_op.h). The kernels are compiled by nvcc in
+// csrc/cuda/*.cu, which include no torch header; this file reaches them through
+// cuda/cuda_entry.h.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include "cuda/cuda_entry.h"
-#include "gru.h"
+#include "gru_stepwise_op.h"
 
 namespace gru_torch {
 namespace {
@@ -25,28 +30,61 @@ void device_selftest_cuda(const std::string& name, at::TensorList bufs, at::IntA
   cuda::run_selftest(name, data, bytes, ints.vec(), at::cuda::getCurrentCUDAStream());
 }
 
-[[noreturn]] void not_built(const char* op) {
-  TORCH_CHECK_NOT_IMPLEMENTED(false, "gru_torch::", op,
-                              ": the fused CUDA kernel is not implemented yet; use "
-                              "backend='cudnn' (or 'auto', which picks it) on CUDA");
-}
+// The GPU as a device_op policy.
+struct Cuda {
+  static size_t smem_optin(const at::Tensor& like) {
+    return at::cuda::getDeviceProperties(like.device().index())->sharedMemPerBlockOptin;
+  }
+  // GRU_TORCH_POISON=1 NaN-fills outputs before the kernels (the tests set it), so a
+  // value a kernel fails to write shows instead of passing as stale memory.
+  static bool poison() {
+    static const bool on = [] {
+      const char* v = std::getenv("GRU_TORCH_POISON");
+      return v && std::strcmp(v, "1") == 0;
+    }();
+    return on;
+  }
+  static cudaStream_t stream() { return at::cuda::getCurrentCUDAStream(); }
+  static void forward(plan::Dtype dt, const plan::Plan& p, const raw::Forward& r) {
+    switch (dt) {
+      case plan::Dtype::F32: return cuda::persistent_forward_f32(p, r, stream());
+      case plan::Dtype::BF16: return cuda::persistent_forward_bf16(p, r, stream());
+      case plan::Dtype::F16: return cuda::persistent_forward_f16(p, r, stream());
+      default: TORCH_CHECK(false, "gru_layer: no persistent CUDA kernel for this dtype");
+    }
+  }
+  static void backward(plan::Dtype dt, const plan::Plan& p, const raw::Backward& r) {
+    switch (dt) {
+      case plan::Dtype::F32: return cuda::persistent_backward_f32(p, r, stream());
+      case plan::Dtype::BF16: return cuda::persistent_backward_bf16(p, r, stream());
+      case plan::Dtype::F16: return cuda::persistent_backward_f16(p, r, stream());
+      default: TORCH_CHECK(false, "gru_layer_backward: no persistent CUDA kernel for this dtype");
+    }
+  }
+  static void step(plan::Dtype dt, const raw::Step& s) { cuda::step(dt, s, stream()); }
+};
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_cuda(
     const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
     const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& mask,
-    const std::optional<at::Tensor>& lengths, bool reset_after, bool /*need_reserve*/) {
-  check_layer_args(input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, reset_after, "gru_layer");
-  not_built("gru_layer");
+    const std::optional<at::Tensor>& lengths, bool reset_after, bool need_reserve) {
+  const c10::cuda::CUDAGuard guard(input.device());
+  return device_op::forward<Cuda>(input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, reset_after,
+                                  need_reserve);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-gru_layer_backward_cuda(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                        const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                        const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                        const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                        bool, const at::Tensor&) {
-  not_built("gru_layer_backward");
+gru_layer_backward_cuda(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+                        const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
+                        const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+                        const std::optional<at::Tensor>& b_hh,
+                        const std::optional<at::Tensor>& mask,
+                        const std::optional<at::Tensor>& lengths, bool reset_after,
+                        const at::Tensor& reserve) {
+  const c10::cuda::CUDAGuard guard(input.device());
+  return device_op::backward<Cuda>(grad_output, grad_h_n, input, hx, w_ih, w_hh, b_ih, b_hh, mask,
+                                   lengths, reset_after, reserve);
 }
 
 }  // namespace

@@ -12,7 +12,8 @@ CSRC_DIRS = (Path(__file__).resolve().parent / "csrc", Path(__file__).resolve().
 # source on the CPU. CUDA_SOURCES: the torch-side glue (.cpp) and the kernels (.cu,
 # compiled by nvcc without torch headers).
 CPU_SOURCES = ("ops.cpp", "gru_cpu.cpp", "cpu_pool.cpp", "emu/emulator.cpp", "emu_ops.cpp")
-CUDA_SOURCES = ("gru_cuda.cpp", "cuda/selftest.cu")
+CUDA_SOURCES = ("gru_cuda.cpp", "cuda/selftest.cu", "cuda/gru_persistent_f32.cu",
+                "cuda/gru_persistent_bf16.cu", "cuda/gru_persistent_f16.cu", "cuda/gru_step.cu")
 
 
 def csrc_dir() -> Path | None:

@@ -133,8 +133,10 @@ struct WFrags {
 
 // ---------------------------------------------------------------- math
 // Derivatives are taken from the activation's output (d sigmoid = y (1 - y)).
-GT_DEV float sigmoid(float x) { return 1.f / (1.f + __expf(-x)); }
-GT_DEV float tanh_fast(float x) { return 2.f / (1.f + __expf(-2.f * x)) - 1.f; }
+// __fdividef: one reciprocal and a multiply, no IEEE slow path (a saturated exp gives
+// the right limit: 1 / inf = 0). Its ~2 ulp are far below the operands' rounding.
+GT_DEV float sigmoid(float x) { return __fdividef(1.f, 1.f + __expf(-x)); }
+GT_DEV float tanh_fast(float x) { return __fdividef(2.f, 1.f + __expf(-2.f * x)) - 1.f; }
 
 // ---------------------------------------------------------------- arguments
 template <class T>
@@ -191,49 +193,55 @@ struct Config {
   static_assert(kTileBytes % 16 == 0, "tiles stay 16-byte aligned");
 };
 
-// The (row, unit) of each accumulator value a thread holds: value i of n-tile j is
-// row g (+8 for i >= 2), unit warp*U + 8j + 2t + (i & 1), with g = lane / 4, t = lane % 4.
+// What a thread owns: accumulator value i of n-tile j is row b0 + g + 8h (h = i / 2),
+// unit u(j) + e (e = i % 2) with u(j) = warp*U + 8j + 2t, g = lane / 4, t = lane % 4.
+// The two units of a pair are adjacent in memory and H is even (the plan sends odd H
+// to the per-step path), so one 32-bit (16-bit types) or 64-bit (float) access moves
+// a pair, and u(j) < H implies u(j) + 1 < H.
 template <class C>
-struct Position {
-  int row[2];  // batch row of i < 2, i >= 2 (-1: past B)
-  int unit[C::kNJ][2];
-  GT_DEV void init(int b0, int batch, int hidden, int warp, int lane) {
-    const int g = lane >> 2, t = lane & 3;
-    row[0] = b0 + g < batch ? b0 + g : -1;
-    row[1] = b0 + g + 8 < batch ? b0 + g + 8 : -1;
-    GT_UNROLL for (int j = 0; j < C::kNJ; ++j) {
-      const int u = warp * C::kU + 8 * j + 2 * t;
-      unit[j][0] = u < hidden ? u : -1;
-      unit[j][1] = u + 1 < hidden ? u + 1 : -1;
+struct Owned {
+  int row[2];  // batch rows of h = 0, 1
+  int len[2];  // their lengths (0 past B: never active)
+  int tile_max;  // the longest length in the CTA's 16 rows
+  int u0;      // u(0)
+  int H;
+  GT_DEV void init(const gptr<const int64_t>& lengths, int b0, int batch, int steps, int hidden,
+                   int warp, int lane) {
+    H = hidden;
+    u0 = warp * C::kU + 2 * (lane & 3);
+    auto length = [&](int b) { return b >= batch ? 0 : lengths ? int(lengths[b]) : steps; };
+    GT_UNROLL for (int h = 0; h < 2; ++h) {
+      row[h] = b0 + (lane >> 2) + 8 * h;
+      len[h] = length(row[h]);
+    }
+    tile_max = 0;
+    for (int r = 0; r < C::kRows; ++r) {
+      const int l = length(b0 + r);
+      tile_max = l > tile_max ? l : tile_max;
     }
   }
-  GT_DEV int b(int i) const { return row[i >> 1]; }
-  GT_DEV int u(int j, int i) const { return unit[j][i & 1]; }
-  GT_DEV bool valid(int j, int i) const { return row[i >> 1] >= 0 && unit[j][i & 1] >= 0; }
-  // Element index of value (j, i) in a tile whose row stride is `stride`, at column base `col0`.
-  GT_DEV int tile_index(int j, int i, int stride, int col0, int warp, int lane) const {
-    const int g = lane >> 2, t = lane & 3;
-    return (g + ((i >> 1) << 3)) * stride + col0 + warp * C::kU + 8 * j + 2 * t + (i & 1);
+  GT_DEV int unit(int j) const { return u0 + 8 * j; }
+  GT_DEV bool unit_ok(int j) const { return unit(j) < H; }
+  GT_DEV bool row_ok(int h) const { return len[h] > 0; }
+  GT_DEV bool pair_ok(int j, int h) const { return row_ok(h) && unit_ok(j); }
+  GT_DEV bool valid(int j, int i) const { return pair_ok(j, i >> 1); }
+  GT_DEV bool active(int h, int t) const { return t < len[h]; }
+  // Element index of value (j, i) in a tile with row stride `stride`, columns from col0.
+  GT_DEV int tile_index(int j, int i, int stride, int col0, int lane) const {
+    return ((lane >> 2) + 8 * (i >> 1)) * stride + col0 + unit(j) + (i & 1);
   }
+  // Offset of this thread's first pair in a [rows, stride] matrix, row h.
+  GT_DEV int offset(int h, int stride) const { return row[h] * stride + u0; }
 };
 
-// Each row's length (0 for rows past B) and the tile's longest.
-struct Lengths {
-  int row[2];
-  int tile_max;
-  GT_DEV void init(const gptr<const int64_t>& lengths, int b0, int batch, int steps, int lane) {
-    const int g = lane >> 2;
-    auto len = [&](int b) { return b >= batch ? 0 : lengths ? int(lengths[b]) : steps; };
-    row[0] = len(b0 + g);
-    row[1] = len(b0 + g + 8);
-    tile_max = 0;
-    for (int r = 0; r < 16; ++r) tile_max = max_int(tile_max, len(b0 + r));
-  }
-  GT_DEV static int max_int(int a, int b) { return a > b ? a : b; }
-  GT_DEV bool active(int i, int t) const { return t < row[i >> 1]; }
-};
+template <class T> GT_DEV Pair<T> zero_pair() {
+  const T z = from_float<T>(0.f);
+  return Pair<T>{z, z};
+}
+template <class T> GT_DEV float lo_of(const Pair<T>& v) { return to_float(v.lo); }
+template <class T> GT_DEV float hi_of(const Pair<T>& v) { return to_float(v.hi); }
 
-// Each block's share of W_hh, into fragments: forward B[k][n] = W_hh[gate(n) H + unit(n)][k],
+// Each warp's share of W_hh, into fragments: forward B[k][n] = W_hh[gate(n) H + unit(n)][k],
 // backward B[k][n] = W_hh[gate(k) H + unit(k)][n] (gate(x) = x / HP, unit(x) = x % HP).
 template <class C>
 GT_DEV void load_w(typename C::Frags& w, const gptr<const typename C::T>& w_hh, int H, int warp, int lane) {
@@ -271,6 +279,25 @@ GT_DEV void gemm(float (&acc)[count][4], sptr<typename C::Elem> tile, const type
   }
 }
 
+template <int N>
+GT_DEV void fill(float (&a)[N][4], float v) {
+  GT_UNROLL for (int c = 0; c < N; ++c)
+    GT_UNROLL for (int i = 0; i < 4; ++i) a[c][i] = v;
+}
+
+// The CTA's shared memory: the A tile(s), then each warp's W fragments.
+template <class C>
+struct Smem {
+  sptr<typename C::Elem> tiles;  // kTiles x [16][kStride]
+  sptr<u32x2> w;                 // this warp's fragments
+  GT_DEV Smem(const sptr<unsigned char>& base, int warp) {
+    tiles = smem_carve<typename C::Elem>(base, 0, size_t(C::kTiles) * C::kRows * C::kStride);
+    w = smem_carve<u32x2>(base, C::kTiles * C::kTileBytes + warp * C::kWBytesPerWarp,
+                          C::Frags::kSmemPerWarp);
+  }
+  GT_DEV sptr<typename C::Elem> tile(int k) const { return tiles + k * (C::kRows * C::kStride); }
+};
+
 // ---------------------------------------------------------------- forward
 template <class C>
 __global__ void __launch_bounds__(C::kThreads, 1) gru_forward(FwdArgs<typename C::T> p) {
@@ -278,155 +305,158 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_forward(FwdArgs<typename C
   using Op = typename C::Op;
   using Elem = typename C::Elem;
   constexpr int NJ = C::kNJ, HP = C::kHP;
-  GT_DYNAMIC_SMEM(smem);
-  sptr<Elem> tile[2];
-  tile[0] = smem_carve<Elem>(smem, 0, size_t(C::kRows) * C::kStride);
-  tile[1] = smem_carve<Elem>(smem, C::kTileBytes, size_t(C::kRows) * C::kStride);
+  GT_DYNAMIC_SMEM(smem_raw);
   const int lane = int(threadIdx.x & 31u), warp = int(threadIdx.x >> 5);
+  const Smem<C> smem(smem_raw, warp);
   const int d = int(blockIdx.y), b0 = int(blockIdx.x) * C::kRows;
   const int H = p.hidden, B = p.batch, Tn = p.steps, D = p.dirs;
 
   typename C::Frags w;
-  w.smem = smem_carve<u32x2>(smem, C::kTiles * C::kTileBytes + warp * C::kWBytesPerWarp,
-                             C::Frags::kSmemPerWarp);
+  w.smem = smem.w;
   load_w<C>(w, p.w_hh + int64_t(d) * 3 * H * H, H, warp, lane);
 
-  Position<C> pos;
-  pos.init(b0, B, H, warp, lane);
-  Lengths len;
-  len.init(p.lengths, b0, B, Tn, lane);
+  Owned<C> own;
+  own.init(p.lengths, b0, B, Tn, H, warp, lane);
+  // Offsets of this thread's first pair, per row half: in out (row stride D*H, this
+  // direction's columns), in a reserve step (5H), in a gx step (3 HP), in [B, H].
+  int o_out[2], o_res[2], o_gx[2], o_bh[2];
+  GT_UNROLL for (int h = 0; h < 2; ++h) {
+    o_out[h] = own.offset(h, D * H) + d * H;
+    o_res[h] = own.offset(h, 5 * H);
+    o_gx[h] = own.offset(h, 3 * HP);
+    o_bh[h] = own.offset(h, H) + d * B * H;
+  }
   float hp[NJ][4], mk[NJ][4], bhn[NJ][2];
   GT_UNROLL for (int j = 0; j < NJ; ++j) {
-    GT_UNROLL for (int i = 0; i < 2; ++i) {
-      const int u = pos.unit[j][i];
-      bhn[j][i] = (C::kResetAfter && p.b_hn && u >= 0) ? to_float(p.b_hn[d * H + u]) : 0.f;
-    }
+    GT_UNROLL for (int e = 0; e < 2; ++e)
+      bhn[j][e] = (C::kResetAfter && p.b_hn && own.unit_ok(j)) ? to_float(p.b_hn[d * H + own.unit(j) + e]) : 0.f;
     GT_UNROLL for (int i = 0; i < 4; ++i) {
-      const bool v = pos.valid(j, i);
-      const int64_t e = (int64_t(d) * B + pos.b(i)) * H + pos.u(j, i);
+      const bool v = own.valid(j, i);
+      const int e = o_bh[i >> 1] + 8 * j + (i & 1);
       hp[j][i] = v ? to_float(p.h0[e]) : 0.f;
       mk[j][i] = !v ? 0.f : p.mask ? to_float(p.mask[e]) : 1.f;
     }
   }
   auto write_state_tile = [&](sptr<Elem> t) {  // h~ = h * mask, the next GEMM's A operand
-    GT_UNROLL for (int j = 0; j < NJ; ++j) {
+    GT_UNROLL for (int j = 0; j < NJ; ++j)
       GT_UNROLL for (int i = 0; i < 4; i += 2)
-        put_pair<Op>(t, pos.tile_index(j, i, C::kStride, 0, warp, lane), hp[j][i] * mk[j][i],
+        put_pair<Op>(t, own.tile_index(j, i, C::kStride, 0, lane), hp[j][i] * mk[j][i],
                      hp[j][i + 1] * mk[j][i + 1]);
-    }
   };
-  write_state_tile(tile[0]);
+  write_state_tile(smem.tile(0));
 
-  // gx of one step for this thread's values, raw (converted where used).
-  T gxv[3][NJ][4];
+  // This thread's gx pairs of one step, raw: [gate][j][h]. gx is padded to HP units a
+  // gate, so every pair is an aligned, in-bounds access.
+  Pair<T> gx[3][NJ][2];
+  const int64_t gx_step = int64_t(B) * 3 * HP;
+  const gptr<const T> gx_dir = p.gx + int64_t(d) * Tn * gx_step;
   auto load_gx = [&](int s) {
     const int t = d == 0 ? s : Tn - 1 - s;
-    GT_UNROLL for (int q = 0; q < 3; ++q) {
-      GT_UNROLL for (int j = 0; j < NJ; ++j) {
-        GT_UNROLL for (int i = 0; i < 4; ++i) {
-          const int b = pos.b(i);
-          const int u = warp * C::kU + 8 * j + 2 * (lane & 3) + (i & 1);  // padded units read 0
-          gxv[q][j][i] = b >= 0 && t < len.row[i >> 1]
-                             ? p.gx[((int64_t(d) * Tn + t) * B + b) * 3 * HP + q * HP + u]
-                             : from_float<T>(0.f);
-        }
-      }
-    }
+    const gptr<const T> base = gx_dir + t * gx_step;
+    GT_UNROLL for (int q = 0; q < 3; ++q)
+      GT_UNROLL for (int j = 0; j < NJ; ++j)
+        GT_UNROLL for (int h = 0; h < 2; ++h)
+          gx[q][j][h] = own.active(h, t) ? load_pair(base, o_gx[h] + q * HP + 8 * j) : zero_pair<T>();
   };
   load_gx(0);
   __syncthreads();
 
-  const int64_t out_row = int64_t(D) * H;
+  const int64_t out_step = int64_t(B) * D * H, res_step = int64_t(B) * 5 * H;
+  const gptr<T> res_dir = p.reserve ? p.reserve + int64_t(d) * Tn * res_step : gptr<T>();
   for (int s = 0; s < Tn; ++s) {
     const int t = d == 0 ? s : Tn - 1 - s;
-    gptr<T> res = p.reserve ? p.reserve + (int64_t(d) * Tn + t) * B * 5 * H : gptr<T>();
-    auto out_at = [&](int j, int i) { return (int64_t(t) * B + pos.b(i)) * out_row + d * H + pos.u(j, i); };
-    auto res_at = [&](int j, int i, int slot) { return int64_t(pos.b(i)) * 5 * H + slot * H + pos.u(j, i); };
-    auto store = [&](int j, int i, float h, float r, float z, float n, float aux, float h_prev) {
-      p.out[out_at(j, i)] = from_float<T>(h);
-      if (p.reserve) {
-        res[res_at(j, i, 0)] = from_float<T>(r);
-        res[res_at(j, i, 1)] = from_float<T>(z);
-        res[res_at(j, i, 2)] = from_float<T>(n);
-        res[res_at(j, i, 3)] = from_float<T>(aux);
-        res[res_at(j, i, 4)] = from_float<T>(h_prev);
-      }
+    const gptr<T> out = p.out + t * out_step;
+    const gptr<T> res = p.reserve ? res_dir + t * res_step : gptr<T>();
+    // Stores one pair: the output and, when backward will run, the reserve row.
+    auto store = [&](int j, int h, const float (&v)[6][2]) {
+      if (!own.unit_ok(j)) return;
+      store_pair(out, o_out[h] + 8 * j, v[0][0], v[0][1]);
+      if (p.reserve)
+        GT_UNROLL for (int slot = 0; slot < 5; ++slot)
+          store_pair(res, o_res[h] + slot * H + 8 * j, v[1 + slot][0], v[1 + slot][1]);
     };
-    if (t >= len.tile_max) {  // every row of the tile is past its length: zeros, state kept
+    const float zeros[6][2] = {};
+    if (t >= own.tile_max) {  // every row of the tile is past its length: zeros, state kept
       GT_UNROLL for (int j = 0; j < NJ; ++j)
-        GT_UNROLL for (int i = 0; i < 4; ++i)
-          if (pos.valid(j, i)) store(j, i, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f);
+        GT_UNROLL for (int h = 0; h < 2; ++h)
+          if (own.row_ok(h)) store(j, h, zeros);
       if (s + 1 < Tn) load_gx(s + 1);
       continue;
     }
-    float gxf[3][NJ][4];
-    GT_UNROLL for (int q = 0; q < 3; ++q)
-      GT_UNROLL for (int j = 0; j < NJ; ++j)
-        GT_UNROLL for (int i = 0; i < 4; ++i) gxf[q][j][i] = to_float(gxv[q][j][i]);
-    if (s + 1 < Tn) load_gx(s + 1);  // lands during this step's GEMM and barrier
-
     if constexpr (C::kResetAfter) {
-      const int cur = s & 1;
       float acc[3 * NJ][4];
-      GT_UNROLL for (int c = 0; c < 3 * NJ; ++c)
-        GT_UNROLL for (int i = 0; i < 4; ++i) acc[c][i] = c < 2 * NJ ? 0.f : bhn[c - 2 * NJ][i & 1];
-      gemm<C, 0, C::kKT, 0, 3 * NJ>(acc, tile[cur], w, lane);
+      fill(acc, 0.f);
+      GT_UNROLL for (int j = 0; j < NJ; ++j)
+        GT_UNROLL for (int i = 0; i < 4; ++i) acc[2 * NJ + j][i] = bhn[j][i & 1];
+      gemm<C, 0, C::kKT, 0, 3 * NJ>(acc, smem.tile(s & 1), w, lane);
       GT_UNROLL for (int j = 0; j < NJ; ++j) {
-        GT_UNROLL for (int i = 0; i < 4; ++i) {
-          if (!pos.valid(j, i)) continue;
-          if (!len.active(i, t)) {
-            store(j, i, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f);
+        GT_UNROLL for (int h = 0; h < 2; ++h) {
+          if (!own.active(h, t)) {
+            if (own.row_ok(h)) store(j, h, zeros);
             continue;
           }
-          const float r = sigmoid(acc[j][i] + gxf[0][j][i]);
-          const float z = sigmoid(acc[NJ + j][i] + gxf[1][j][i]);
-          const float ghn = acc[2 * NJ + j][i];
-          const float n = tanh_fast(gxf[2][j][i] + r * ghn);
-          const float h = (1.f - z) * n + z * hp[j][i];
-          store(j, i, h, r, z, n, ghn, hp[j][i]);
-          hp[j][i] = h;
+          float v[6][2];  // h, r, z, n, gh_n, h_prev
+          GT_UNROLL for (int e = 0; e < 2; ++e) {
+            const int i = 2 * h + e;
+            const float gr = e ? hi_of(gx[0][j][h]) : lo_of(gx[0][j][h]);
+            const float gz = e ? hi_of(gx[1][j][h]) : lo_of(gx[1][j][h]);
+            const float gn = e ? hi_of(gx[2][j][h]) : lo_of(gx[2][j][h]);
+            const float r = sigmoid(acc[j][i] + gr), z = sigmoid(acc[NJ + j][i] + gz);
+            const float ghn = acc[2 * NJ + j][i], n = tanh_fast(gn + r * ghn);
+            const float hn = (1.f - z) * n + z * hp[j][i];
+            v[0][e] = hn; v[1][e] = r; v[2][e] = z; v[3][e] = n; v[4][e] = ghn; v[5][e] = hp[j][i];
+            hp[j][i] = hn;
+          }
+          store(j, h, v);
         }
       }
-      write_state_tile(tile[cur ^ 1]);
+      if (s + 1 < Tn) load_gx(s + 1);  // lands during the next step's GEMM
+      write_state_tile(smem.tile((s + 1) & 1));
       __syncthreads();
     } else {
-      float acc_rz[2 * NJ][4], acc_n[NJ][4], r[NJ][4], z[NJ][4], qv[NJ][4];
-      GT_UNROLL for (int c = 0; c < 2 * NJ; ++c)
-        GT_UNROLL for (int i = 0; i < 4; ++i) acc_rz[c][i] = 0.f;
-      gemm<C, 0, C::kKT, 0, 2 * NJ>(acc_rz, tile[0], w, lane);
+      float acc[2 * NJ][4], r[NJ][4], z[NJ][4], qv[NJ][4];
+      fill(acc, 0.f);
+      gemm<C, 0, C::kKT, 0, 2 * NJ>(acc, smem.tile(0), w, lane);
       GT_UNROLL for (int j = 0; j < NJ; ++j) {
         GT_UNROLL for (int i = 0; i < 4; ++i) {
-          r[j][i] = sigmoid(acc_rz[j][i] + gxf[0][j][i]);
-          z[j][i] = sigmoid(acc_rz[NJ + j][i] + gxf[1][j][i]);
-          qv[j][i] = len.active(i, t) ? r[j][i] * hp[j][i] * mk[j][i] : 0.f;
+          const int h = i >> 1, e = i & 1;
+          r[j][i] = sigmoid(acc[j][i] + (e ? hi_of(gx[0][j][h]) : lo_of(gx[0][j][h])));
+          z[j][i] = sigmoid(acc[NJ + j][i] + (e ? hi_of(gx[1][j][h]) : lo_of(gx[1][j][h])));
+          qv[j][i] = own.active(h, t) ? r[j][i] * hp[j][i] * mk[j][i] : 0.f;
         }
         GT_UNROLL for (int i = 0; i < 4; i += 2)
-          put_pair<Op>(tile[1], pos.tile_index(j, i, C::kStride, 0, warp, lane), qv[j][i], qv[j][i + 1]);
+          put_pair<Op>(smem.tile(1), own.tile_index(j, i, C::kStride, 0, lane), qv[j][i], qv[j][i + 1]);
       }
       __syncthreads();
-      GT_UNROLL for (int c = 0; c < NJ; ++c)
-        GT_UNROLL for (int i = 0; i < 4; ++i) acc_n[c][i] = 0.f;
-      gemm<C, 0, C::kKT, 2 * NJ, NJ>(acc_n, tile[1], w, lane);
+      float acc_n[NJ][4];
+      fill(acc_n, 0.f);
+      gemm<C, 0, C::kKT, 2 * NJ, NJ>(acc_n, smem.tile(1), w, lane);
       GT_UNROLL for (int j = 0; j < NJ; ++j) {
-        GT_UNROLL for (int i = 0; i < 4; ++i) {
-          if (!pos.valid(j, i)) continue;
-          if (!len.active(i, t)) {
-            store(j, i, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f);
+        GT_UNROLL for (int h = 0; h < 2; ++h) {
+          if (!own.active(h, t)) {
+            if (own.row_ok(h)) store(j, h, zeros);
             continue;
           }
-          const float n = tanh_fast(gxf[2][j][i] + acc_n[j][i]);
-          const float h = (1.f - z[j][i]) * n + z[j][i] * hp[j][i];
-          store(j, i, h, r[j][i], z[j][i], n, qv[j][i], hp[j][i]);
-          hp[j][i] = h;
+          float v[6][2];  // h, r, z, n, q, h_prev
+          GT_UNROLL for (int e = 0; e < 2; ++e) {
+            const int i = 2 * h + e;
+            const float gn = e ? hi_of(gx[2][j][h]) : lo_of(gx[2][j][h]);
+            const float n = tanh_fast(gn + acc_n[j][i]);
+            const float hn = (1.f - z[j][i]) * n + z[j][i] * hp[j][i];
+            v[0][e] = hn; v[1][e] = r[j][i]; v[2][e] = z[j][i]; v[3][e] = n; v[4][e] = qv[j][i]; v[5][e] = hp[j][i];
+            hp[j][i] = hn;
+          }
+          store(j, h, v);
         }
       }
-      write_state_tile(tile[0]);
+      if (s + 1 < Tn) load_gx(s + 1);
+      write_state_tile(smem.tile(0));
       __syncthreads();
     }
   }
   GT_UNROLL for (int j = 0; j < NJ; ++j)
-    GT_UNROLL for (int i = 0; i < 4; ++i)
-      if (pos.valid(j, i)) p.h_n[(int64_t(d) * B + pos.b(i)) * H + pos.u(j, i)] = from_float<T>(hp[j][i]);
+    GT_UNROLL for (int h = 0; h < 2; ++h)
+      if (own.pair_ok(j, h)) store_pair(p.h_n, o_bh[h] + 8 * j, hp[j][2 * h], hp[j][2 * h + 1]);
 }
 
 // ---------------------------------------------------------------- backward
@@ -434,148 +464,165 @@ template <class C>
 __global__ void __launch_bounds__(C::kThreads, 1) gru_backward(BwdArgs<typename C::T> p) {
   using T = typename C::T;
   using Op = typename C::Op;
-  using Elem = typename C::Elem;
   constexpr int NJ = C::kNJ, HP = C::kHP, KT = C::kKT;
-  GT_DYNAMIC_SMEM(smem);
-  sptr<Elem> tile[2];
-  tile[0] = smem_carve<Elem>(smem, 0, size_t(C::kRows) * C::kStride);
-  tile[1] = C::kTiles == 2 ? smem_carve<Elem>(smem, C::kTileBytes, size_t(C::kRows) * C::kStride) : tile[0];
+  GT_DYNAMIC_SMEM(smem_raw);
   const int lane = int(threadIdx.x & 31u), warp = int(threadIdx.x >> 5);
+  const Smem<C> smem(smem_raw, warp);
   const int d = int(blockIdx.y), b0 = int(blockIdx.x) * C::kRows;
   const int H = p.hidden, B = p.batch, Tn = p.steps, D = p.dirs;
 
   typename C::Frags w;
-  w.smem = smem_carve<u32x2>(smem, C::kTiles * C::kTileBytes + warp * C::kWBytesPerWarp,
-                             C::Frags::kSmemPerWarp);
+  w.smem = smem.w;
   load_w<C>(w, p.w_hh + int64_t(d) * 3 * H * H, H, warp, lane);
 
-  Position<C> pos;
-  pos.init(b0, B, H, warp, lane);
-  Lengths len;
-  len.init(p.lengths, b0, B, Tn, lane);
+  Owned<C> own;
+  own.init(p.lengths, b0, B, Tn, H, warp, lane);
+  int o_out[2], o_res[2], o_g3[2], o_bh[2];
+  GT_UNROLL for (int h = 0; h < 2; ++h) {
+    o_out[h] = own.offset(h, D * H) + d * H;
+    o_res[h] = own.offset(h, 5 * H);
+    o_g3[h] = own.offset(h, 3 * H);
+    o_bh[h] = own.offset(h, H);
+  }
   float dhc[NJ][4], mk[NJ][4];
   GT_UNROLL for (int j = 0; j < NJ; ++j) {
     GT_UNROLL for (int i = 0; i < 4; ++i) {
-      const bool v = pos.valid(j, i);
-      const int64_t e = (int64_t(d) * B + pos.b(i)) * H + pos.u(j, i);
+      const bool v = own.valid(j, i);
+      const int e = d * B * H + o_bh[i >> 1] + 8 * j + (i & 1);
       dhc[j][i] = v ? to_float(p.grad_h_n[e]) : 0.f;
       mk[j][i] = !v ? 0.f : p.mask ? to_float(p.mask[e]) : 1.f;
     }
   }
 
-  // One step's grad_output and reserve values for this thread, raw.
+  // One step's grad_output and reserve pairs for this thread, raw: [what][j][h].
   enum { kGout, kR, kZ, kN, kAux, kHprev, kLoads };
-  T pf[kLoads][NJ][4];
+  Pair<T> pf[kLoads][NJ][2];
+  const int64_t out_step = int64_t(B) * D * H, res_step = int64_t(B) * 5 * H;
+  const int64_t g3_step = int64_t(B) * 3 * H, bh_step = int64_t(B) * H;
+  const gptr<const T> res_dir = p.reserve + int64_t(d) * Tn * res_step;
   auto time_of = [&](int s) { return d == 0 ? Tn - 1 - s : s; };
   auto load_step = [&](int s) {
     const int t = time_of(s);
-    GT_UNROLL for (int j = 0; j < NJ; ++j) {
-      GT_UNROLL for (int i = 0; i < 4; ++i) {
-        const bool on = pos.valid(j, i) && len.active(i, t);
-        const int b = pos.b(i), u = pos.u(j, i);
-        pf[kGout][j][i] = on ? p.grad_out[(int64_t(t) * B + b) * D * H + d * H + u] : from_float<T>(0.f);
-        const int64_t r0 = ((int64_t(d) * Tn + t) * B + b) * 5 * H + u;
+    const gptr<const T> go = p.grad_out + t * out_step;
+    const gptr<const T> res = res_dir + t * res_step;
+    GT_UNROLL for (int j = 0; j < NJ; ++j)
+      GT_UNROLL for (int h = 0; h < 2; ++h) {
+        const bool on = own.active(h, t) && own.unit_ok(j);
+        pf[kGout][j][h] = on ? load_pair(go, o_out[h] + 8 * j) : zero_pair<T>();
         GT_UNROLL for (int slot = 0; slot < 5; ++slot)
-          pf[kR + slot][j][i] = on ? p.reserve[r0 + slot * H] : from_float<T>(0.f);
+          pf[kR + slot][j][h] = on ? load_pair(res, o_res[h] + slot * H + 8 * j) : zero_pair<T>();
       }
-    }
+  };
+  auto val = [&](int k, int j, int i) {
+    return (i & 1) ? hi_of(pf[k][j][i >> 1]) : lo_of(pf[k][j][i >> 1]);
   };
   load_step(0);
 
+  const gptr<T> dgx_dir = p.dgx + int64_t(d) * Tn * g3_step;
+  const gptr<T> dghn_dir = p.dghn ? p.dghn + int64_t(d) * Tn * bh_step : gptr<T>();
   for (int s = 0; s < Tn; ++s) {
     const int t = time_of(s);
-    gptr<T> dgx = p.dgx + ((int64_t(d) * Tn + t) * B) * 3 * H;
-    gptr<T> dghn = p.dghn ? p.dghn + ((int64_t(d) * Tn + t) * B) * H : gptr<T>();
-    auto put_grads = [&](int j, int i, float da_r, float da_z, float da_n, float dgh_n) {
-      const int64_t e = int64_t(pos.b(i)) * 3 * H + pos.u(j, i);
-      dgx[e] = from_float<T>(da_r);
-      dgx[e + H] = from_float<T>(da_z);
-      dgx[e + 2 * H] = from_float<T>(da_n);
-      if (p.dghn) dghn[int64_t(pos.b(i)) * H + pos.u(j, i)] = from_float<T>(dgh_n);
+    const gptr<T> dgx = dgx_dir + t * g3_step;
+    const gptr<T> dghn = p.dghn ? dghn_dir + t * bh_step : gptr<T>();
+    // The gate gradients of one pair: dgx = (da_r, da_z, da_n), dghn = da_n * r.
+    auto put_grads = [&](int j, int h, const float (&g)[4][2]) {
+      if (!own.unit_ok(j)) return;
+      GT_UNROLL for (int q = 0; q < 3; ++q) store_pair(dgx, o_g3[h] + q * H + 8 * j, g[q][0], g[q][1]);
+      if (p.dghn) store_pair(dghn, o_bh[h] + 8 * j, g[3][0], g[3][1]);
     };
-    if (t >= len.tile_max) {  // the whole tile is past its lengths: dh passes through
+    if (t >= own.tile_max) {  // the whole tile is past its lengths: dh passes through
+      const float zeros[4][2] = {};
       GT_UNROLL for (int j = 0; j < NJ; ++j)
-        GT_UNROLL for (int i = 0; i < 4; ++i)
-          if (pos.valid(j, i)) put_grads(j, i, 0.f, 0.f, 0.f, 0.f);
+        GT_UNROLL for (int h = 0; h < 2; ++h)
+          if (own.row_ok(h)) put_grads(j, h, zeros);
       if (s + 1 < Tn) load_step(s + 1);
       continue;
     }
-    float v[kLoads][NJ][4];
-    GT_UNROLL for (int k = 0; k < kLoads; ++k)
-      GT_UNROLL for (int j = 0; j < NJ; ++j)
-        GT_UNROLL for (int i = 0; i < 4; ++i) v[k][j][i] = to_float(pf[k][j][i]);
-    if (s + 1 < Tn) load_step(s + 1);  // lands during this step's GEMMs and barriers
-
-    float dpart[NJ][4], da_z[NJ][4], da_n[NJ][4], dh[NJ][4];
-    sptr<Elem> tl = tile[C::kTiles == 2 ? (s & 1) : 0];
-    // Cell backward up to the gate gradients that do not need another GEMM.
-    GT_UNROLL for (int j = 0; j < NJ; ++j) {
+    // The cell's backward up to the gate gradients that need no GEMM; rows past their
+    // length (and padding) give zeros and carry dh through.
+    float dpart[NJ][4], da_z[NJ][4], da_n[NJ][4];
+    GT_UNROLL for (int j = 0; j < NJ; ++j)
       GT_UNROLL for (int i = 0; i < 4; ++i) {
-        const bool on = pos.valid(j, i) && len.active(i, t);
-        dh[j][i] = dhc[j][i] + v[kGout][j][i];
-        const float z = v[kZ][j][i], n = v[kN][j][i];
-        da_n[j][i] = on ? dh[j][i] * (1.f - z) * (1.f - n * n) : 0.f;
-        da_z[j][i] = on ? dh[j][i] * (v[kHprev][j][i] - n) * z * (1.f - z) : 0.f;
-        dpart[j][i] = on ? dh[j][i] * z : dhc[j][i];
+        const bool on = own.active(i >> 1, t) && own.unit_ok(j);
+        const float dh = dhc[j][i] + val(kGout, j, i), z = val(kZ, j, i), n = val(kN, j, i);
+        da_n[j][i] = on ? dh * (1.f - z) * (1.f - n * n) : 0.f;
+        da_z[j][i] = on ? dh * (val(kHprev, j, i) - n) * z * (1.f - z) : 0.f;
+        dpart[j][i] = on ? dh * z : dhc[j][i];
       }
-    }
     if constexpr (C::kResetAfter) {
+      const sptr<typename C::Elem> tl = smem.tile(s & 1);
       GT_UNROLL for (int j = 0; j < NJ; ++j) {
         float da_r[4], dghv[4];
         GT_UNROLL for (int i = 0; i < 4; ++i) {
-          const float r = v[kR][j][i];
-          da_r[i] = da_n[j][i] * v[kAux][j][i] * r * (1.f - r);
+          const float r = val(kR, j, i);
+          da_r[i] = da_n[j][i] * val(kAux, j, i) * r * (1.f - r);
           dghv[i] = da_n[j][i] * r;
-          if (pos.valid(j, i)) put_grads(j, i, da_r[i], da_z[j][i], da_n[j][i], dghv[i]);
+        }
+        GT_UNROLL for (int h = 0; h < 2; ++h) {
+          if (!own.row_ok(h)) continue;
+          const float g[4][2] = {{da_r[2 * h], da_r[2 * h + 1]}, {da_z[j][2 * h], da_z[j][2 * h + 1]},
+                                 {da_n[j][2 * h], da_n[j][2 * h + 1]}, {dghv[2 * h], dghv[2 * h + 1]}};
+          put_grads(j, h, g);
         }
         GT_UNROLL for (int i = 0; i < 4; i += 2) {
-          put_pair<Op>(tl, pos.tile_index(j, i, C::kStride, 0, warp, lane), da_r[i], da_r[i + 1]);
-          put_pair<Op>(tl, pos.tile_index(j, i, C::kStride, HP, warp, lane), da_z[j][i], da_z[j][i + 1]);
-          put_pair<Op>(tl, pos.tile_index(j, i, C::kStride, 2 * HP, warp, lane), dghv[i], dghv[i + 1]);
+          put_pair<Op>(tl, own.tile_index(j, i, C::kStride, 0, lane), da_r[i], da_r[i + 1]);
+          put_pair<Op>(tl, own.tile_index(j, i, C::kStride, HP, lane), da_z[j][i], da_z[j][i + 1]);
+          put_pair<Op>(tl, own.tile_index(j, i, C::kStride, 2 * HP, lane), dghv[i], dghv[i + 1]);
         }
       }
+      if (s + 1 < Tn) load_step(s + 1);  // lands during the barrier and the GEMM
       __syncthreads();
       float acc[NJ][4];
-      GT_UNROLL for (int c = 0; c < NJ; ++c)
-        GT_UNROLL for (int i = 0; i < 4; ++i) acc[c][i] = 0.f;
+      fill(acc, 0.f);
       gemm<C, 0, KT, 0, NJ>(acc, tl, w, lane);
       GT_UNROLL for (int j = 0; j < NJ; ++j)
         GT_UNROLL for (int i = 0; i < 4; ++i) dhc[j][i] = dpart[j][i] + acc[j][i] * mk[j][i];
     } else {
-      GT_UNROLL for (int j = 0; j < NJ; ++j)
+      const sptr<typename C::Elem> tl = smem.tile(0);
+      float r[NJ][4], hm[NJ][4];  // kept across the reload of pf
+      GT_UNROLL for (int j = 0; j < NJ; ++j) {
+        GT_UNROLL for (int i = 0; i < 4; ++i) {
+          r[j][i] = val(kR, j, i);
+          hm[j][i] = val(kHprev, j, i) * mk[j][i];
+        }
         GT_UNROLL for (int i = 0; i < 4; i += 2)
-          put_pair<Op>(tl, pos.tile_index(j, i, C::kStride, 2 * HP, warp, lane), da_n[j][i], da_n[j][i + 1]);
+          put_pair<Op>(tl, own.tile_index(j, i, C::kStride, 2 * HP, lane), da_n[j][i], da_n[j][i + 1]);
+      }
+      if (s + 1 < Tn) load_step(s + 1);
       __syncthreads();
       float dq[NJ][4];
-      GT_UNROLL for (int c = 0; c < NJ; ++c)
-        GT_UNROLL for (int i = 0; i < 4; ++i) dq[c][i] = 0.f;
+      fill(dq, 0.f);
       gemm<C, 2 * KT / 3, KT, 0, NJ>(dq, tl, w, lane);  // dq = da_n W_hn
       GT_UNROLL for (int j = 0; j < NJ; ++j) {
         float da_r[4];
         GT_UNROLL for (int i = 0; i < 4; ++i) {
-          const bool on = pos.valid(j, i) && len.active(i, t);
-          const float r = v[kR][j][i];
-          da_r[i] = on ? dq[j][i] * v[kHprev][j][i] * mk[j][i] * r * (1.f - r) : 0.f;
-          if (on) dpart[j][i] += dq[j][i] * r * mk[j][i];
-          if (pos.valid(j, i)) put_grads(j, i, da_r[i], da_z[j][i], da_n[j][i], 0.f);
+          const bool on = own.active(i >> 1, t) && own.unit_ok(j);
+          da_r[i] = on ? dq[j][i] * hm[j][i] * r[j][i] * (1.f - r[j][i]) : 0.f;
+          if (on) dpart[j][i] += dq[j][i] * r[j][i] * mk[j][i];
+        }
+        GT_UNROLL for (int h = 0; h < 2; ++h) {
+          if (!own.row_ok(h)) continue;
+          const float g[4][2] = {{da_r[2 * h], da_r[2 * h + 1]}, {da_z[j][2 * h], da_z[j][2 * h + 1]},
+                                 {da_n[j][2 * h], da_n[j][2 * h + 1]}, {0.f, 0.f}};
+          put_grads(j, h, g);
         }
         GT_UNROLL for (int i = 0; i < 4; i += 2) {
-          put_pair<Op>(tl, pos.tile_index(j, i, C::kStride, 0, warp, lane), da_r[i], da_r[i + 1]);
-          put_pair<Op>(tl, pos.tile_index(j, i, C::kStride, HP, warp, lane), da_z[j][i], da_z[j][i + 1]);
+          put_pair<Op>(tl, own.tile_index(j, i, C::kStride, 0, lane), da_r[i], da_r[i + 1]);
+          put_pair<Op>(tl, own.tile_index(j, i, C::kStride, HP, lane), da_z[j][i], da_z[j][i + 1]);
         }
       }
       __syncthreads();
       float acc[NJ][4];
-      GT_UNROLL for (int c = 0; c < NJ; ++c)
-        GT_UNROLL for (int i = 0; i < 4; ++i) acc[c][i] = 0.f;
+      fill(acc, 0.f);
       gemm<C, 0, 2 * KT / 3, 0, NJ>(acc, tl, w, lane);  // [da_r, da_z] W_hrz
       GT_UNROLL for (int j = 0; j < NJ; ++j)
         GT_UNROLL for (int i = 0; i < 4; ++i) dhc[j][i] = dpart[j][i] + acc[j][i] * mk[j][i];
     }
   }
   GT_UNROLL for (int j = 0; j < NJ; ++j)
-    GT_UNROLL for (int i = 0; i < 4; ++i)
-      if (pos.valid(j, i)) p.grad_hx[(int64_t(d) * B + pos.b(i)) * H + pos.u(j, i)] = from_float<T>(dhc[j][i]);
+    GT_UNROLL for (int h = 0; h < 2; ++h)
+      if (own.pair_ok(j, h))
+        store_pair(p.grad_hx, d * B * H + o_bh[h] + 8 * j, dhc[j][2 * h], dhc[j][2 * h + 1]);
 }
 
 }  // namespace gru

@@ -4,11 +4,11 @@
 //
 // Paths:
 //   persistent  one launch for the whole sequence (csrc/device/gru_persistent.cuh),
-//               for 16-bit tensors and float32 with TF32 allowed, H <= 128 (H is
-//               padded to 32, 64 or 128).
+//               for 16-bit tensors and float32 with TF32 allowed, even H <= 128 (H
+//               is padded to 32, 64 or 128).
 //   stepwise    per time step one GEMM (cuBLAS) and one fused pointwise kernel
-//               (csrc/device/gru_stepwise.cuh): everything else (H > 128, exact
-//               float32 when TF32 is off, float64).
+//               (csrc/device/gru_stepwise.cuh): everything else (H > 128, odd H,
+//               exact float32 when TF32 is off, float64).
 #pragma once
 
 #include <cstddef>
@@ -86,6 +86,11 @@ inline Plan choose(const Problem& p) {
   if (plan.op == Operand::None) {
     plan.why = p.dtype == Dtype::F32 ? "float32 with TF32 off needs exact fp32 FMA: per-step GEMMs"
                                       : "float64 has no tensor-core path: per-step GEMMs";
+    return plan;
+  }
+  if (p.H % 2) {
+    plan.op = Operand::None;
+    plan.why = "odd H: the persistent kernels move units in pairs: per-step GEMMs";
     return plan;
   }
   for (int hp : kPaddedSizes) {

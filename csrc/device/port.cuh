@@ -41,6 +41,7 @@ template <class T> using sptr = T*;
 template <class T> using gptr = T*;
 template <class T> GT_HD T* make_gptr(T* p, size_t) { return p; }
 template <class U, class T> GT_DEV U* sptr_cast(T* p) { return reinterpret_cast<U*>(p); }
+template <class U, class T> GT_HD U* gptr_cast(T* p) { return reinterpret_cast<U*>(p); }
 template <class T> GT_DEV T* smem_carve(unsigned char* base, size_t byte_off, size_t) {
   return reinterpret_cast<T*>(base + byte_off);
 }
@@ -58,6 +59,7 @@ GT_END_NAMESPACE
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <string>
 
 #include "../emu/emulator.h"
 
@@ -187,6 +189,9 @@ class gptr {
     const char *c = reinterpret_cast<const char*>(p), *l = reinterpret_cast<const char*>(lo_),
                *h = reinterpret_cast<const char*>(hi_);
     if (!p || c < l || c + bytes > h) gt_emu::global_oob("access", p, bytes, lo_, hi_);
+    if (reinterpret_cast<uintptr_t>(p) % alignof(T))
+      gt_emu::fail(gt_emu::ErrorKind::Misaligned, "global-memory access of " + std::to_string(bytes) +
+                                                      " bytes not aligned to " + std::to_string(alignof(T)));
     return p;
   }
   T* p_ = nullptr;
@@ -194,6 +199,10 @@ class gptr {
   T* hi_ = nullptr;
 };
 template <class T> inline gptr<T> make_gptr(T* p, size_t n) { return gptr<T>(p, p, p + n); }
+// The same bounds, seen as U's (a vector load of two T's, say).
+template <class U, class T> inline gptr<U> gptr_cast(const gptr<T>& p) {
+  return gptr<U>(reinterpret_cast<U*>(p.raw()), reinterpret_cast<U*>(p.lo()), reinterpret_cast<U*>(p.hi()));
+}
 template <class T> inline sptr<T> static_array(const void* site, size_t n) {
   const gt_emu::Span s = gt_emu::static_smem(site, sizeof(T) * n, 16);
   return sptr<T>(s, s.lo);
@@ -386,6 +395,19 @@ GT_DEV uint32_t tf32_bits(float x) {
   asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
   return r;
 #endif
+}
+
+// Two adjacent elements, loaded and stored as one (32-bit for 16-bit types, 64-bit
+// for float): the index of the first must be even.
+template <class T>
+struct alignas(2 * sizeof(T)) Pair {
+  T lo, hi;
+};
+template <class T> GT_DEV Pair<T> load_pair(gptr<const T> p, int64_t i) {
+  return gptr_cast<const Pair<T>>(p + i)[0];
+}
+template <class T> GT_DEV void store_pair(gptr<T> p, int64_t i, float lo, float hi) {
+  gptr_cast<Pair<T>>(p + i)[0] = Pair<T>{from_float<T>(lo), from_float<T>(hi)};
 }
 
 // ---------------------------------------------------------------- tensor cores

@@ -1,0 +1,15 @@
+// The persistent GRU kernels for bf16 tensors (one file per dtype, so nvcc builds them in parallel).
+#include "../device/gru_dispatch.cuh"
+#include "cuda_entry.h"
+
+namespace gru_torch::cuda {
+
+void persistent_forward_bf16(const plan::Plan& p, const raw::Forward& r, cudaStream_t st) {
+  gt::gru::run_forward<gt::bf16>(p, r, st);
+}
+
+void persistent_backward_bf16(const plan::Plan& p, const raw::Backward& r, cudaStream_t st) {
+  gt::gru::run_backward<gt::bf16>(p, r, st);
+}
+
+}  // namespace gru_torch::cuda
