@@ -5,6 +5,8 @@
 
 #include <ATen/ATen.h>
 
+#include <map>
+
 #include "gru_stepwise_op.h"
 // After the torch headers: the port header defines CUDA's spellings for the host.
 #include "device/gru_dispatch.cuh"
@@ -96,9 +98,50 @@ gru_layer_backward_emulated(const at::Tensor& grad_output, const at::Tensor& gra
                                        mask, lengths, reset_after, reserve);
 }
 
+// The launches the CUDA op would make for a layer of this size on `gpu` ("a100",
+// "h100"), each checked against that GPU's limits by the emulator (a refused one
+// raises its gt_emu::Error); returns one line per distinct launch.
+std::vector<std::string> gru_launch_check(const std::string& dtype, int64_t H, int64_t B, int64_t T,
+                                          int64_t D, bool reset_after, bool allow_tf32,
+                                          const std::string& gpu) {
+  const std::map<std::string, plan::Dtype> dtypes = {
+      {"float32", plan::Dtype::F32}, {"float64", plan::Dtype::F64},
+      {"bfloat16", plan::Dtype::BF16}, {"float16", plan::Dtype::F16}};
+  TORCH_CHECK(dtypes.count(dtype), "_gru_launch_check: unknown dtype ", dtype);
+  const plan::Dtype dt = dtypes.at(dtype);
+  const plan::Plan p = plan::choose({dt, allow_tf32, int(H), int(B), int(T), int(D), reset_after,
+                                     gt_emu::gpu_props(gpu).smem_optin});
+  std::vector<gt::LaunchSpec> specs;
+  if (p.path == plan::Path::Persistent) {
+    for (bool backward : {false, true}) {
+      switch (dt) {
+        case plan::Dtype::F32: specs.push_back(gt::gru::persistent_spec<float>(p, reset_after, backward, int(B), int(D))); break;
+        case plan::Dtype::BF16: specs.push_back(gt::gru::persistent_spec<gt::bf16>(p, reset_after, backward, int(B), int(D))); break;
+        default: specs.push_back(gt::gru::persistent_spec<gt::f16>(p, reset_after, backward, int(B), int(D))); break;
+      }
+    }
+  } else {
+    specs.push_back(gt::gru::step_spec(int(B), int(H)));
+  }
+  std::vector<std::string> out;
+  for (const auto& s : specs) {
+    gt::check_launch(s, gpu);
+    out.push_back(std::string(s.name) + " grid (" + std::to_string(s.grid.x) + "," +
+                  std::to_string(s.grid.y) + ") block " + std::to_string(s.block.x) + " smem " +
+                  std::to_string(s.smem) + " [" + p.why + "]");
+  }
+  return out;
+}
+
+bool tf32_for_rnn() { return at::globalContext().allowTF32CuDNN(at::Float32Op::RNN); }
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(gru_torch, m) {
+  // Whether the fused float32 kernels take TF32 operands now (cuDNN's switch for RNNs).
+  m.def("_tf32_for_rnn() -> bool", &tf32_for_rnn);
+  m.def("_gru_launch_check(str dtype, int H, int B, int T, int D, bool reset_after, "
+        "bool allow_tf32, str gpu) -> str[]", &gru_launch_check);
   m.def("_emu_configure(bool enabled, str gpu, bool race_check, bool init_check, "
         "int shuffle_seed) -> ()", &emu_configure);
   m.def("_emu_last_stats() -> float[]", &emu_last_stats);

@@ -47,10 +47,32 @@ def cudnn_reason(cfg: Config) -> str | None:
     return None
 
 
+def _fallback(cfg: Config, cudnn_why: str | None) -> str:
+    return "cudnn" if cudnn_why is None else "reference"
+
+
 def resolve(requested: str, cfg: Config) -> str:
-    """The backend that will run cfg: "fused", "cudnn" or "reference"."""
+    """The backend that will run cfg: "fused", "cudnn" or "reference".
+
+    On a GPU (and on CPU tensors under gru_torch.testing.emulate_cuda, which stands in
+    for one), "auto" picks cuDNN wherever nn.GRU can express the configuration and the
+    fused kernel where it cannot (reset_after=False, recurrent dropout in training),
+    until GPU timings say otherwise. The first fused use per device, dtype and cell
+    runs a self-check against the reference; a kernel that fails it is not used: the
+    process warns once, naming the mismatch, and falls back."""
     fused_why = ops.unsupported_reason(cfg.device, cfg.dtype)
     cudnn_why = cudnn_reason(cfg)
+    gpu_policy = cfg.device.type == "cuda" or ops.emulating(cfg.device)
+    wants_fused = requested == "fused" or (requested == "auto" and (not gpu_policy or cudnn_why))
+    if fused_why is None and wants_fused:
+        failed = ops.self_check_failure(cfg.device, cfg.dtype, cfg.reset_after)
+        if failed:
+            fallback = _fallback(cfg, cudnn_why)
+            warn_once(f"gru_torch: the fused CUDA kernel failed its self-check on {cfg.device} "
+                      f"({str(cfg.dtype).replace('torch.', '')}, reset_after={cfg.reset_after}): "
+                      f"{failed}; using the {'nn.GRU' if fallback == 'cudnn' else 'reference'} "
+                      "backend instead")
+            return fallback
     if requested == "fused":
         if fused_why:
             hint = _ext.HOW_TO_BUILD if not _ext.status().loaded else "use backend='auto'"
@@ -63,6 +85,8 @@ def resolve(requested: str, cfg: Config) -> str:
         return "cudnn"
     if requested == "reference":
         return "reference"
+    if gpu_policy and cudnn_why is None:
+        return "cudnn"
     if fused_why is None:
         return "fused"
     if cudnn_why is None:

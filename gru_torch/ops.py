@@ -50,6 +50,29 @@ def unsupported_reason(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
+# Self-check results of the CUDA kernels, per (device, dtype, cell, TF32): None when
+# the kernel agreed with the reference, else what mismatched.
+_self_checked: dict[tuple, str | None] = {}
+
+
+def self_check_failure(device: torch.device, dtype: torch.dtype, reset_after: bool) -> str | None:
+    """On first use per device, dtype and cell, runs the fused CUDA kernel on a small
+    problem against the reference (gru_torch.selfcheck); returns what mismatched, or
+    None. Other devices (the CPU op, the emulator) are checked by the test suite."""
+    if device.type != "cuda":
+        return None
+    from . import selfcheck
+
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    key = (index, dtype, reset_after, selfcheck.tf32_enabled())
+    if key not in _self_checked and torch.compiler.is_compiling():
+        return None  # checked at the first eager call; never traced into a graph
+    if key not in _self_checked:
+        _self_checked[key] = selfcheck.self_check(gru_layer, torch.device("cuda", index), dtype,
+                                                  reset_after)
+    return _self_checked[key]
+
+
 def _setup_context(ctx, inputs, output, emulated=False):
     input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, reset_after, need_reserve = inputs
     out, h_n, reserve = output

@@ -110,6 +110,18 @@ template <class T>
 using OperandFor = std::conditional_t<std::is_same<T, float>::value, OpTF32,
                                       std::conditional_t<std::is_same<T, bf16>::value, OpBF16, OpF16>>;
 
+// The launch of the persistent kernel for a plan, as run_forward / run_backward make it.
+template <class T>
+LaunchSpec persistent_spec(const gru_torch::plan::Plan& plan, bool reset_after, bool backward,
+                           int batch, int dirs) {
+  LaunchSpec spec;
+  with_shape(plan.hp, reset_after, [&]<int HP, bool RA>() {
+    if (backward) spec = spec_for<ConfigFor<T, OperandFor<T>, HP, RA, true>>("gru_backward", batch, dirs);
+    else spec = spec_for<ConfigFor<T, OperandFor<T>, HP, RA, false>>("gru_forward", batch, dirs);
+  });
+  return spec;
+}
+
 template <class T>
 void run_forward(const gru_torch::plan::Plan& plan, const gru_torch::raw::Forward& r, Stream st) {
   with_shape(plan.hp, r.reset_after,

@@ -133,10 +133,12 @@ struct WFrags {
 
 // ---------------------------------------------------------------- math
 // Derivatives are taken from the activation's output (d sigmoid = y (1 - y)).
-// __fdividef: one reciprocal and a multiply, no IEEE slow path (a saturated exp gives
-// the right limit: 1 / inf = 0). Its ~2 ulp are far below the operands' rounding.
-GT_DEV float sigmoid(float x) { return __fdividef(1.f, 1.f + __expf(-x)); }
-GT_DEV float tanh_fast(float x) { return __fdividef(2.f, 1.f + __expf(-2.f * x)) - 1.f; }
+// One MUFU op each (tanh.approx; sigmoid(x) = (1 + tanh(x/2)) / 2): the special-
+// function units do a quarter of the ALUs' work a cycle, and three activations a
+// (row, unit) a step would otherwise take six. Their ~2^-11 relative error is at the
+// level of the 16-bit and tf32 operands' rounding.
+GT_DEV float sigmoid(float x) { return fmaf(0.5f, tanh_approx(0.5f * x), 0.5f); }
+GT_DEV float tanh_fast(float x) { return tanh_approx(x); }
 
 // ---------------------------------------------------------------- arguments
 template <class T>
@@ -363,6 +365,8 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_forward(FwdArgs<typename C
 
   const int64_t out_step = int64_t(B) * D * H, res_step = int64_t(B) * 5 * H;
   const gptr<T> res_dir = p.reserve ? p.reserve + int64_t(d) * Tn * res_step : gptr<T>();
+  int cur = 0;  // the state tile to read (reset_after=true double-buffers it); only a step
+                // that runs flips it: skipped steps (past every length) write no tile
   for (int s = 0; s < Tn; ++s) {
     const int t = d == 0 ? s : Tn - 1 - s;
     const gptr<T> out = p.out + t * out_step;
@@ -388,7 +392,7 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_forward(FwdArgs<typename C
       fill(acc, 0.f);
       GT_UNROLL for (int j = 0; j < NJ; ++j)
         GT_UNROLL for (int i = 0; i < 4; ++i) acc[2 * NJ + j][i] = bhn[j][i & 1];
-      gemm<C, 0, C::kKT, 0, 3 * NJ>(acc, smem.tile(s & 1), w, lane);
+      gemm<C, 0, C::kKT, 0, 3 * NJ>(acc, smem.tile(cur), w, lane);
       GT_UNROLL for (int j = 0; j < NJ; ++j) {
         GT_UNROLL for (int h = 0; h < 2; ++h) {
           if (!own.active(h, t)) {
@@ -411,7 +415,8 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_forward(FwdArgs<typename C
         }
       }
       if (s + 1 < Tn) load_gx(s + 1);  // lands during the next step's GEMM
-      write_state_tile(smem.tile((s + 1) & 1));
+      cur ^= 1;
+      write_state_tile(smem.tile(cur));
       __syncthreads();
     } else {
       float acc[2 * NJ][4], r[NJ][4], z[NJ][4], qv[NJ][4];

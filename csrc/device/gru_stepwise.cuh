@@ -135,6 +135,17 @@ auto typed_step(const gru_torch::raw::Buf<T>& b) {
   return make_gptr(static_cast<Q*>(b.ptr), b.numel);
 }
 
+// The launch of one step's pointwise kernel: one thread per (row, unit).
+inline LaunchSpec step_spec(int batch, int hidden) {
+  LaunchSpec spec;
+  spec.name = "gru_step";
+  const int64_t n = int64_t(batch) * hidden;
+  spec.grid = dim3(unsigned((n + kStepThreads - 1) / kStepThreads));
+  spec.block = dim3(kStepThreads);
+  spec.max_threads = kStepThreads;
+  return spec;
+}
+
 template <class T>
 void run_step(const gru_torch::raw::Step& s, Stream st) {
   using gru_torch::raw::Phase;
@@ -158,12 +169,7 @@ void run_step(const gru_torch::raw::Step& s, Stream st) {
   a.dqr = typed_step<T>(s.dqr);
   a.h = typed_step<Acc<T>>(s.h);
   a.rz = typed_step<Acc<T>>(s.rz);
-  LaunchSpec spec;
-  spec.name = "gru_step";
-  const int64_t n = int64_t(s.batch) * s.hidden;
-  spec.grid = dim3(unsigned((n + kStepThreads - 1) / kStepThreads));
-  spec.block = dim3(kStepThreads);
-  spec.max_threads = kStepThreads;
+  const LaunchSpec spec = step_spec(s.batch, s.hidden);
   switch (s.phase) {
     case Phase::FwdAfter: return launch(spec, st, gru_step<Phase::FwdAfter, T>, a);
     case Phase::FwdBeforeRZ: return launch(spec, st, gru_step<Phase::FwdBeforeRZ, T>, a);

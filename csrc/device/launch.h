@@ -34,20 +34,34 @@ constexpr size_t kDefaultSmemLimit = 48 * 1024;  // without the opt-in attribute
 #if GT_EMULATED
 using Stream = void*;
 
-template <class... P, class... A>
-inline void launch(const LaunchSpec& s, Stream, void (*kernel)(P...), A... args) {
+// What the emulator's launch check sees of a spec: the kernel as the GPU would know
+// it, and the launch with the shared-memory attribute launch() sets on a GPU.
+inline gt_emu::KernelInfo kernel_info(const LaunchSpec& s) {
   gt_emu::KernelInfo k;
   k.name = s.name;
   k.max_threads = s.max_threads;
   k.min_blocks = s.min_blocks;
+  return k;
+}
+inline gt_emu::LaunchConfig launch_config(const LaunchSpec& s) {
   gt_emu::LaunchConfig c;
   c.grid = s.grid;
   c.block = s.block;
   c.dyn_smem = s.smem;
   c.cooperative = s.cooperative;
   c.cluster = s.cluster;
-  c.max_dyn_smem = std::max(kDefaultSmemLimit, s.smem);  // as launch() sets it on a GPU
-  gt_emu::launch(k, c, [=] { kernel(P(args)...); });
+  c.max_dyn_smem = std::max(kDefaultSmemLimit, s.smem);
+  return c;
+}
+
+// Checks a launch against a GPU's limits without running it (gt_emu::Error if refused).
+inline void check_launch(const LaunchSpec& s, const std::string& gpu) {
+  gt_emu::check_launch(gt_emu::gpu_props(gpu), kernel_info(s), launch_config(s));
+}
+
+template <class... P, class... A>
+inline void launch(const LaunchSpec& s, Stream, void (*kernel)(P...), A... args) {
+  gt_emu::launch(kernel_info(s), launch_config(s), [=] { kernel(P(args)...); });
 }
 #else
 using Stream = cudaStream_t;

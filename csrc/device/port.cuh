@@ -363,6 +363,18 @@ GT_DEV float bits_to_float(uint32_t u) {
 #endif
 }
 
+// tanh.approx.f32 (sm_75+): one MUFU op, relative error about 2^-11. The emulator
+// computes the exact tanh, so it cannot see that error (the GPU self-check does).
+GT_DEV float tanh_approx(float x) {
+#if GT_EMULATED
+  return std::tanh(x);
+#else
+  float y;
+  asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#endif
+}
+
 GT_DEV float to_float(float x) { return x; }
 GT_DEV float to_float(bf16 x) { return bf16_bits_to_float(x.bits); }
 GT_DEV float to_float(f16 x) { return f16_bits_to_float(x.bits); }
