@@ -14,7 +14,7 @@ export GRU_TORCH_CUDA
 
 SOURCES := $(wildcard csrc/*.cpp csrc/*.cu csrc/*.h csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h csrc/*/*.cuh) setup.py pyproject.toml gru_torch/_build.py
 
-.PHONY: venv build test bench train clean
+.PHONY: venv build test bench train clean gpu-check
 
 # The IMDB archive: the shared copy when present, else the cache or a download.
 DATA ?= $(wildcard ../shared/data/aclImdb_v1-text.tar.gz)
@@ -39,6 +39,11 @@ train: build
 
 bench: build
 	$(PY) scripts/benchmark.py
+
+# Everything that needs a GPU (build, CUDA tests, compute-sanitizer, benchmark against
+# cuDNN), for a machine that has one: see scripts/gpu_check.sh.
+gpu-check:
+	bash scripts/gpu_check.sh
 
 clean:
 	rm -rf build *.egg-info gru_torch/_C*.so $(VENV)/.built

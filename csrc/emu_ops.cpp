@@ -7,11 +7,9 @@
 
 #include <map>
 
+#include "device/entry.h"
+#include "emu/emulator.h"
 #include "gru_stepwise_op.h"
-// After the torch headers: the port header defines CUDA's spellings for the host.
-#include "device/gru_dispatch.cuh"
-#include "device/gru_stepwise.cuh"
-#include "device/selftest_kernels.cuh"
 
 namespace gru_torch {
 namespace {
@@ -36,12 +34,14 @@ std::vector<double> emu_last_stats() {
 }
 
 void device_selftest_cpu(const std::string& name, at::TensorList bufs, at::IntArrayRef ints) {
-  std::vector<gt::selftest::Buffer> out;
+  std::vector<void*> data;
+  std::vector<size_t> bytes;
   for (const auto& t : bufs) {
     TORCH_CHECK(t.is_contiguous() && t.is_cpu(), "_device_selftest: buffers must be contiguous CPU tensors");
-    out.push_back({t.data_ptr(), size_t(t.nbytes())});
+    data.push_back(t.data_ptr());
+    bytes.push_back(size_t(t.nbytes()));
   }
-  gt::selftest::run(name, out, ints.vec(), nullptr);
+  emulated::run_selftest(name, data, bytes, ints.vec(), nullptr);
 }
 
 // The device the emulated ops run on: the emulator, with the limits of the GPU it is
@@ -53,28 +53,21 @@ struct Emulated {
   static bool poison() { return true; }
   static void forward(plan::Dtype dt, const plan::Plan& p, const raw::Forward& r) {
     switch (dt) {
-      case plan::Dtype::F32: return gt::gru::run_forward<float>(p, r, nullptr);
-      case plan::Dtype::BF16: return gt::gru::run_forward<gt::bf16>(p, r, nullptr);
-      case plan::Dtype::F16: return gt::gru::run_forward<gt::f16>(p, r, nullptr);
+      case plan::Dtype::F32: return emulated::persistent_forward_f32(p, r, nullptr);
+      case plan::Dtype::BF16: return emulated::persistent_forward_bf16(p, r, nullptr);
+      case plan::Dtype::F16: return emulated::persistent_forward_f16(p, r, nullptr);
       default: TORCH_CHECK(false, "gru_layer_emulated: no persistent kernel for this dtype");
     }
   }
   static void backward(plan::Dtype dt, const plan::Plan& p, const raw::Backward& r) {
     switch (dt) {
-      case plan::Dtype::F32: return gt::gru::run_backward<float>(p, r, nullptr);
-      case plan::Dtype::BF16: return gt::gru::run_backward<gt::bf16>(p, r, nullptr);
-      case plan::Dtype::F16: return gt::gru::run_backward<gt::f16>(p, r, nullptr);
+      case plan::Dtype::F32: return emulated::persistent_backward_f32(p, r, nullptr);
+      case plan::Dtype::BF16: return emulated::persistent_backward_bf16(p, r, nullptr);
+      case plan::Dtype::F16: return emulated::persistent_backward_f16(p, r, nullptr);
       default: TORCH_CHECK(false, "gru_layer_backward_emulated: no persistent kernel for this dtype");
     }
   }
-  static void step(plan::Dtype dt, const raw::Step& s) {
-    switch (dt) {
-      case plan::Dtype::F32: return gt::gru::run_step<float>(s, nullptr);
-      case plan::Dtype::F64: return gt::gru::run_step<double>(s, nullptr);
-      case plan::Dtype::BF16: return gt::gru::run_step<gt::bf16>(s, nullptr);
-      case plan::Dtype::F16: return gt::gru::run_step<gt::f16>(s, nullptr);
-    }
-  }
+  static void step(plan::Dtype dt, const raw::Step& s) { emulated::step(dt, s, nullptr); }
 };
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_emulated(
@@ -111,25 +104,7 @@ std::vector<std::string> gru_launch_check(const std::string& dtype, int64_t H, i
   const plan::Dtype dt = dtypes.at(dtype);
   const plan::Plan p = plan::choose({dt, allow_tf32, int(H), int(B), int(T), int(D), reset_after,
                                      gt_emu::gpu_props(gpu).smem_optin});
-  std::vector<gt::LaunchSpec> specs;
-  if (p.path == plan::Path::Persistent) {
-    for (bool backward : {false, true}) {
-      switch (dt) {
-        case plan::Dtype::F32: specs.push_back(gt::gru::persistent_spec<float>(p, reset_after, backward, int(B), int(D))); break;
-        case plan::Dtype::BF16: specs.push_back(gt::gru::persistent_spec<gt::bf16>(p, reset_after, backward, int(B), int(D))); break;
-        default: specs.push_back(gt::gru::persistent_spec<gt::f16>(p, reset_after, backward, int(B), int(D))); break;
-      }
-    }
-  } else {
-    specs.push_back(gt::gru::step_spec(int(B), int(H)));
-  }
-  std::vector<std::string> out;
-  for (const auto& s : specs) {
-    gt::check_launch(s, gpu);
-    out.push_back(std::string(s.name) + " grid (" + std::to_string(s.grid.x) + "," +
-                  std::to_string(s.grid.y) + ") block " + std::to_string(s.block.x) + " smem " +
-                  std::to_string(s.smem) + " [" + p.why + "]");
-  }
+  std::vector<std::string> out = emulated::launch_check(dt, p, int(H), int(B), int(D), reset_after, gpu);
   return out;
 }
 

@@ -1,8 +1,8 @@
 // The CUDA side of the gru_torch ops, torch half: the device guard, the current
 // stream, the device's limits, and the layer op written once for every device
 // (gru_device_op.h, gru_stepwise_op.h). The kernels are compiled by nvcc in
-// csrc/cuda/*.cu, which include no torch header; this file reaches them through
-// cuda/cuda_entry.h.
+// csrc/kernels/*.cu, which include no torch header; this file reaches them through
+// device/entry.h.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -11,7 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "cuda/cuda_entry.h"
+#include "device/entry.h"
 #include "gru_stepwise_op.h"
 
 namespace gru_torch {
@@ -27,7 +27,7 @@ void device_selftest_cuda(const std::string& name, at::TensorList bufs, at::IntA
     data.push_back(t.data_ptr());
     bytes.push_back(size_t(t.nbytes()));
   }
-  cuda::run_selftest(name, data, bytes, ints.vec(), at::cuda::getCurrentCUDAStream());
+  cuda::run_selftest(name, data, bytes, ints.vec(), at::cuda::getCurrentCUDAStream().stream());
 }
 
 // The GPU as a device_op policy.
@@ -44,7 +44,7 @@ struct Cuda {
     }();
     return on;
   }
-  static cudaStream_t stream() { return at::cuda::getCurrentCUDAStream(); }
+  static void* stream() { return at::cuda::getCurrentCUDAStream().stream(); }
   static void forward(plan::Dtype dt, const plan::Plan& p, const raw::Forward& r) {
     switch (dt) {
       case plan::Dtype::F32: return cuda::persistent_forward_f32(p, r, stream());

@@ -8,12 +8,13 @@ import os
 from pathlib import Path
 
 CSRC_DIRS = (Path(__file__).resolve().parent / "csrc", Path(__file__).resolve().parent.parent / "csrc")
-# The emulator (emu/) and its ops are part of every build: it runs the CUDA kernels'
-# source on the CPU. CUDA_SOURCES: the torch-side glue (.cpp) and the kernels (.cu,
-# compiled by nvcc without torch headers).
-CPU_SOURCES = ("ops.cpp", "gru_cpu.cpp", "cpu_pool.cpp", "emu/emulator.cpp", "emu_ops.cpp")
-CUDA_SOURCES = ("gru_cuda.cpp", "cuda/selftest.cu", "cuda/gru_persistent_f32.cu",
-                "cuda/gru_persistent_bf16.cu", "cuda/gru_persistent_f16.cu", "cuda/gru_step.cu")
+# The kernels (kernels/*.cu) are compiled twice: by nvcc for the GPU (CUDA_SOURCES), and
+# by the host compiler through emu/*.cpp for the CUDA emulator, which is part of every
+# build. Neither includes a torch header; gru_cuda.cpp and emu_ops.cpp are the torch glue.
+KERNELS = ("selftest", "gru_persistent_f32", "gru_persistent_bf16", "gru_persistent_f16", "gru_step")
+CPU_SOURCES = ("ops.cpp", "gru_cpu.cpp", "cpu_pool.cpp", "emu/emulator.cpp", "emu/launch_check.cpp",
+               "emu_ops.cpp") + tuple(f"emu/{k}.cpp" for k in KERNELS)
+CUDA_SOURCES = ("gru_cuda.cpp",) + tuple(f"kernels/{k}.cu" for k in KERNELS)
 
 
 def csrc_dir() -> Path | None:

@@ -231,7 +231,9 @@ def skip_reason(name: str, shape: Shape, args: argparse.Namespace, device: torch
     """Why backend `name` is left out of this case, or None."""
     steps = shape.T * args.layers * (2 if args.bidirectional else 1)
     if name == "fused":
-        return fused_unavailable(device, dtype)
+        why = fused_unavailable(device, dtype)
+        failed = None if why else ops.self_check_failure(device, dtype, True)
+        return why or (f"the fused kernel failed its self-check: {failed}" if failed else None)
     if name == "cudnn" and args.recurrent_dropout:
         return "nn.GRU has no recurrent dropout"
     if name == "reference" and args.reference_max_steps is not None and steps > args.reference_max_steps:
@@ -272,7 +274,8 @@ def bench_case(shape: Shape, dtype_name: str, args: argparse.Namespace,
         for name, times in timed.items():
             rows.append({**asdict(shape), "layers": args.layers, "bidirectional": args.bidirectional,
                          "dtype": dtype_name, "pass": pass_, "backend": name,
-                         "median_ms": statistics.median(times), "repeats": len(times),
+                         "median_ms": statistics.median(times),
+                         "us_per_step": statistics.median(times) * 1e3 / shape.T, "repeats": len(times),
                          "recurrent_dropout": args.recurrent_dropout})
     return rows
 

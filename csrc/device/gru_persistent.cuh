@@ -369,94 +369,88 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_forward(FwdArgs<typename C
                 // that runs flips it: skipped steps (past every length) write no tile
   for (int s = 0; s < Tn; ++s) {
     const int t = d == 0 ? s : Tn - 1 - s;
+    // Past every row's length the tile runs no GEMM and no barrier (a uniform branch):
+    // its outputs are zeros and its state stays.
+    const bool run = t < own.tile_max;
     const gptr<T> out = p.out + t * out_step;
     const gptr<T> res = p.reserve ? res_dir + t * res_step : gptr<T>();
-    // Stores one pair: the output and, when backward will run, the reserve row.
-    auto store = [&](int j, int h, const float (&v)[6][2]) {
-      if (!own.unit_ok(j)) return;
-      store_pair(out, o_out[h] + 8 * j, v[0][0], v[0][1]);
+    // Stores one pair, zeros where the row is past its length: the output and, when
+    // backward will run, the reserve row (h_prev last).
+    auto store = [&](int j, int h, bool on, const float (&v)[6][2]) {
+      if (!own.pair_ok(j, h)) return;
+      auto at = [&](int k, int e) { return on ? v[k][e] : 0.f; };
+      store_pair(out, o_out[h] + 8 * j, at(0, 0), at(0, 1));
       if (p.reserve)
         GT_UNROLL for (int slot = 0; slot < 5; ++slot)
-          store_pair(res, o_res[h] + slot * H + 8 * j, v[1 + slot][0], v[1 + slot][1]);
+          store_pair(res, o_res[h] + slot * H + 8 * j, at(1 + slot, 0), at(1 + slot, 1));
     };
-    const float zeros[6][2] = {};
-    if (t >= own.tile_max) {  // every row of the tile is past its length: zeros, state kept
-      GT_UNROLL for (int j = 0; j < NJ; ++j)
-        GT_UNROLL for (int h = 0; h < 2; ++h)
-          if (own.row_ok(h)) store(j, h, zeros);
-      if (s + 1 < Tn) load_gx(s + 1);
-      continue;
-    }
+    auto gxv = [&](int q, int j, int i) {
+      return (i & 1) ? hi_of(gx[q][j][i >> 1]) : lo_of(gx[q][j][i >> 1]);
+    };
     if constexpr (C::kResetAfter) {
       float acc[3 * NJ][4];
       fill(acc, 0.f);
       GT_UNROLL for (int j = 0; j < NJ; ++j)
         GT_UNROLL for (int i = 0; i < 4; ++i) acc[2 * NJ + j][i] = bhn[j][i & 1];
-      gemm<C, 0, C::kKT, 0, 3 * NJ>(acc, smem.tile(cur), w, lane);
+      if (run) gemm<C, 0, C::kKT, 0, 3 * NJ>(acc, smem.tile(cur), w, lane);
       GT_UNROLL for (int j = 0; j < NJ; ++j) {
         GT_UNROLL for (int h = 0; h < 2; ++h) {
-          if (!own.active(h, t)) {
-            if (own.row_ok(h)) store(j, h, zeros);
-            continue;
-          }
+          const bool on = run && own.active(h, t);
           float v[6][2];  // h, r, z, n, gh_n, h_prev
           GT_UNROLL for (int e = 0; e < 2; ++e) {
             const int i = 2 * h + e;
-            const float gr = e ? hi_of(gx[0][j][h]) : lo_of(gx[0][j][h]);
-            const float gz = e ? hi_of(gx[1][j][h]) : lo_of(gx[1][j][h]);
-            const float gn = e ? hi_of(gx[2][j][h]) : lo_of(gx[2][j][h]);
-            const float r = sigmoid(acc[j][i] + gr), z = sigmoid(acc[NJ + j][i] + gz);
-            const float ghn = acc[2 * NJ + j][i], n = tanh_fast(gn + r * ghn);
+            const float r = sigmoid(acc[j][i] + gxv(0, j, i)), z = sigmoid(acc[NJ + j][i] + gxv(1, j, i));
+            const float ghn = acc[2 * NJ + j][i], n = tanh_fast(gxv(2, j, i) + r * ghn);
             const float hn = (1.f - z) * n + z * hp[j][i];
             v[0][e] = hn; v[1][e] = r; v[2][e] = z; v[3][e] = n; v[4][e] = ghn; v[5][e] = hp[j][i];
-            hp[j][i] = hn;
+            hp[j][i] = on ? hn : hp[j][i];
           }
-          store(j, h, v);
+          store(j, h, on, v);
         }
       }
       if (s + 1 < Tn) load_gx(s + 1);  // lands during the next step's GEMM
-      cur ^= 1;
-      write_state_tile(smem.tile(cur));
-      __syncthreads();
-    } else {
-      float acc[2 * NJ][4], r[NJ][4], z[NJ][4], qv[NJ][4];
-      fill(acc, 0.f);
-      gemm<C, 0, C::kKT, 0, 2 * NJ>(acc, smem.tile(0), w, lane);
-      GT_UNROLL for (int j = 0; j < NJ; ++j) {
-        GT_UNROLL for (int i = 0; i < 4; ++i) {
-          const int h = i >> 1, e = i & 1;
-          r[j][i] = sigmoid(acc[j][i] + (e ? hi_of(gx[0][j][h]) : lo_of(gx[0][j][h])));
-          z[j][i] = sigmoid(acc[NJ + j][i] + (e ? hi_of(gx[1][j][h]) : lo_of(gx[1][j][h])));
-          qv[j][i] = own.active(h, t) ? r[j][i] * hp[j][i] * mk[j][i] : 0.f;
-        }
-        GT_UNROLL for (int i = 0; i < 4; i += 2)
-          put_pair<Op>(smem.tile(1), own.tile_index(j, i, C::kStride, 0, lane), qv[j][i], qv[j][i + 1]);
+      if (run) {
+        cur ^= 1;
+        write_state_tile(smem.tile(cur));
+        __syncthreads();
       }
-      __syncthreads();
-      float acc_n[NJ][4];
+    } else {
+      float acc[2 * NJ][4], acc_n[NJ][4], r[NJ][4], z[NJ][4], qv[NJ][4];
+      fill(acc, 0.f);
       fill(acc_n, 0.f);
-      gemm<C, 0, C::kKT, 2 * NJ, NJ>(acc_n, smem.tile(1), w, lane);
+      if (run) gemm<C, 0, C::kKT, 0, 2 * NJ>(acc, smem.tile(0), w, lane);
+      GT_UNROLL for (int j = 0; j < NJ; ++j)
+        GT_UNROLL for (int i = 0; i < 4; ++i) {
+          r[j][i] = sigmoid(acc[j][i] + gxv(0, j, i));
+          z[j][i] = sigmoid(acc[NJ + j][i] + gxv(1, j, i));
+          qv[j][i] = own.active(i >> 1, t) ? r[j][i] * hp[j][i] * mk[j][i] : 0.f;
+        }
+      if (run) {
+        GT_UNROLL for (int j = 0; j < NJ; ++j)
+          GT_UNROLL for (int i = 0; i < 4; i += 2)
+            put_pair<Op>(smem.tile(1), own.tile_index(j, i, C::kStride, 0, lane), qv[j][i], qv[j][i + 1]);
+        __syncthreads();
+        gemm<C, 0, C::kKT, 2 * NJ, NJ>(acc_n, smem.tile(1), w, lane);
+      }
       GT_UNROLL for (int j = 0; j < NJ; ++j) {
         GT_UNROLL for (int h = 0; h < 2; ++h) {
-          if (!own.active(h, t)) {
-            if (own.row_ok(h)) store(j, h, zeros);
-            continue;
-          }
+          const bool on = run && own.active(h, t);
           float v[6][2];  // h, r, z, n, q, h_prev
           GT_UNROLL for (int e = 0; e < 2; ++e) {
             const int i = 2 * h + e;
-            const float gn = e ? hi_of(gx[2][j][h]) : lo_of(gx[2][j][h]);
-            const float n = tanh_fast(gn + acc_n[j][i]);
+            const float n = tanh_fast(gxv(2, j, i) + acc_n[j][i]);
             const float hn = (1.f - z[j][i]) * n + z[j][i] * hp[j][i];
             v[0][e] = hn; v[1][e] = r[j][i]; v[2][e] = z[j][i]; v[3][e] = n; v[4][e] = qv[j][i]; v[5][e] = hp[j][i];
-            hp[j][i] = hn;
+            hp[j][i] = on ? hn : hp[j][i];
           }
-          store(j, h, v);
+          store(j, h, on, v);
         }
       }
       if (s + 1 < Tn) load_gx(s + 1);
-      write_state_tile(smem.tile(0));
-      __syncthreads();
+      if (run) {
+        write_state_tile(smem.tile(0));
+        __syncthreads();
+      }
     }
   }
   GT_UNROLL for (int j = 0; j < NJ; ++j)
@@ -527,99 +521,96 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_backward(BwdArgs<typename 
   const gptr<T> dghn_dir = p.dghn ? p.dghn + int64_t(d) * Tn * bh_step : gptr<T>();
   for (int s = 0; s < Tn; ++s) {
     const int t = time_of(s);
+    const bool run = t < own.tile_max;  // uniform: past every length, dh passes through
     const gptr<T> dgx = dgx_dir + t * g3_step;
     const gptr<T> dghn = p.dghn ? dghn_dir + t * bh_step : gptr<T>();
-    // The gate gradients of one pair: dgx = (da_r, da_z, da_n), dghn = da_n * r.
+    // The gate gradients of one pair: dgx = (da_r, da_z, da_n), dghn = da_n * r (zeros
+    // past a row's length, as the values below are).
     auto put_grads = [&](int j, int h, const float (&g)[4][2]) {
-      if (!own.unit_ok(j)) return;
+      if (!own.pair_ok(j, h)) return;
       GT_UNROLL for (int q = 0; q < 3; ++q) store_pair(dgx, o_g3[h] + q * H + 8 * j, g[q][0], g[q][1]);
       if (p.dghn) store_pair(dghn, o_bh[h] + 8 * j, g[3][0], g[3][1]);
     };
-    if (t >= own.tile_max) {  // the whole tile is past its lengths: dh passes through
-      const float zeros[4][2] = {};
-      GT_UNROLL for (int j = 0; j < NJ; ++j)
-        GT_UNROLL for (int h = 0; h < 2; ++h)
-          if (own.row_ok(h)) put_grads(j, h, zeros);
-      if (s + 1 < Tn) load_step(s + 1);
-      continue;
-    }
     // The cell's backward up to the gate gradients that need no GEMM; rows past their
     // length (and padding) give zeros and carry dh through.
-    float dpart[NJ][4], da_z[NJ][4], da_n[NJ][4];
+    float dpart[NJ][4], da_z[NJ][4], da_n[NJ][4], r[NJ][4];
     GT_UNROLL for (int j = 0; j < NJ; ++j)
       GT_UNROLL for (int i = 0; i < 4; ++i) {
-        const bool on = own.active(i >> 1, t) && own.unit_ok(j);
+        const bool on = run && own.active(i >> 1, t) && own.unit_ok(j);
         const float dh = dhc[j][i] + val(kGout, j, i), z = val(kZ, j, i), n = val(kN, j, i);
         da_n[j][i] = on ? dh * (1.f - z) * (1.f - n * n) : 0.f;
         da_z[j][i] = on ? dh * (val(kHprev, j, i) - n) * z * (1.f - z) : 0.f;
         dpart[j][i] = on ? dh * z : dhc[j][i];
+        r[j][i] = val(kR, j, i);
       }
     if constexpr (C::kResetAfter) {
       const sptr<typename C::Elem> tl = smem.tile(s & 1);
       GT_UNROLL for (int j = 0; j < NJ; ++j) {
         float da_r[4], dghv[4];
         GT_UNROLL for (int i = 0; i < 4; ++i) {
-          const float r = val(kR, j, i);
-          da_r[i] = da_n[j][i] * val(kAux, j, i) * r * (1.f - r);
-          dghv[i] = da_n[j][i] * r;
+          da_r[i] = da_n[j][i] * val(kAux, j, i) * r[j][i] * (1.f - r[j][i]);
+          dghv[i] = da_n[j][i] * r[j][i];
         }
         GT_UNROLL for (int h = 0; h < 2; ++h) {
-          if (!own.row_ok(h)) continue;
           const float g[4][2] = {{da_r[2 * h], da_r[2 * h + 1]}, {da_z[j][2 * h], da_z[j][2 * h + 1]},
                                  {da_n[j][2 * h], da_n[j][2 * h + 1]}, {dghv[2 * h], dghv[2 * h + 1]}};
           put_grads(j, h, g);
         }
-        GT_UNROLL for (int i = 0; i < 4; i += 2) {
-          put_pair<Op>(tl, own.tile_index(j, i, C::kStride, 0, lane), da_r[i], da_r[i + 1]);
-          put_pair<Op>(tl, own.tile_index(j, i, C::kStride, HP, lane), da_z[j][i], da_z[j][i + 1]);
-          put_pair<Op>(tl, own.tile_index(j, i, C::kStride, 2 * HP, lane), dghv[i], dghv[i + 1]);
-        }
+        if (run)
+          GT_UNROLL for (int i = 0; i < 4; i += 2) {
+            put_pair<Op>(tl, own.tile_index(j, i, C::kStride, 0, lane), da_r[i], da_r[i + 1]);
+            put_pair<Op>(tl, own.tile_index(j, i, C::kStride, HP, lane), da_z[j][i], da_z[j][i + 1]);
+            put_pair<Op>(tl, own.tile_index(j, i, C::kStride, 2 * HP, lane), dghv[i], dghv[i + 1]);
+          }
       }
       if (s + 1 < Tn) load_step(s + 1);  // lands during the barrier and the GEMM
-      __syncthreads();
       float acc[NJ][4];
       fill(acc, 0.f);
-      gemm<C, 0, KT, 0, NJ>(acc, tl, w, lane);
+      if (run) {
+        __syncthreads();
+        gemm<C, 0, KT, 0, NJ>(acc, tl, w, lane);
+      }
       GT_UNROLL for (int j = 0; j < NJ; ++j)
         GT_UNROLL for (int i = 0; i < 4; ++i) dhc[j][i] = dpart[j][i] + acc[j][i] * mk[j][i];
     } else {
       const sptr<typename C::Elem> tl = smem.tile(0);
-      float r[NJ][4], hm[NJ][4];  // kept across the reload of pf
+      float hm[NJ][4];  // kept across the reload of pf
       GT_UNROLL for (int j = 0; j < NJ; ++j) {
-        GT_UNROLL for (int i = 0; i < 4; ++i) {
-          r[j][i] = val(kR, j, i);
-          hm[j][i] = val(kHprev, j, i) * mk[j][i];
-        }
-        GT_UNROLL for (int i = 0; i < 4; i += 2)
-          put_pair<Op>(tl, own.tile_index(j, i, C::kStride, 2 * HP, lane), da_n[j][i], da_n[j][i + 1]);
+        GT_UNROLL for (int i = 0; i < 4; ++i) hm[j][i] = val(kHprev, j, i) * mk[j][i];
+        if (run)
+          GT_UNROLL for (int i = 0; i < 4; i += 2)
+            put_pair<Op>(tl, own.tile_index(j, i, C::kStride, 2 * HP, lane), da_n[j][i], da_n[j][i + 1]);
       }
       if (s + 1 < Tn) load_step(s + 1);
-      __syncthreads();
-      float dq[NJ][4];
+      float dq[NJ][4], acc[NJ][4];
       fill(dq, 0.f);
-      gemm<C, 2 * KT / 3, KT, 0, NJ>(dq, tl, w, lane);  // dq = da_n W_hn
+      fill(acc, 0.f);
+      if (run) {
+        __syncthreads();
+        gemm<C, 2 * KT / 3, KT, 0, NJ>(dq, tl, w, lane);  // dq = da_n W_hn
+      }
       GT_UNROLL for (int j = 0; j < NJ; ++j) {
         float da_r[4];
         GT_UNROLL for (int i = 0; i < 4; ++i) {
-          const bool on = own.active(i >> 1, t) && own.unit_ok(j);
+          const bool on = run && own.active(i >> 1, t) && own.unit_ok(j);
           da_r[i] = on ? dq[j][i] * hm[j][i] * r[j][i] * (1.f - r[j][i]) : 0.f;
           if (on) dpart[j][i] += dq[j][i] * r[j][i] * mk[j][i];
         }
         GT_UNROLL for (int h = 0; h < 2; ++h) {
-          if (!own.row_ok(h)) continue;
           const float g[4][2] = {{da_r[2 * h], da_r[2 * h + 1]}, {da_z[j][2 * h], da_z[j][2 * h + 1]},
                                  {da_n[j][2 * h], da_n[j][2 * h + 1]}, {0.f, 0.f}};
           put_grads(j, h, g);
         }
-        GT_UNROLL for (int i = 0; i < 4; i += 2) {
-          put_pair<Op>(tl, own.tile_index(j, i, C::kStride, 0, lane), da_r[i], da_r[i + 1]);
-          put_pair<Op>(tl, own.tile_index(j, i, C::kStride, HP, lane), da_z[j][i], da_z[j][i + 1]);
-        }
+        if (run)
+          GT_UNROLL for (int i = 0; i < 4; i += 2) {
+            put_pair<Op>(tl, own.tile_index(j, i, C::kStride, 0, lane), da_r[i], da_r[i + 1]);
+            put_pair<Op>(tl, own.tile_index(j, i, C::kStride, HP, lane), da_z[j][i], da_z[j][i + 1]);
+          }
       }
-      __syncthreads();
-      float acc[NJ][4];
-      fill(acc, 0.f);
-      gemm<C, 0, 2 * KT / 3, 0, NJ>(acc, tl, w, lane);  // [da_r, da_z] W_hrz
+      if (run) {
+        __syncthreads();
+        gemm<C, 0, 2 * KT / 3, 0, NJ>(acc, tl, w, lane);  // [da_r, da_z] W_hrz
+      }
       GT_UNROLL for (int j = 0; j < NJ; ++j)
         GT_UNROLL for (int i = 0; i < 4; ++i) dhc[j][i] = dpart[j][i] + acc[j][i] * mk[j][i];
     }

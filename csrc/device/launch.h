@@ -64,7 +64,7 @@ inline void launch(const LaunchSpec& s, Stream, void (*kernel)(P...), A... args)
   gt_emu::launch(kernel_info(s), launch_config(s), [=] { kernel(P(args)...); });
 }
 #else
-using Stream = cudaStream_t;
+using Stream = void*;  // a cudaStream_t
 
 inline void check_cuda(cudaError_t e, const char* what, const char* name) {
   if (e != cudaSuccess)
@@ -80,7 +80,7 @@ inline void launch(const LaunchSpec& s, Stream stream, void (*kernel)(P...), A..
   cfg.gridDim = s.grid;
   cfg.blockDim = s.block;
   cfg.dynamicSmemBytes = s.smem;
-  cfg.stream = stream;
+  cfg.stream = static_cast<cudaStream_t>(stream);
   cudaLaunchAttribute attrs[2];
   unsigned n = 0;
   if (s.cooperative) {

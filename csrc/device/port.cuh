@@ -32,6 +32,7 @@
 // Device code is compiled twice into one library (nvcc and the emulator): an inline
 // namespace per mode keeps the two definitions of each inline function apart.
 #define GT_BEGIN_NAMESPACE namespace gt { inline namespace cuda {
+#define GT_ENTRY_NAMESPACE cuda
 #define GT_END_NAMESPACE } }
 #define GT_HD __host__ __device__ __forceinline__
 #define GT_DEV __device__ __forceinline__
@@ -65,6 +66,7 @@ GT_END_NAMESPACE
 
 #define GT_EMULATED 1
 #define GT_BEGIN_NAMESPACE namespace gt { inline namespace emulated {
+#define GT_ENTRY_NAMESPACE emulated
 #define GT_END_NAMESPACE } }
 #define GT_HD inline
 #define GT_DEV inline

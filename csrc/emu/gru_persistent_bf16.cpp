@@ -1,0 +1,2 @@
+// The emulator's build of csrc/kernels/gru_persistent_bf16.cu: the same source, host compiler.
+#include "../kernels/gru_persistent_bf16.cu"

@@ -1,0 +1,16 @@
+// The persistent GRU kernels for bf16 tensors, one file per dtype so the compiler
+// builds them in parallel; for nvcc and, through csrc/emu/gru_persistent_bf16.cpp, the emulator.
+#include "../device/entry.h"
+#include "../device/gru_dispatch.cuh"
+
+namespace gru_torch::GT_ENTRY_NAMESPACE {
+
+void persistent_forward_bf16(const plan::Plan& p, const raw::Forward& r, void* stream) {
+  gt::gru::run_forward<gt::bf16>(p, r, stream);
+}
+
+void persistent_backward_bf16(const plan::Plan& p, const raw::Backward& r, void* stream) {
+  gt::gru::run_backward<gt::bf16>(p, r, stream);
+}
+
+}  // namespace gru_torch::GT_ENTRY_NAMESPACE
