@@ -50,6 +50,7 @@ struct Emulated {
   static size_t smem_optin(const at::Tensor&) {
     return gt_emu::gpu_props(gt_emu::options().gpu).smem_optin;
   }
+  static int sm(const at::Tensor&) { return gt_emu::gpu_props(gt_emu::options().gpu).sm; }
   static bool poison() { return true; }
   static void forward(plan::Dtype dt, const plan::Plan& p, const raw::Forward& r) {
     switch (dt) {
@@ -102,8 +103,9 @@ std::vector<std::string> gru_launch_check(const std::string& dtype, int64_t H, i
       {"bfloat16", plan::Dtype::BF16}, {"float16", plan::Dtype::F16}};
   TORCH_CHECK(dtypes.count(dtype), "_gru_launch_check: unknown dtype ", dtype);
   const plan::Dtype dt = dtypes.at(dtype);
+  const gt_emu::GpuProps& props = gt_emu::gpu_props(gpu);
   const plan::Plan p = plan::choose({dt, allow_tf32, int(H), int(B), int(T), int(D), reset_after,
-                                     gt_emu::gpu_props(gpu).smem_optin});
+                                     props.smem_optin, props.sm});
   std::vector<std::string> out = emulated::launch_check(dt, p, int(H), int(B), int(D), reset_after, gpu);
   return out;
 }

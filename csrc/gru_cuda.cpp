@@ -35,6 +35,10 @@ struct Cuda {
   static size_t smem_optin(const at::Tensor& like) {
     return at::cuda::getDeviceProperties(like.device().index())->sharedMemPerBlockOptin;
   }
+  static int sm(const at::Tensor& like) {
+    const cudaDeviceProp* p = at::cuda::getDeviceProperties(like.device().index());
+    return p->major * 10 + p->minor;
+  }
   // GRU_TORCH_POISON=1 NaN-fills outputs before the kernels (the tests set it), so a
   // value a kernel fails to write shows instead of passing as stale memory.
   static bool poison() {

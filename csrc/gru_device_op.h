@@ -6,6 +6,7 @@
 //
 //   struct Dev {
 //     static size_t smem_optin(const at::Tensor& like);  // opt-in shared memory per block
+//     static int sm(const at::Tensor& like);             // compute capability x 10
 //     static bool poison();                              // NaN-fill outputs before the kernels
 //     static void forward(plan::Dtype, const plan::Plan&, const raw::Forward&);
 //     static void backward(plan::Dtype, const plan::Plan&, const raw::Backward&);
@@ -41,10 +42,10 @@ inline plan::Dtype dtype_of(const Tensor& t) {
 
 // The plan for a layer call: cuDNN's TF32 switch for RNNs decides float32's operands.
 inline plan::Plan plan_for(const Tensor& input, int64_t H, int64_t D, bool reset_after,
-                           size_t smem_optin) {
+                           size_t smem_optin, int sm) {
   const plan::Problem p{dtype_of(input), at::globalContext().allowTF32CuDNN(at::Float32Op::RNN),
                         int(H), int(input.size(1)), int(input.size(0)), int(D), reset_after,
-                        smem_optin};
+                        smem_optin, sm};
   return plan::choose(p);
 }
 
@@ -115,7 +116,7 @@ std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& input_, const Tensor& h
   const int64_t T = input_.size(0), B = input_.size(1), I = input_.size(2);
   const int64_t D = w_ih_.size(0), H = w_ih_.size(1) / 3;
   check_lengths_values(lengths_, T, "gru_layer");
-  const plan::Plan pl = plan_for(input_, H, D, reset_after, Dev::smem_optin(input_));
+  const plan::Plan pl = plan_for(input_, H, D, reset_after, Dev::smem_optin(input_), Dev::sm(input_));
   const Tensor input = input_.contiguous(), hx = hx_.contiguous(), w_ih = w_ih_.contiguous(),
                w_hh = w_hh_.contiguous();
   const OptTensor mask = contiguous(mask_), lengths = contiguous(lengths_);
@@ -201,7 +202,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward(
   const int64_t D = w_ih_.size(0), H = w_ih_.size(1) / 3;
   check_backward_args(grad_output_, grad_h_n_, hx, reserve_, T, B, D, H);
   check_lengths_values(lengths_, T, "gru_layer_backward");
-  const plan::Plan pl = plan_for(input_, H, D, reset_after, Dev::smem_optin(input_));
+  const plan::Plan pl = plan_for(input_, H, D, reset_after, Dev::smem_optin(input_), Dev::sm(input_));
   const Tensor input = input_.contiguous(), w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous(),
                reserve = reserve_.contiguous(), grad_output = grad_output_.contiguous(),
                grad_h_n = grad_h_n_.contiguous();

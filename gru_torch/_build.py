@@ -9,18 +9,21 @@ from pathlib import Path
 
 CSRC_DIRS = (Path(__file__).resolve().parent / "csrc", Path(__file__).resolve().parent.parent / "csrc")
 # The kernels (kernels/*.cu) are compiled twice: by nvcc for the GPU (CUDA_SOURCES), and
-# by the host compiler through emu/*.cpp for the CUDA emulator, which is part of every
-# build. Neither includes a torch header; gru_cuda.cpp and emu_ops.cpp are the torch glue.
+# by the host compiler through emu/*.cpp for the CUDA emulator (EMULATOR_SOURCES), which
+# setup.py builds into every extension and the JIT fallback leaves out (it is for
+# development, and it is most of the C++ to compile). Neither includes a torch header;
+# gru_cuda.cpp and emu_ops.cpp are the torch glue.
 KERNELS = ("selftest", "gru_persistent_f32", "gru_persistent_bf16", "gru_persistent_f16", "gru_step")
-CPU_SOURCES = ("ops.cpp", "gru_cpu.cpp", "cpu_pool.cpp", "emu/emulator.cpp", "emu/launch_check.cpp",
-               "emu_ops.cpp") + tuple(f"emu/{k}.cpp" for k in KERNELS)
+CPU_SOURCES = ("ops.cpp", "gru_cpu.cpp", "cpu_pool.cpp")
+EMULATOR_SOURCES = ("emu/emulator.cpp", "emu/launch_check.cpp", "emu_ops.cpp") + tuple(
+    f"emu/{k}.cpp" for k in KERNELS)
 CUDA_SOURCES = ("gru_cuda.cpp",) + tuple(f"kernels/{k}.cu" for k in KERNELS)
 
 
 def csrc_dir() -> Path | None:
     """The folder holding the C++/CUDA sources, or None where they are not shipped."""
     for d in CSRC_DIRS:
-        if all((d / s).is_file() for s in CPU_SOURCES + CUDA_SOURCES):
+        if all((d / s).is_file() for s in CPU_SOURCES + EMULATOR_SOURCES + CUDA_SOURCES):
             return d
     return None
 
@@ -87,7 +90,7 @@ def extension(name: str, cuda_setting: str | None):
     src = csrc_dir()
     if src is None:
         raise FileNotFoundError(f"gru_torch: C++ sources not found in {CSRC_DIRS}")
-    cpu = [os.path.relpath(src / s) for s in CPU_SOURCES]
+    cpu = [os.path.relpath(src / s) for s in CPU_SOURCES + EMULATOR_SOURCES]
     if want_cuda(cuda_setting):
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
         return CUDAExtension(

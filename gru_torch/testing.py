@@ -128,6 +128,9 @@ def _require_extension() -> None:
     if not st.loaded:
         raise RuntimeError(f"gru_torch: the CUDA emulator is part of the extension, which is not "
                            f"built: {st.reason}. {_ext.HOW_TO_BUILD}")
+    if not hasattr(torch.ops.gru_torch, "_emu_configure"):
+        raise RuntimeError("gru_torch: this build has no CUDA emulator (a JIT build leaves it "
+                           "out); " + _ext.HOW_TO_BUILD)
 
 
 @contextlib.contextmanager

@@ -140,7 +140,7 @@ def step_loops(instrs: list[tuple[int, str]]) -> list[tuple[int, int]]:
 
 def threads_of(name: str) -> int:
     """Block size of a kernel, from its template arguments where the name says it."""
-    m = re.search(r"Config<[^>]*?, (\d+), (\d+), (\d+), (?:true|false), (?:true|false)>", name)
+    m = re.search(r"Config<[^>]*?, (\d+), (\d+), (\d+), (?:true|false), (?:true|false)(?:, \d+)?>", name)
     if m:
         return 32 * int(m.group(2))
     if "gru_step" in name:
@@ -176,15 +176,24 @@ def analyse(lib: Path, arch: str, tool: str) -> list[Kernel]:
         k.loop_mix = dict(collections.Counter(o for o in in_loop if o).most_common())
         k.mix = dict(collections.Counter(o for o in ops if o).most_common(20))
         k.threads = threads_of(k.name)
-        k.problems = rules(k)
+        k.problems = rules(k, arch)
         kernels.append(k)
     return kernels
 
 
-def rules(k: Kernel) -> list[str]:
+def cluster_of(name: str) -> int:
+    m = _CONFIG.search(name)
+    return int(m.group(8) or 1) if m else 1
+
+
+def rules(k: Kernel, arch: str = "sm_90") -> list[str]:
     problems = []
     persistent = "gru_forward" in k.name or "gru_backward" in k.name
-    if persistent:
+    if persistent and cluster_of(k.name) > 1 and arch == "sm_80":
+        # Clusters need sm_90: on sm_80 the body traps and is never launched (the plan).
+        if k.spills:
+            problems.append(f"{k.spills} LDL/STL")
+    elif persistent:
         if k.loop_spills:
             problems.append(f"{k.loop_spills} LDL/STL in a step loop")
         if not k.loop_hmma:
@@ -227,7 +236,7 @@ def step_estimate(k: Kernel, kt: int, gpu: dict = H100) -> dict:
 
 
 _CONFIG = re.compile(r"Config<(?:gt::\w+::)?(\w+), (?:gt::\w+::)?gru::Op(\w+), (\d+), (\d+), (\d+), "
-                     r"(true|false), (true|false)>")
+                     r"(true|false), (true|false)(?:, (\d+))?>")
 
 
 def estimates(kernels: list[Kernel]) -> list[dict]:
@@ -237,11 +246,12 @@ def estimates(kernels: list[Kernel]) -> list[dict]:
         m = _CONFIG.search(k.name)
         if not m or not k.loop_mix:
             continue
-        storage, op, hp, warps, reg_tiles, ra, backward = m.groups()
+        storage, op, hp, warps, reg_tiles, ra, backward, cluster = m.groups()
         kk = 8 if op == "TF32" else 16
         kt = (3 * int(hp) if backward == "true" else int(hp)) // kk
         rows.append({"pass": "backward" if backward == "true" else "forward", "operands": op.lower(),
                      "HP": int(hp), "reset_after": ra == "true", "warps": int(warps),
+                     "cluster": int(cluster or 1),
                      "w_reg_ktiles": f"{reg_tiles}/{kt}", **step_estimate(k, kt)})
     return rows
 

@@ -40,12 +40,12 @@ DTYPES = {"tf32": (torch.float32, True), "bf16": (torch.bfloat16, True),
 
 
 @contextlib.contextmanager
-def device_for(kind: str, tf32: bool, **emulator):
+def device_for(kind: str, tf32: bool, gpu: str | None = None, **emulator):
     old = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = tf32
     try:
         if kind == "emulated":
-            with testing.emulate_cuda(**emulator):
+            with testing.emulate_cuda(**({"gpu": gpu} if gpu else {}), **emulator):
                 yield torch.device("cpu")
         else:
             yield torch.device("cuda")
@@ -90,6 +90,17 @@ def test_persistent_h100_weights_partly_in_shared_memory(kind, label, reset_afte
     """H = 100 pads to 128, where tf32 W_hh no longer fits in registers: part of it is
     read from shared memory every step."""
     check(kind, label, Problem(T=3, B=5, I=3, H=100, D=1, reset_after=reset_after, seed=7))
+
+
+@pytest.mark.parametrize("kind", DEVICES)
+@pytest.mark.parametrize("label", ["bf16", "f16"])
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_persistent_h256_on_a_cluster_of_two(kind, label, reset_after):
+    """16-bit H = 200 pads to 256: on an H100 each 16-row tile runs on a cluster of two
+    CTAs that swap their halves of every A tile through distributed shared memory."""
+    if kind == "cuda" and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("clusters need sm_90; this GPU takes the per-step path for H = 200")
+    check(kind, label, Problem(T=3, B=18, I=4, H=200, D=2, reset_after=reset_after, seed=13), gpu="h100")
 
 
 @pytest.mark.parametrize("kind", DEVICES)
@@ -186,7 +197,8 @@ def test_launches_fit_both_gpus_at_notebook_shapes(gpu, H):
             continue
         seen.update(torch.ops.gru_torch._gru_launch_check(dtype, H, B, T, D, reset_after, tf32, gpu))
     kinds = {line.split()[0] for line in seen}
-    assert kinds == ({"gru_forward", "gru_backward", "gru_step"} if H <= 128 else {"gru_step"}), seen
+    persistent = H <= 128 or (H <= 256 and gpu == "h100")  # H = 256: a cluster of two (sm_90)
+    assert kinds == ({"gru_forward", "gru_backward", "gru_step"} if persistent else {"gru_step"}), seen
 
 
 # ---------------------------------------------------------------- the self-check

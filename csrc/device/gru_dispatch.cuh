@@ -32,7 +32,8 @@ struct ShapeOf {
 
 template <class T, class Op, int HP, bool RA, bool kBackward>
 using ConfigFor = Config<T, Op, HP, ShapeOf<Op, HP, kBackward>::kShape.warps,
-                         ShapeOf<Op, HP, kBackward>::kRegTiles, RA, kBackward>;
+                         ShapeOf<Op, HP, kBackward>::kRegTiles, RA, kBackward,
+                         ShapeOf<Op, HP, kBackward>::kShape.cluster>;
 
 template <class C>
 LaunchSpec spec_for(const char* name, int batch, int dirs) {
@@ -42,8 +43,9 @@ LaunchSpec spec_for(const char* name, int batch, int dirs) {
                 "gru_plan.h's shared-memory size must match the kernel's");
   LaunchSpec s;
   s.name = name;
-  s.grid = dim3(unsigned((batch + C::kRows - 1) / C::kRows), unsigned(dirs), 1);
+  s.grid = dim3(unsigned((batch + C::kRows - 1) / C::kRows * C::kCluster), unsigned(dirs), 1);
   s.block = dim3(C::kThreads, 1, 1);
+  s.cluster = dim3(unsigned(C::kCluster), 1, 1);
   s.smem = C::kSmemBytes;
   s.max_threads = C::kThreads;
   s.min_blocks = 1;
@@ -90,8 +92,9 @@ void backward_as(const gru_torch::raw::Backward& r, Stream st) {
   launch(spec_for<C>("gru_backward", r.batch, r.dirs), st, gru_backward<C>, a);
 }
 
-// Calls f.template operator()<HP, RA>() (a template lambda) for the padded size and cell.
-template <class F>
+// Calls f.template operator()<HP, RA>() (a template lambda) for the padded size and
+// cell; HP = 256 (a cluster of two) exists for 16-bit operands only.
+template <class Op, class F>
 void with_shape(int hp, bool reset_after, F&& f) {
   auto cell = [&](auto hp_c) {
     if (reset_after) f.template operator()<decltype(hp_c)::value, true>();
@@ -101,6 +104,9 @@ void with_shape(int hp, bool reset_after, F&& f) {
     case 32: return cell(std::integral_constant<int, 32>{});
     case 64: return cell(std::integral_constant<int, 64>{});
     case 128: return cell(std::integral_constant<int, 128>{});
+    case 256:
+      if constexpr (!std::is_same<Op, OpTF32>::value) return cell(std::integral_constant<int, 256>{});
+      break;
   }
   throw std::invalid_argument("gru: no persistent kernel for padded size " + std::to_string(hp));
 }
@@ -115,7 +121,7 @@ template <class T>
 LaunchSpec persistent_spec(const gru_torch::plan::Plan& plan, bool reset_after, bool backward,
                            int batch, int dirs) {
   LaunchSpec spec;
-  with_shape(plan.hp, reset_after, [&]<int HP, bool RA>() {
+  with_shape<OperandFor<T>>(plan.hp, reset_after, [&]<int HP, bool RA>() {
     if (backward) spec = spec_for<ConfigFor<T, OperandFor<T>, HP, RA, true>>("gru_backward", batch, dirs);
     else spec = spec_for<ConfigFor<T, OperandFor<T>, HP, RA, false>>("gru_forward", batch, dirs);
   });
@@ -124,14 +130,14 @@ LaunchSpec persistent_spec(const gru_torch::plan::Plan& plan, bool reset_after, 
 
 template <class T>
 void run_forward(const gru_torch::plan::Plan& plan, const gru_torch::raw::Forward& r, Stream st) {
-  with_shape(plan.hp, r.reset_after,
-             [&]<int HP, bool RA>() { forward_as<T, OperandFor<T>, HP, RA>(r, st); });
+  with_shape<OperandFor<T>>(plan.hp, r.reset_after,
+                            [&]<int HP, bool RA>() { forward_as<T, OperandFor<T>, HP, RA>(r, st); });
 }
 
 template <class T>
 void run_backward(const gru_torch::plan::Plan& plan, const gru_torch::raw::Backward& r, Stream st) {
-  with_shape(plan.hp, r.reset_after,
-             [&]<int HP, bool RA>() { backward_as<T, OperandFor<T>, HP, RA>(r, st); });
+  with_shape<OperandFor<T>>(plan.hp, r.reset_after,
+                            [&]<int HP, bool RA>() { backward_as<T, OperandFor<T>, HP, RA>(r, st); });
 }
 
 }  // namespace gru

@@ -170,14 +170,18 @@ struct BwdArgs {
 };
 
 // ---------------------------------------------------------------- configurations
-template <class T_, class Op_, int kHP_, int kWarps_, int kRegTiles_, bool kResetAfter_, bool kBackward_>
+template <class T_, class Op_, int kHP_, int kWarps_, int kRegTiles_, bool kResetAfter_, bool kBackward_,
+          int kCluster_ = 1>
 struct Config {
   using T = T_;
   using Op = Op_;
   using Elem = typename Op::Elem;
   static constexpr bool kResetAfter = kResetAfter_, kBackward = kBackward_;
   static constexpr int kHP = kHP_, kWarps = kWarps_, kThreads = 32 * kWarps_, kRows = 16;
-  static constexpr int kU = kHP / kWarps, kNJ = kU / 8;
+  // kCluster CTAs (one SM each) share a tile's rows and split its units: each owns
+  // kUnits of them and sends its part of every A tile to all of them.
+  static constexpr int kCluster = kCluster_, kUnits = kHP / kCluster;
+  static constexpr int kU = kUnits / kWarps, kNJ = kU / 8;
   // Forward: K = HP (the state), N = 3 gates x the warp's units. Backward: K = 3 HP
   // (the gate gradients), N = the warp's units.
   static constexpr int kK = kBackward ? 3 * kHP : kHP;
@@ -196,7 +200,8 @@ struct Config {
 };
 
 // What a thread owns: accumulator value i of n-tile j is row b0 + g + 8h (h = i / 2),
-// unit u(j) + e (e = i % 2) with u(j) = warp*U + 8j + 2t, g = lane / 4, t = lane % 4.
+// unit u(j) + e (e = i % 2) with u(j) = base + 8j + 2t, g = lane / 4, t = lane % 4, and
+// base = rank * kUnits + warp * U the first unit of the warp (rank: in the cluster).
 // The two units of a pair are adjacent in memory and H is even (the plan sends odd H
 // to the per-step path), so one 32-bit (16-bit types) or 64-bit (float) access moves
 // a pair, and u(j) < H implies u(j) + 1 < H.
@@ -208,9 +213,9 @@ struct Owned {
   int u0;      // u(0)
   int H;
   GT_DEV void init(const gptr<const int64_t>& lengths, int b0, int batch, int steps, int hidden,
-                   int warp, int lane) {
+                   int unit_base, int lane) {
     H = hidden;
-    u0 = warp * C::kU + 2 * (lane & 3);
+    u0 = unit_base + 2 * (lane & 3);
     auto length = [&](int b) { return b >= batch ? 0 : lengths ? int(lengths[b]) : steps; };
     GT_UNROLL for (int h = 0; h < 2; ++h) {
       row[h] = b0 + (lane >> 2) + 8 * h;
@@ -246,7 +251,8 @@ template <class T> GT_DEV float hi_of(const Pair<T>& v) { return to_float(v.hi);
 // Each warp's share of W_hh, into fragments: forward B[k][n] = W_hh[gate(n) H + unit(n)][k],
 // backward B[k][n] = W_hh[gate(k) H + unit(k)][n] (gate(x) = x / HP, unit(x) = x % HP).
 template <class C>
-GT_DEV void load_w(typename C::Frags& w, const gptr<const typename C::T>& w_hh, int H, int warp, int lane) {
+GT_DEV void load_w(typename C::Frags& w, const gptr<const typename C::T>& w_hh, int H, int unit_base,
+                   int lane) {
   auto at = [&](int row_gate, int row_unit, int col) -> float {
     return (row_unit < H && col < H) ? to_float(w_hh[(int64_t(row_gate) * H + row_unit) * H + col]) : 0.f;
   };
@@ -256,10 +262,10 @@ GT_DEV void load_w(typename C::Frags& w, const gptr<const typename C::T>& w_hh, 
     GT_UNROLL for (int c = 0; c < C::kCols; ++c) {
       uint32_t b[2];
       if constexpr (C::kBackward) {
-        make_b<typename C::Op>(b, bwd, kt * C::Op::kK, warp * C::kU + 8 * c, lane);
+        make_b<typename C::Op>(b, bwd, kt * C::Op::kK, unit_base + 8 * c, lane);
       } else {
         const int q = c / C::kNJ, j = c % C::kNJ;
-        make_b<typename C::Op>(b, fwd, kt * C::Op::kK, q * C::kHP + warp * C::kU + 8 * j, lane);
+        make_b<typename C::Op>(b, fwd, kt * C::Op::kK, q * C::kHP + unit_base + 8 * j, lane);
       }
       w.set(kt, c, b, lane);
     }
@@ -300,6 +306,36 @@ struct Smem {
   GT_DEV sptr<typename C::Elem> tile(int k) const { return tiles + k * (C::kRows * C::kStride); }
 };
 
+// A pair of operands into the A tile of every CTA of the cluster (just this one
+// without a cluster): each CTA computes its units' part of the next GEMM's A.
+template <class C>
+GT_DEV void put_all(sptr<typename C::Elem> tile, int idx, float v0, float v1) {
+  if constexpr (C::kCluster == 1) {
+    put_pair<typename C::Op>(tile, idx, v0, v1);
+  } else {
+    GT_UNROLL for (int r = 0; r < C::kCluster; ++r) put_pair<typename C::Op>(map_rank(tile, r), idx, v0, v1);
+  }
+}
+
+// The barrier that makes a step's A tile whole: the block's, or the cluster's.
+template <class C>
+GT_DEV void step_barrier() {
+  if constexpr (C::kCluster == 1) __syncthreads();
+  else cluster_sync();
+}
+
+// Which tile of rows and which share of units this CTA runs.
+template <class C>
+struct Place {
+  int d, b0, rank, unit_base;
+  GT_DEV Place(int warp) {
+    d = int(blockIdx.y);
+    rank = C::kCluster == 1 ? 0 : int(cluster_rank());
+    b0 = int(blockIdx.x) / C::kCluster * C::kRows;
+    unit_base = rank * C::kUnits + warp * C::kU;
+  }
+};
+
 // ---------------------------------------------------------------- forward
 template <class C>
 __global__ void __launch_bounds__(C::kThreads, 1) gru_forward(FwdArgs<typename C::T> p) {
@@ -310,15 +346,16 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_forward(FwdArgs<typename C
   GT_DYNAMIC_SMEM(smem_raw);
   const int lane = int(threadIdx.x & 31u), warp = int(threadIdx.x >> 5);
   const Smem<C> smem(smem_raw, warp);
-  const int d = int(blockIdx.y), b0 = int(blockIdx.x) * C::kRows;
+  const Place<C> at(warp);
+  const int d = at.d;
   const int H = p.hidden, B = p.batch, Tn = p.steps, D = p.dirs;
 
   typename C::Frags w;
   w.smem = smem.w;
-  load_w<C>(w, p.w_hh + int64_t(d) * 3 * H * H, H, warp, lane);
+  load_w<C>(w, p.w_hh + int64_t(d) * 3 * H * H, H, at.unit_base, lane);
 
   Owned<C> own;
-  own.init(p.lengths, b0, B, Tn, H, warp, lane);
+  own.init(p.lengths, at.b0, B, Tn, H, at.unit_base, lane);
   // Offsets of this thread's first pair, per row half: in out (row stride D*H, this
   // direction's columns), in a reserve step (5H), in a gx step (3 HP), in [B, H].
   int o_out[2], o_res[2], o_gx[2], o_bh[2];
@@ -342,8 +379,8 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_forward(FwdArgs<typename C
   auto write_state_tile = [&](sptr<Elem> t) {  // h~ = h * mask, the next GEMM's A operand
     GT_UNROLL for (int j = 0; j < NJ; ++j)
       GT_UNROLL for (int i = 0; i < 4; i += 2)
-        put_pair<Op>(t, own.tile_index(j, i, C::kStride, 0, lane), hp[j][i] * mk[j][i],
-                     hp[j][i + 1] * mk[j][i + 1]);
+        put_all<C>(t, own.tile_index(j, i, C::kStride, 0, lane), hp[j][i] * mk[j][i],
+                   hp[j][i + 1] * mk[j][i + 1]);
   };
   write_state_tile(smem.tile(0));
 
@@ -361,7 +398,7 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_forward(FwdArgs<typename C
           gx[q][j][h] = own.active(h, t) ? load_pair(base, o_gx[h] + q * HP + 8 * j) : zero_pair<T>();
   };
   load_gx(0);
-  __syncthreads();
+  step_barrier<C>();
 
   const int64_t out_step = int64_t(B) * D * H, res_step = int64_t(B) * 5 * H;
   const gptr<T> res_dir = p.reserve ? p.reserve + int64_t(d) * Tn * res_step : gptr<T>();
@@ -412,7 +449,7 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_forward(FwdArgs<typename C
       if (run) {
         cur ^= 1;
         write_state_tile(smem.tile(cur));
-        __syncthreads();
+        step_barrier<C>();
       }
     } else {
       float acc[2 * NJ][4], acc_n[NJ][4], r[NJ][4], z[NJ][4], qv[NJ][4];
@@ -428,8 +465,8 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_forward(FwdArgs<typename C
       if (run) {
         GT_UNROLL for (int j = 0; j < NJ; ++j)
           GT_UNROLL for (int i = 0; i < 4; i += 2)
-            put_pair<Op>(smem.tile(1), own.tile_index(j, i, C::kStride, 0, lane), qv[j][i], qv[j][i + 1]);
-        __syncthreads();
+            put_all<C>(smem.tile(1), own.tile_index(j, i, C::kStride, 0, lane), qv[j][i], qv[j][i + 1]);
+        step_barrier<C>();
         gemm<C, 0, C::kKT, 2 * NJ, NJ>(acc_n, smem.tile(1), w, lane);
       }
       GT_UNROLL for (int j = 0; j < NJ; ++j) {
@@ -449,10 +486,12 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_forward(FwdArgs<typename C
       if (s + 1 < Tn) load_gx(s + 1);
       if (run) {
         write_state_tile(smem.tile(0));
-        __syncthreads();
+        step_barrier<C>();
       }
     }
   }
+  // No CTA of a cluster leaves while another may still write into its shared memory.
+  if constexpr (C::kCluster > 1) cluster_sync();
   GT_UNROLL for (int j = 0; j < NJ; ++j)
     GT_UNROLL for (int h = 0; h < 2; ++h)
       if (own.pair_ok(j, h)) store_pair(p.h_n, o_bh[h] + 8 * j, hp[j][2 * h], hp[j][2 * h + 1]);
@@ -467,15 +506,16 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_backward(BwdArgs<typename 
   GT_DYNAMIC_SMEM(smem_raw);
   const int lane = int(threadIdx.x & 31u), warp = int(threadIdx.x >> 5);
   const Smem<C> smem(smem_raw, warp);
-  const int d = int(blockIdx.y), b0 = int(blockIdx.x) * C::kRows;
+  const Place<C> at(warp);
+  const int d = at.d;
   const int H = p.hidden, B = p.batch, Tn = p.steps, D = p.dirs;
 
   typename C::Frags w;
   w.smem = smem.w;
-  load_w<C>(w, p.w_hh + int64_t(d) * 3 * H * H, H, warp, lane);
+  load_w<C>(w, p.w_hh + int64_t(d) * 3 * H * H, H, at.unit_base, lane);
 
   Owned<C> own;
-  own.init(p.lengths, b0, B, Tn, H, warp, lane);
+  own.init(p.lengths, at.b0, B, Tn, H, at.unit_base, lane);
   int o_out[2], o_res[2], o_g3[2], o_bh[2];
   GT_UNROLL for (int h = 0; h < 2; ++h) {
     o_out[h] = own.offset(h, D * H) + d * H;
@@ -558,16 +598,16 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_backward(BwdArgs<typename 
         }
         if (run)
           GT_UNROLL for (int i = 0; i < 4; i += 2) {
-            put_pair<Op>(tl, own.tile_index(j, i, C::kStride, 0, lane), da_r[i], da_r[i + 1]);
-            put_pair<Op>(tl, own.tile_index(j, i, C::kStride, HP, lane), da_z[j][i], da_z[j][i + 1]);
-            put_pair<Op>(tl, own.tile_index(j, i, C::kStride, 2 * HP, lane), dghv[i], dghv[i + 1]);
+            put_all<C>(tl, own.tile_index(j, i, C::kStride, 0, lane), da_r[i], da_r[i + 1]);
+            put_all<C>(tl, own.tile_index(j, i, C::kStride, HP, lane), da_z[j][i], da_z[j][i + 1]);
+            put_all<C>(tl, own.tile_index(j, i, C::kStride, 2 * HP, lane), dghv[i], dghv[i + 1]);
           }
       }
       if (s + 1 < Tn) load_step(s + 1);  // lands during the barrier and the GEMM
       float acc[NJ][4];
       fill(acc, 0.f);
       if (run) {
-        __syncthreads();
+        step_barrier<C>();
         gemm<C, 0, KT, 0, NJ>(acc, tl, w, lane);
       }
       GT_UNROLL for (int j = 0; j < NJ; ++j)
@@ -579,14 +619,14 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_backward(BwdArgs<typename 
         GT_UNROLL for (int i = 0; i < 4; ++i) hm[j][i] = val(kHprev, j, i) * mk[j][i];
         if (run)
           GT_UNROLL for (int i = 0; i < 4; i += 2)
-            put_pair<Op>(tl, own.tile_index(j, i, C::kStride, 2 * HP, lane), da_n[j][i], da_n[j][i + 1]);
+            put_all<C>(tl, own.tile_index(j, i, C::kStride, 2 * HP, lane), da_n[j][i], da_n[j][i + 1]);
       }
       if (s + 1 < Tn) load_step(s + 1);
       float dq[NJ][4], acc[NJ][4];
       fill(dq, 0.f);
       fill(acc, 0.f);
       if (run) {
-        __syncthreads();
+        step_barrier<C>();
         gemm<C, 2 * KT / 3, KT, 0, NJ>(dq, tl, w, lane);  // dq = da_n W_hn
       }
       GT_UNROLL for (int j = 0; j < NJ; ++j) {
@@ -603,18 +643,19 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_backward(BwdArgs<typename 
         }
         if (run)
           GT_UNROLL for (int i = 0; i < 4; i += 2) {
-            put_pair<Op>(tl, own.tile_index(j, i, C::kStride, 0, lane), da_r[i], da_r[i + 1]);
-            put_pair<Op>(tl, own.tile_index(j, i, C::kStride, HP, lane), da_z[j][i], da_z[j][i + 1]);
+            put_all<C>(tl, own.tile_index(j, i, C::kStride, 0, lane), da_r[i], da_r[i + 1]);
+            put_all<C>(tl, own.tile_index(j, i, C::kStride, HP, lane), da_z[j][i], da_z[j][i + 1]);
           }
       }
       if (run) {
-        __syncthreads();
+        step_barrier<C>();
         gemm<C, 0, 2 * KT / 3, 0, NJ>(acc, tl, w, lane);  // [da_r, da_z] W_hrz
       }
       GT_UNROLL for (int j = 0; j < NJ; ++j)
         GT_UNROLL for (int i = 0; i < 4; ++i) dhc[j][i] = dpart[j][i] + acc[j][i] * mk[j][i];
     }
   }
+  if constexpr (C::kCluster > 1) cluster_sync();  // as in forward
   GT_UNROLL for (int j = 0; j < NJ; ++j)
     GT_UNROLL for (int h = 0; h < 2; ++h)
       if (own.pair_ok(j, h))

@@ -5,9 +5,10 @@
 // Paths:
 //   persistent  one launch for the whole sequence (csrc/device/gru_persistent.cuh),
 //               for 16-bit tensors and float32 with TF32 allowed, even H <= 128 (H
-//               is padded to 32, 64 or 128).
+//               is padded to 32, 64 or 128), and 16-bit H <= 256 on sm_90 (padded
+//               to 256, each tile on a cluster of two CTAs).
 //   stepwise    per time step one GEMM (cuBLAS) and one fused pointwise kernel
-//               (csrc/device/gru_stepwise.cuh): everything else (H > 128, odd H,
+//               (csrc/device/gru_stepwise.cuh): everything else (larger H, odd H,
 //               exact float32 when TF32 is off, float64).
 #pragma once
 
@@ -26,18 +27,26 @@ enum class Path { Persistent, Stepwise };
 // sits in shared memory. 16-bit W_hh fits in registers whole up to H = 128
 // (96 registers a thread at 8 warps); tf32 W_hh at H = 128 is twice that, so part
 // of it moves to shared memory.
+// HP = 256 (16-bit, sm_90 only) splits each 16-row tile's units over a cluster of two
+// CTAs on two SMs, which swap their halves of h (or of the gate gradients) through
+// distributed shared memory with one cluster barrier a step: W_hh (384 KB in 16-bit)
+// does not fit one SM.
 struct Shape {
-  int hp, warps, reg_tiles_fwd, reg_tiles_bwd;
+  int hp, warps, reg_tiles_fwd, reg_tiles_bwd, cluster;
 };
 constexpr int kTileRows = 16;
-constexpr int kPaddedSizes[3] = {32, 64, 128};
+constexpr int kPaddedSizes[4] = {32, 64, 128, 256};
 
 constexpr Shape shape(Operand op, int hp) {
   if (op == Operand::TF32) {
-    return hp == 32 ? Shape{32, 4, 4, 12} : hp == 64 ? Shape{64, 4, 8, 24} : Shape{128, 8, 10, 30};
+    return hp == 32 ? Shape{32, 4, 4, 12, 1} : hp == 64 ? Shape{64, 4, 8, 24, 1} : Shape{128, 8, 10, 30, 1};
   }
-  return hp == 32 ? Shape{32, 4, 2, 6} : hp == 64 ? Shape{64, 4, 4, 12} : Shape{128, 8, 8, 24};
+  return hp == 32    ? Shape{32, 4, 2, 6, 1}
+         : hp == 64  ? Shape{64, 4, 4, 12, 1}
+         : hp == 128 ? Shape{128, 8, 8, 24, 1}
+                     : Shape{256, 8, 10, 30, 2};
 }
+constexpr int max_padded(Operand op) { return op == Operand::TF32 ? 128 : 256; }
 
 constexpr int k_of(Operand op) { return op == Operand::TF32 ? 8 : 16; }
 constexpr int pad_of(Operand op) { return op == Operand::TF32 ? 4 : 8; }
@@ -48,7 +57,7 @@ constexpr size_t persistent_smem(Operand op, int hp, bool reset_after, bool back
   const Shape s = shape(op, hp);
   const int K = backward ? 3 * hp : hp;
   const int kt = K / k_of(op);
-  const int cols = (backward ? 1 : 3) * (hp / s.warps / 8);
+  const int cols = (backward ? 1 : 3) * (hp / s.cluster / s.warps / 8);
   const int reg = backward ? s.reg_tiles_bwd : s.reg_tiles_fwd;
   const int tiles = (backward && !reset_after) ? 1 : 2;
   const size_t tile = size_t(kTileRows) * (K + pad_of(op)) * elem_bytes(op);
@@ -61,12 +70,13 @@ struct Problem {
   int H, B, T, D;
   bool reset_after;
   size_t smem_optin;  // the device's opt-in shared memory per block
+  int sm;             // compute capability x 10 (clusters need 90)
 };
 
 struct Plan {
   Path path = Path::Stepwise;
   Operand op = Operand::None;
-  int hp = 0, warps = 0;
+  int hp = 0, warps = 0, cluster = 1;
   size_t smem_fwd = 0, smem_bwd = 0;
   std::string why;  // why this path (for error messages and the benchmark report)
 };
@@ -95,19 +105,23 @@ inline Plan choose(const Problem& p) {
   }
   for (int hp : kPaddedSizes) {
     if (p.H > hp) continue;
+    if (hp > max_padded(plan.op) || (shape(plan.op, hp).cluster > 1 && p.sm < 90)) break;
     const size_t fwd = persistent_smem(plan.op, hp, p.reset_after, false);
     const size_t bwd = persistent_smem(plan.op, hp, p.reset_after, true);
     if (fwd > p.smem_optin || bwd > p.smem_optin) break;
     plan.path = Path::Persistent;
     plan.hp = hp;
     plan.warps = shape(plan.op, hp).warps;
+    plan.cluster = shape(plan.op, hp).cluster;
     plan.smem_fwd = fwd;
     plan.smem_bwd = bwd;
-    plan.why = "W_hh fits on one SM";
+    plan.why = plan.cluster > 1 ? "W_hh fits on a cluster of two SMs" : "W_hh fits on one SM";
     return plan;
   }
+  const int top = (plan.op == Operand::TF32 || p.sm < 90) ? 128 : 256;
   plan.op = Operand::None;
-  plan.why = "H = " + std::to_string(p.H) + " exceeds the persistent kernels' 128: per-step GEMMs";
+  plan.why = "H = " + std::to_string(p.H) + " exceeds the persistent kernels' " + std::to_string(top) +
+             " here: per-step GEMMs";
   return plan;
 }
 

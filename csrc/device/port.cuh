@@ -24,6 +24,7 @@
 
 #if defined(__CUDACC__)
 // ================================================================ real CUDA
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -45,6 +46,31 @@ template <class U, class T> GT_DEV U* sptr_cast(T* p) { return reinterpret_cast<
 template <class U, class T> GT_HD U* gptr_cast(T* p) { return reinterpret_cast<U*>(p); }
 template <class T> GT_DEV T* smem_carve(unsigned char* base, size_t byte_off, size_t) {
   return reinterpret_cast<T*>(base + byte_off);
+}
+
+// Thread-block clusters (sm_90): the cluster barrier, this block's rank, and a pointer
+// into another block's shared memory (distributed shared memory).
+GT_DEV void cluster_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cooperative_groups::this_cluster().sync();
+#else
+  __trap();
+#endif
+}
+GT_DEV unsigned cluster_rank() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  return cooperative_groups::this_cluster().block_rank();
+#else
+  return 0;
+#endif
+}
+template <class T> GT_DEV T* map_rank(T* p, unsigned rank) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  return cooperative_groups::this_cluster().map_shared_rank(p, rank);
+#else
+  __trap();
+  return p;
+#endif
 }
 GT_END_NAMESPACE
 
@@ -204,6 +230,13 @@ template <class T> inline gptr<T> make_gptr(T* p, size_t n) { return gptr<T>(p, 
 // The same bounds, seen as U's (a vector load of two T's, say).
 template <class U, class T> inline gptr<U> gptr_cast(const gptr<T>& p) {
   return gptr<U>(reinterpret_cast<U*>(p.raw()), reinterpret_cast<U*>(p.lo()), reinterpret_cast<U*>(p.hi()));
+}
+inline void cluster_sync(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  gt_emu::cluster_sync(file, line);
+}
+inline unsigned cluster_rank() { return gt_emu::cluster_block_rank(); }
+template <class T> inline sptr<T> map_rank(const sptr<T>& p, unsigned rank) {
+  return sptr<T>(gt_emu::map_shared_rank(p.span(), rank), p.offset());
 }
 template <class T> inline sptr<T> static_array(const void* site, size_t n) {
   const gt_emu::Span s = gt_emu::static_smem(site, sizeof(T) * n, 16);
