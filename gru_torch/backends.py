@@ -49,6 +49,9 @@ def cudnn_reason(cfg: Config) -> str | None:
 
 def resolve(requested: str, cfg: Config) -> str:
     """The backend that will run cfg: "fused", "cudnn" or "reference"."""
+    if cfg.device.type == "meta" and requested in ("auto", "fused") and _ext.status().loaded:
+        # Meta tensors carry shapes only, which the op's fake kernel gives for any dtype.
+        return "fused"
     fused_why = ops.unsupported_reason(cfg.device, cfg.dtype)
     cudnn_why = cudnn_reason(cfg)
     if requested == "fused":
