@@ -1,7 +1,8 @@
 """Typed wrappers over torch.ops.gru_torch.*, with fake (meta) kernels and autograd.
 
 `gru_layer` runs one layer (one or two directions) over a whole sequence through the
-compiled op; its backward is the compiled `gru_layer_backward`. Both are registered
+compiled op; its backward is the compiled `gru_layer_backward`, itself differentiable
+(see _backward_autograd.py) for double backward. Both are registered
 with torch.library, so torch.compile traces them without a graph break and
 torch.library.opcheck can test them.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _ext
+from . import _backward_autograd, _ext
 
 # Devices and dtypes the compiled kernels implement. The CUDA kernel is not written
 # yet: its registration only raises, so "auto" never routes CUDA tensors to it.
@@ -89,6 +90,9 @@ def _register() -> None:
     torch.library.register_fake("gru_torch::gru_layer_backward")(_fake_backward)
     torch.library.register_autograd("gru_torch::gru_layer", _backward,
                                     setup_context=_setup_context)
+    # ... and the backward op's own, so that backward(create_graph=True) differentiates it
+    torch.library.register_autograd("gru_torch::gru_layer_backward", _backward_autograd.backward,
+                                    setup_context=_backward_autograd.setup_context)
     _registered = True
 
 
