@@ -87,6 +87,15 @@ def _check_lengths(lengths, T: int, B: int) -> Tensor:
     return lengths
 
 
+def _without_padding(x: Tensor, lengths: Tensor) -> Tensor:
+    """x with zeros past each row's length. Packing drops those steps; the layer skips
+    them too, but its weight gradient multiplies every row's input by a zero gradient,
+    and 0 * NaN (or Inf) padding would be NaN."""
+    steps = torch.arange(x.shape[0], device=x.device).unsqueeze(1)
+    padding = steps >= lengths.to(x.device).unsqueeze(0)  # [T, B]
+    return x.masked_fill(padding.unsqueeze(-1), 0)
+
+
 def _check_input(input: Tensor, expected_dim: int, spec: Spec) -> None:
     """nn.RNNBase.check_input."""
     weight_dtype = spec.weight.dtype
@@ -200,6 +209,7 @@ def normalize(input, hx, lengths, spec: Spec) -> Call:
         x, hx = _normalize_padded(input, hx, spec, restore)
         if lengths is not None:
             lengths = _check_lengths(lengths, x.shape[0], x.shape[1])
+            x = _without_padding(x, lengths)
     weight_dtype = spec.weight.dtype
     mixed = x.dtype != weight_dtype or (hx is not None and hx.dtype != weight_dtype)
     if mixed and not torch._C._is_any_autocast_enabled():

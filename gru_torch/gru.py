@@ -35,6 +35,7 @@ class GRU(nn.Module):
         one mask per sequence and layer-direction, applied where h enters the recurrent
         product, in training only.
       backend: "auto" (fused op, else nn.GRU, else the reference loop), or one forced.
+    `proj_size` is there only to be refused as nn.GRU refuses it (a ValueError).
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
@@ -138,7 +139,7 @@ class GRU(nn.Module):
     def _spec(self) -> _inputs.Spec:
         return _inputs.Spec(self.input_size, self.hidden_size, self.num_layers,
                             self.num_directions, self.batch_first, self.bias,
-                            self._flat_weights[0])
+                            getattr(self, self._flat_weights_names[0]))
 
     def _choose_backend(self, call: _inputs.Call) -> str:
         cfg = backends.Config(call.x.device, call.x.dtype, self.reset_after,
@@ -147,7 +148,8 @@ class GRU(nn.Module):
             return backends.resolve(self.backend, cfg)
         why = backends.cudnn_reason(cfg)
         if why:
-            raise ValueError(f"{_checks.input_dtype_message(call.x.dtype, self._flat_weights[0].dtype)} "
+            weight_dtype = getattr(self, self._flat_weights_names[0]).dtype
+            raise ValueError(f"{_checks.input_dtype_message(call.x.dtype, weight_dtype)} "
                              f"(under autocast gru_torch runs an input or hx of another dtype "
                              f"than the weights through nn.GRU's kernel, and {why})")
         return "cudnn"
