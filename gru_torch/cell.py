@@ -158,7 +158,8 @@ class GRUCell(nn.Module):
     def _step(self, input: Tensor, hx: Tensor, mask: Tensor | None, nn_kernel: bool) -> Tensor:
         w_ih, w_hh, b_ih, b_hh = self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
         mixed = input.dtype != w_ih.dtype or hx.dtype != w_ih.dtype  # only under autocast
-        cfg = backends.Config(input.device, input.dtype, self.reset_after, mask is not None)
+        cfg = backends.Config(input.device, input.dtype, self.reset_after, mask is not None,
+                              backends.active_transform([input, hx, w_ih, w_hh, b_ih, b_hh]))
         if nn_kernel:
             if mixed and mask is not None:
                 raise ValueError("under autocast gru_torch runs an input or hx of another "

@@ -5,6 +5,7 @@ Same constructor, parameter names, state_dict, forward and errors as nn.GRU, plu
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -143,7 +144,10 @@ class GRU(nn.Module):
 
     def _choose_backend(self, call: _inputs.Call) -> str:
         cfg = backends.Config(call.x.device, call.x.dtype, self.reset_after,
-                              self.training and self.recurrent_dropout > 0)
+                              self.training and self.recurrent_dropout > 0,
+                              backends.active_transform(itertools.chain(
+                                  (call.x, call.hx),
+                                  (getattr(self, n) for n in self._flat_weights_names))))
         if not call.autocast_mixed:
             return backends.resolve(self.backend, cfg)
         why = backends.cudnn_reason(cfg)

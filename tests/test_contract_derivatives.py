@@ -241,3 +241,60 @@ def test_double_backward_under_torch_compile_raises():
     grads = torch.autograd.grad(compiled(x), [x] + list(gru.parameters()), create_graph=True)
     with pytest.raises(RuntimeError, match="double backward"):
         torch.autograd.grad(sum(g.square().sum() for g in grads[1:]), list(gru.parameters()))
+
+
+# ---------------------------------------------------------------- torch.func, forward AD
+@pytest.mark.filterwarnings("ignore:gru_torch. running the reference loop")
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script. is deprecated:FutureWarning")
+@pytest.mark.parametrize("backend", ["auto", "reference", "cudnn"])
+def test_torch_func_transforms_like_nn(backend, clear_warned):
+    """torch.func's grad, hessian, jacrev and jacfwd, and forward-mode AD, as used for
+    meta-learning: "auto" runs them through the reference loop (the compiled op's
+    torch.library autograd does not support them), with nn.GRU's results."""
+    theirs, ours = _gru_pair(1, True, True, backend)
+    x = _randn(T, B, I, seed=19)
+
+    def loss(m):
+        def f(inp):
+            out, h_n = m(inp)
+            return (out ** 2).sum() + h_n.sum()
+        return f
+
+    for transform in (torch.func.grad, torch.func.hessian):
+        assert_same_values(transform(loss(theirs))(x), transform(loss(ours))(x),
+                           transform.__name__, atol=ATOL)
+    for transform in (torch.func.jacrev, torch.func.jacfwd):
+        assert_same_values(transform(lambda inp: theirs(inp)[1])(x),
+                           transform(lambda inp: ours(inp)[1])(x), transform.__name__, atol=ATOL)
+    tangent = _randn(T, B, I, seed=20)
+    with torch.autograd.forward_ad.dual_level():
+        duals = [m(torch.autograd.forward_ad.make_dual(x, tangent)) for m in (theirs, ours)]
+        tangents = [[torch.autograd.forward_ad.unpack_dual(t).tangent for t in d] for d in duals]
+    assert_same_values(tangents[0], tangents[1], "forward-mode tangents", atol=ATOL)
+    cell_t = nn.GRUCell(I, H, dtype=DT)
+    cell_o = gru_torch.GRUCell.from_torch(cell_t, backend=backend)
+    hx = _randn(B, H, seed=21)
+    assert_same_values(torch.func.grad(lambda inp: cell_t(inp, hx).sum())(x[0]),
+                       torch.func.grad(lambda inp: cell_o(inp, hx).sum())(x[0]), "cell grad",
+                       atol=ATOL)
+
+
+@pytest.mark.filterwarnings("ignore:gru_torch. running the reference loop")
+@pytest.mark.parametrize("backend", [b for b in available_backends() if b != "cudnn"] + ["auto"])
+def test_vmap_equals_a_loop_over_samples(backend):
+    """nn.GRU has no vmap rule at all; gru_torch.GRU under vmap equals nn.GRU run on
+    each sample."""
+    theirs, ours = _gru_pair(2, True, True, backend)
+    xs = _randn(4, T, B, I, seed=22)
+    expected = [torch.stack(t) for t in zip(*(theirs(x) for x in xs))]
+    assert_same_values(expected, list(torch.func.vmap(ours)(xs)), "vmap", atol=ATOL)
+
+
+@pytest.mark.skipif("fused" not in available_backends(), reason="gru_torch extension not built")
+def test_forced_fused_backend_says_it_cannot_run_under_torch_func():
+    ours = gru_torch.GRU(I, H, dtype=DT, backend="fused")
+    x = _randn(T, B, I, seed=23)
+    with pytest.raises(RuntimeError, match="torch.func transform"):
+        torch.func.grad(lambda inp: ours(inp)[0].sum())(x)
+    with torch.autograd.forward_ad.dual_level(), pytest.raises(RuntimeError, match="forward-mode AD"):
+        ours(torch.autograd.forward_ad.make_dual(x, torch.ones_like(x)))
