@@ -79,6 +79,22 @@ def assert_same_values(theirs, ours, what: str = "result", atol: float | None = 
     assert ours == theirs, f"{what}: {ours!r} != {theirs!r}"
 
 
+def assert_same_layout(theirs, ours, what: str = "result") -> None:
+    """Values as assert_same_values, and every tensor's strides too (code written for
+    torch.nn may .view() an output, which works on nn's layout), except that a contiguous
+    tensor may stand for one of nn's that follows a strided input's layout."""
+    assert_same_values(theirs, ours, what)
+    if isinstance(theirs, PackedSequence):
+        theirs, ours = theirs.data, ours.data
+    pairs = zip(theirs, ours) if isinstance(theirs, (tuple, list)) else [(theirs, ours)]
+    for i, (t, o) in enumerate(pairs):
+        if isinstance(t, (tuple, list, PackedSequence)):
+            assert_same_layout(t, o, f"{what}[{i}]")
+        elif isinstance(t, torch.Tensor) and t.numel() > 1:
+            assert o.stride() == t.stride() or (o.is_contiguous() and not t.is_contiguous()), \
+                f"{what}[{i}]: strides {o.stride()} != {t.stride()}"
+
+
 def assert_same_outcome(theirs_fn, ours_fn, compare=assert_same_values) -> tuple[Outcome, Outcome]:
     """Runs both calls and asserts they end the same way; returns both outcomes."""
     theirs, ours = run(theirs_fn), run(ours_fn)
