@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.autograd.forward_ad as fwAD
+from torch._C._functorch import TransformType
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 from . import _ext, ops
@@ -46,11 +47,17 @@ def active_transform(tensors) -> Transform | None:
     """The autograd machinery around a call that the compiled op does not support, or
     None. `tensors` (any iterable) is read only where forward-mode AD is on. torch.library's autograd for the op is not usable under torch.func's grad, jvp
     and their kin, and the op has no forward-mode derivative; the reference loop, made of
-    plain torch ops, supports them all (nn.GRU's kernel supports all but vmap)."""
+    plain torch ops, supports them all (nn.GRU's kernel supports all but vmap).
+    While torch.compile traces, the op goes into the graph and the compiler deals with
+    any transform."""
+    if torch.compiler.is_compiling():
+        return None
     if torch._C._functorch.peek_interpreter_stack() is not None:
         kinds = {i.key() for i in retrieve_all_functorch_interpreters()}
-        return Transform("a torch.func transform (grad, vmap, jvp, jacrev, hessian, ...) is "
-                         "active", kinds == {torch._C._functorch.TransformType.Vmap})
+        kinds.discard(TransformType.Functionalize)  # no derivatives: the op is functional
+        if kinds:
+            return Transform("a torch.func transform (grad, vmap, jvp, jacrev, hessian, ...) "
+                             "is active", kinds == {TransformType.Vmap})
     if fwAD._current_level >= 0 and any(
             t is not None and fwAD.unpack_dual(t).tangent is not None for t in tensors):
         return Transform("forward-mode AD (dual tensors) is active", False)

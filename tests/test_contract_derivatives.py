@@ -298,3 +298,5 @@ def test_forced_fused_backend_says_it_cannot_run_under_torch_func():
         torch.func.grad(lambda inp: ours(inp)[0].sum())(x)
     with torch.autograd.forward_ad.dual_level(), pytest.raises(RuntimeError, match="forward-mode AD"):
         ours(torch.autograd.forward_ad.make_dual(x, torch.ones_like(x)))
+    # functionalize takes no derivatives: the op runs under it
+    assert_same_values(ours(x), torch.func.functionalize(ours)(x), "functionalize", atol=0)
