@@ -102,16 +102,23 @@ class GRUCell(nn.Module):
                              device=input.device)
         elif not batched:
             hx = hx.unsqueeze(0)
-        nn_kernel = self._check_step(input, hx)
+        nn_kernel_only = self._check_step(input, hx)
         mask = self._step_mask(recurrent_mask, hx, batched)
-        h = self._step(input, hx, mask, nn_kernel)
+        if nn_kernel_only:
+            if mask is not None:
+                raise ValueError("recurrent dropout needs input and hx on the GRUCell's device "
+                                 "and dtype (nn.GRUCell's kernel, which takes others, has none)")
+            h = torch._VF.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
+                                   self.bias_hh)
+        else:
+            h = self._step(input, hx, mask)
         return h if batched else h.squeeze(0)
 
     def _check_step(self, input: Tensor, hx: Tensor) -> bool:
         """The checks of nn.GRUCell's kernel (at::gru_cell), in its order. True where only
         that kernel can give nn.GRUCell's outcome: tensors on other devices than the
         weights, whose first mixing operation fails (or, on the meta device, may not) in
-        the kernel's own way, and, under autocast, other dtypes, which it casts."""
+        the kernel's own way, and, under autocast, other dtypes, which the kernel casts."""
         if input.size(1) != self.weight_ih.size(1):
             raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} "
                                f"expected {self.weight_ih.size(1)}")
@@ -132,8 +139,13 @@ class GRUCell(nn.Module):
                                f"{tuple(hx.shape[1:])}")
         pairs = ((input, self.weight_ih, self.bias_ih), (hx, self.weight_hh, self.bias_hh))
         elsewhere = any(x.device != w.device for x, w, _ in pairs)
-        if self.reset_after and (elsewhere or torch._C._is_any_autocast_enabled()):
+        cast = torch._C._is_any_autocast_enabled() and any(x.dtype != w.dtype for x, w, _ in pairs)
+        if (elsewhere or cast) and self.reset_after:
             return True
+        if cast and not elsewhere:
+            raise ValueError("under autocast gru_torch runs an input or hx of another dtype than "
+                             "the weights through nn.GRUCell's kernel, which has no "
+                             "reset_after=False cell")
         for x, weight, b in pairs:
             message = _checks.linear_error(x, weight, b is not None)
             if message:
@@ -155,23 +167,11 @@ class GRUCell(nn.Module):
             return draw_recurrent_mask(tuple(hx.shape), self.recurrent_dropout, hx)
         return None
 
-    def _step(self, input: Tensor, hx: Tensor, mask: Tensor | None, nn_kernel: bool) -> Tensor:
+    def _step(self, input: Tensor, hx: Tensor, mask: Tensor | None) -> Tensor:
         w_ih, w_hh, b_ih, b_hh = self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
-        mixed = input.dtype != w_ih.dtype or hx.dtype != w_ih.dtype  # only under autocast
         cfg = backends.Config(input.device, input.dtype, self.reset_after, mask is not None,
                               backends.active_transform([input, hx, w_ih, w_hh, b_ih, b_hh]))
-        if nn_kernel:
-            if mixed and mask is not None:
-                raise ValueError("under autocast gru_torch runs an input or hx of another "
-                                 "dtype than the weights through nn.GRUCell's kernel, which "
-                                 "has no recurrent dropout")
-            backend = "cudnn" if mixed or input.device != w_ih.device or hx.device != w_ih.device \
-                else backends.resolve(self.backend, cfg)
-        elif mixed:
-            raise ValueError("under autocast gru_torch runs an input or hx of another dtype "
-                             "than the weights through nn.GRUCell's kernel, which has no "
-                             "reset_after=False cell")
-        elif self.hidden_size == 0:
+        if self.hidden_size == 0:
             backend = "reference"  # an empty state: nothing for a kernel to compute
         else:
             backend = backends.resolve(self.backend, cfg)

@@ -192,5 +192,7 @@ def test_cpu_autocast_like_nn():
             ours(x.double())
     assert out_o.dtype == out_t.dtype == torch.float32
     torch.testing.assert_close(out_o, out_t, atol=2e-2, rtol=0)
-    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(ValueError, match="autocast"):
-        gru_torch.GRU(I, H, reset_after=False)(x.bfloat16())
+    for keras_cell in (gru_torch.GRU(I, H, reset_after=False),
+                       gru_torch.GRUCell(I, H, reset_after=False)):
+        with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(ValueError, match="autocast"):
+            keras_cell(x[0].bfloat16())
