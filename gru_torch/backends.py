@@ -45,8 +45,9 @@ class Transform:
 
 def active_transform(tensors) -> Transform | None:
     """The autograd machinery around a call that the compiled op does not support, or
-    None. `tensors` (any iterable) is read only where forward-mode AD is on. torch.library's autograd for the op is not usable under torch.func's grad, jvp
-    and their kin, and the op has no forward-mode derivative; the reference loop, made of
+    None; `tensors` (any iterable) is read only where forward-mode AD is on.
+    torch.library's autograd for the op is not usable under torch.func's grad, jvp and
+    their kin, and the op has no forward-mode derivative; the reference loop, made of
     plain torch ops, supports them all (nn.GRU's kernel supports all but vmap).
     While torch.compile traces, the op goes into the graph and the compiler deals with
     any transform."""

@@ -212,7 +212,8 @@ class GRU(nn.Module):
         return x, torch.cat(finals)
 
     def _forward_nn_gru(self, x: Tensor, hx: Tensor, lengths: Tensor | None):
-        args = (self._flat_weights, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
+        args = (self._flat_weights, self.bias, self.num_layers, self.dropout, self.training,
+                self.bidirectional)
         if lengths is None:
             out, h_n = torch._VF.gru(x, hx, *args, False)
             return out, h_n

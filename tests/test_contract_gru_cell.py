@@ -13,7 +13,7 @@ from torch import nn
 
 import gru_torch
 from conftest import available_backends, keras_capable_backends
-from contract import assert_same_layout, assert_same_outcome, assert_same_values
+from contract import assert_same_layout, assert_same_outcome
 from gru_torch import ops
 
 B, I, H = 3, 4, 5
