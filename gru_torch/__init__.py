@@ -1,8 +1,10 @@
-"""gru_torch: a fused GRU for PyTorch, a drop-in for torch.nn.GRU with Keras's cells."""
+"""gru_torch: a fused GRU for PyTorch, a drop-in for torch.nn.GRU and nn.GRUCell with
+Keras's cells."""
 from ._ext import status as extension_status
 from .backends import BACKENDS
+from .cell import GRUCell
 from .gru import GRU
 from .reference import gru_layer_reference
 
-__all__ = ["GRU", "BACKENDS", "extension_status", "gru_layer_reference"]
+__all__ = ["GRU", "GRUCell", "BACKENDS", "extension_status", "gru_layer_reference"]
 __version__ = "0.1.0"

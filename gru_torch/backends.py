@@ -9,6 +9,9 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+import torch.autograd.forward_ad as fwAD
+from torch._C._functorch import TransformType
+from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 from . import _ext, ops
 
@@ -30,6 +33,36 @@ class Config:
     dtype: torch.dtype
     reset_after: bool
     recurrent_dropout_active: bool
+    transform: Transform | None = None
+
+
+@dataclass(frozen=True)
+class Transform:
+    """A torch.func transform or forward-mode AD around the call."""
+    reason: str
+    fused_can_run: bool  # vmap alone: torch runs the op once per sample
+
+
+def active_transform(tensors) -> Transform | None:
+    """The autograd machinery around a call that the compiled op does not support, or
+    None; `tensors` (any iterable) is read only where forward-mode AD is on.
+    torch.library's autograd for the op is not usable under torch.func's grad, jvp and
+    their kin, and the op has no forward-mode derivative; the reference loop, made of
+    plain torch ops, supports them all (nn.GRU's kernel supports all but vmap).
+    While torch.compile traces, the op goes into the graph and the compiler deals with
+    any transform."""
+    if torch.compiler.is_compiling():
+        return None
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        kinds = {i.key() for i in retrieve_all_functorch_interpreters()}
+        kinds.discard(TransformType.Functionalize)  # no derivatives: the op is functional
+        if kinds:
+            return Transform("a torch.func transform (grad, vmap, jvp, jacrev, hessian, ...) "
+                             "is active", kinds == {TransformType.Vmap})
+    if fwAD._current_level >= 0 and any(
+            t is not None and fwAD.unpack_dual(t).tangent is not None for t in tensors):
+        return Transform("forward-mode AD (dual tensors) is active", False)
+    return None
 
 
 def check_backend(name: str) -> str:
@@ -60,6 +93,17 @@ def resolve(requested: str, cfg: Config) -> str:
     until GPU timings say otherwise. The first fused use per device, dtype and cell
     runs a self-check against the reference; a kernel that fails it is not used: the
     process warns once, naming the mismatch, and falls back."""
+    if cfg.device.type == "meta" and requested in ("auto", "fused") and _ext.status().loaded:
+        # Meta tensors carry shapes only, which the op's fake kernel gives for any dtype.
+        return "fused"
+    if cfg.transform:
+        if requested == "fused" and not cfg.transform.fused_can_run:
+            raise RuntimeError(f"gru_torch: backend='fused' cannot run: {cfg.transform.reason}, "
+                               "which the compiled op does not support; use backend='auto' or "
+                               "'reference'")
+        if requested == "auto":
+            warn_once(f"gru_torch: running the reference loop because {cfg.transform.reason}")
+            return "reference"
     fused_why = ops.unsupported_reason(cfg.device, cfg.dtype)
     cudnn_why = cudnn_reason(cfg)
     gpu_policy = cfg.device.type == "cuda" or ops.emulating(cfg.device)

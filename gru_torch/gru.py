@@ -1,30 +1,27 @@
 """gru_torch.GRU: a drop-in for torch.nn.GRU with Keras's cells and recurrent dropout.
 
-Same constructor, parameter names, state_dict and forward as nn.GRU, plus (keyword-only)
-`reset_after`, `recurrent_dropout`, `backend`, and `forward(..., lengths=)`.
+Same constructor, parameter names, state_dict, forward and errors as nn.GRU, plus
+(keyword-only) `reset_after`, `recurrent_dropout`, `backend`, and `forward(..., lengths=)`.
 """
 from __future__ import annotations
 
+import itertools
 import math
-import numbers
 
 import torch
 from torch import Tensor, nn
 
-from . import _ext, _inputs, backends, keras, ops
+from . import _checks, _ext, _inputs, backends, keras, ops
 from .reference import gru_layer_reference
 
 
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _check_probability(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
-    return float(value)
+def draw_recurrent_mask(shape, rate: float, like: Tensor) -> Tensor:
+    """A variational dropout mask, scaled by 1/(1 - rate); a rate of 1 drops everything
+    (as dropout(p=1) gives zeros) rather than scaling by infinity."""
+    keep = 1.0 - rate
+    if keep == 0:
+        return like.new_zeros(shape)
+    return torch.bernoulli(like.new_full(shape, keep)) / keep
 
 
 class GRU(nn.Module):
@@ -39,43 +36,46 @@ class GRU(nn.Module):
         one mask per sequence and layer-direction, applied where h enters the recurrent
         product, in training only.
       backend: "auto" (fused op, else nn.GRU, else the reference loop), or one forced.
+    `proj_size` is there only to be refused as nn.GRU refuses it (a ValueError).
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None, *, reset_after: bool = True,
-                 recurrent_dropout: float = 0.0, backend: str = "auto") -> None:
+                 recurrent_dropout: float = 0.0, backend: str = "auto",
+                 proj_size=_checks.NOT_GIVEN) -> None:
         super().__init__()
-        self.input_size = _check_positive_int("input_size", input_size)
-        self.hidden_size = _check_positive_int("hidden_size", hidden_size)
-        self.num_layers = _check_positive_int("num_layers", num_layers)
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
-        self.dropout = _check_probability("dropout", dropout)
-        self.bidirectional = bool(bidirectional)
-        self.reset_after = bool(reset_after)
-        self.recurrent_dropout = _check_probability("recurrent_dropout", recurrent_dropout)
-        self.backend = backends.check_backend(backend)
+        dropout = _checks.check_gru_args(input_size, hidden_size, num_layers, bias, batch_first,
+                                         dropout, bidirectional, proj_size, reset_after,
+                                         recurrent_dropout, backend)
+        # Stored as given, as nn.GRU stores them (its repr and arithmetic see the same values).
+        self.mode = "GRU"
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.bidirectional = bias, batch_first, bidirectional
+        self.dropout = dropout
+        self.proj_size = 0
+        self.reset_after = reset_after
+        self.recurrent_dropout = float(recurrent_dropout)
+        self.backend = backend
         _ext.status()  # find (or JIT-build) the op now, not inside a traced forward
         factory = {"device": device, "dtype": dtype}
-        H, G = self.hidden_size, 3 * self.hidden_size
-        self._param_names: list[list[list[str]]] = []  # [layer][direction] -> names
-        for layer in range(self.num_layers):
-            in_size = self.input_size if layer == 0 else H * self.num_directions
-            per_dir = []
+        H, G = hidden_size, 3 * hidden_size
+        self._flat_weights_names: list[str] = []
+        self._all_weights: list[list[str]] = []  # [layer * num_directions + direction] -> names
+        for layer in range(num_layers):
+            in_size = input_size if layer == 0 else H * self.num_directions
             for suffix in self._suffixes():
                 names = [f"weight_ih_l{layer}{suffix}", f"weight_hh_l{layer}{suffix}"]
-                self.register_parameter(names[0], nn.Parameter(torch.empty(G, in_size, **factory)))
-                self.register_parameter(names[1], nn.Parameter(torch.empty(G, H, **factory)))
-                if self.bias:
-                    bias_names = [f"bias_ih_l{layer}{suffix}"]
-                    if self.reset_after:
-                        bias_names.append(f"bias_hh_l{layer}{suffix}")
-                    for n in bias_names:
-                        self.register_parameter(n, nn.Parameter(torch.empty(G, **factory)))
-                    names += bias_names
-                per_dir.append(names)
-            self._param_names.append(per_dir)
+                shapes = [(G, in_size), (G, H)]
+                if bias:
+                    names.append(f"bias_ih_l{layer}{suffix}")
+                    if reset_after:  # reset_after=False keeps Keras's one bias
+                        names.append(f"bias_hh_l{layer}{suffix}")
+                    shapes += [(G,)] * (len(names) - 2)
+                for name, shape in zip(names, shapes):
+                    self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
+                self._flat_weights_names += names
+                self._all_weights.append(names)
         self.reset_parameters()
 
     @property
@@ -95,24 +95,39 @@ class GRU(nn.Module):
         """Accepted for nn.GRU compatibility; the parameters need no flattening here."""
 
     @property
+    def _flat_weights(self) -> list[Tensor | None]:
+        """nn.GRU's flat list of the current weights (after any reparametrization, None
+        for a deleted one), read fresh on every access."""
+        return [getattr(self, n) if hasattr(self, n) else None for n in self._flat_weights_names]
+
+    @property
     def all_weights(self) -> list[list[Tensor]]:
-        return [[getattr(self, n) for n in names] for per in self._param_names for names in per]
+        return [[getattr(self, n) for n in names] for names in self._all_weights]
 
     def extra_repr(self) -> str:
+        # nn.GRU's text for the shared arguments, then gru_torch's own where not default
         s = f"{self.input_size}, {self.hidden_size}"
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
-        for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0),
-                              ("bidirectional", False), ("reset_after", True),
-                              ("recurrent_dropout", 0.0), ("backend", "auto")):
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if self.batch_first is not False:
+            s += f", batch_first={self.batch_first}"
+        if self.dropout != 0:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional is not False:
+            s += f", bidirectional={self.bidirectional}"
+        for name, default in (("reset_after", True), ("recurrent_dropout", 0.0),
+                              ("backend", "auto")):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)!r}"
         return s
 
     # ---- parameters of one layer, stacked over directions, as the layer op takes them
     def _layer_params(self, layer: int):
+        D = self.num_directions
         per_dir = [dict(zip(("w_ih", "w_hh", "b_ih", "b_hh"), (getattr(self, n) for n in names)))
-                   for names in self._param_names[layer]]
+                   for names in self._all_weights[layer * D:(layer + 1) * D]]
 
         def stack(key):
             if key not in per_dir[0]:
@@ -122,31 +137,65 @@ class GRU(nn.Module):
 
         return stack("w_ih"), stack("w_hh"), stack("b_ih"), stack("b_hh")
 
+    def _spec(self) -> _inputs.Spec:
+        return _inputs.Spec(self.input_size, self.hidden_size, self.num_layers,
+                            self.num_directions, self.batch_first, self.bias,
+                            getattr(self, self._flat_weights_names[0]))
+
+    def _choose_backend(self, call: _inputs.Call) -> str:
+        cfg = backends.Config(call.x.device, call.x.dtype, self.reset_after,
+                              self.training and self.recurrent_dropout > 0,
+                              backends.active_transform(itertools.chain(
+                                  (call.x, call.hx),
+                                  (getattr(self, n) for n in self._flat_weights_names))))
+        if not call.autocast_mixed:
+            return backends.resolve(self.backend, cfg)
+        why = backends.cudnn_reason(cfg)
+        if why:
+            weight_dtype = getattr(self, self._flat_weights_names[0]).dtype
+            raise ValueError(f"{_checks.input_dtype_message(call.x.dtype, weight_dtype)} "
+                             f"(under autocast gru_torch runs an input or hx of another dtype "
+                             f"than the weights through nn.GRU's kernel, and {why})")
+        return "cudnn"
+
     def forward(self, input, hx: Tensor | None = None, lengths: Tensor | None = None):
-        p = self.weight_ih_l0
-        x, hx, lengths, restore = _inputs.normalize(
-            input, hx, lengths, input_size=self.input_size, hidden_size=self.hidden_size,
-            num_directions=self.num_directions, num_layers=self.num_layers,
-            batch_first=self.batch_first, dtype=p.dtype, device=p.device)
-        B = x.shape[1]
+        try:
+            call = _inputs.normalize(input, hx, lengths, self._spec())
+        except _inputs.PackedDeviceError as e:
+            raise self._nn_packed_error(input, hx, e) from None
+        x, hx = call.x, call.hx
         if hx is None:
-            hx = x.new_zeros(self.num_layers * self.num_directions, B, self.hidden_size)
-        cfg = backends.Config(x.device, x.dtype, self.reset_after,
-                              self.training and self.recurrent_dropout > 0)
-        backend = backends.resolve(self.backend, cfg)
+            hx = x.new_zeros(self.num_layers * self.num_directions, x.shape[1], self.hidden_size)
+        backend = self._choose_backend(call)
         if backend == "cudnn":
-            out, h_n = self._forward_nn_gru(x, hx, lengths)
+            out, h_n = self._forward_nn_gru(x, hx, call.lengths)
         else:
             layer_fn = ops.gru_layer if backend == "fused" else gru_layer_reference
-            out, h_n = self._forward_layers(layer_fn, x, hx, lengths)
-        return restore.output(out), restore.hidden(h_n)
+            out, h_n = self._forward_layers(layer_fn, x, hx, call.lengths)
+        return call.restore.output(out), call.restore.hidden(h_n)
+
+    def _nn_packed_error(self, packed, hx, error: RuntimeError) -> RuntimeError:
+        """The error nn.GRU's kernel raises for this packed call (see PackedDeviceError),
+        with gru_torch's detail; where that kernel has no such cell, or runs, only the detail."""
+        if self.reset_after:
+            data, batch_sizes, sorted_indices, _ = packed
+            if hx is None:
+                hx = data.new_zeros(self.num_layers * self.num_directions, int(batch_sizes[0]),
+                                    self.hidden_size)
+            elif sorted_indices is not None:
+                hx = hx.index_select(1, sorted_indices)
+            try:
+                torch._VF.gru(data, batch_sizes, hx, self._flat_weights, self.bias,
+                              self.num_layers, 0.0, False, self.bidirectional)
+            except RuntimeError as nn_error:
+                return RuntimeError(f"{nn_error} ({error})")
+        return error
 
     def _recurrent_masks(self, B: int, like: Tensor) -> Tensor | None:
         if not (self.training and self.recurrent_dropout > 0):
             return None
-        keep = 1.0 - self.recurrent_dropout
-        shape = (self.num_directions, B, self.hidden_size)
-        return torch.bernoulli(like.new_full(shape, keep)) / keep
+        return draw_recurrent_mask((self.num_directions, B, self.hidden_size),
+                              self.recurrent_dropout, like)
 
     def _forward_layers(self, layer_fn, x: Tensor, hx: Tensor, lengths: Tensor | None):
         D = self.num_directions
@@ -163,8 +212,8 @@ class GRU(nn.Module):
         return x, torch.cat(finals)
 
     def _forward_nn_gru(self, x: Tensor, hx: Tensor, lengths: Tensor | None):
-        flat = [w for ws in self.all_weights for w in ws]
-        args = (flat, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
+        args = (self._flat_weights, self.bias, self.num_layers, self.dropout, self.training,
+                self.bidirectional)
         if lengths is None:
             out, h_n = torch._VF.gru(x, hx, *args, False)
             return out, h_n
@@ -212,7 +261,7 @@ class GRU(nn.Module):
             raise ValueError(f"layer must be an int in [0, {self.num_layers}), got {layer!r}")
         if reverse and not self.bidirectional:
             raise ValueError("reverse=True needs a bidirectional GRU")
-        names = self._param_names[layer][1 if reverse else 0]
+        names = self._all_weights[layer * self.num_directions + (1 if reverse else 0)]
         in_size = getattr(self, names[0]).shape[1]
         converted = keras.from_keras(weights, in_size, self.hidden_size, self.reset_after)
         with torch.no_grad():

@@ -1,7 +1,8 @@
 """Typed wrappers over torch.ops.gru_torch.*, with fake (meta) kernels and autograd.
 
 `gru_layer` runs one layer (one or two directions) over a whole sequence through the
-compiled op; its backward is the compiled `gru_layer_backward`. Both are registered
+compiled op; its backward is the compiled `gru_layer_backward`, itself differentiable
+(see _backward_autograd.py) for double backward. Both are registered
 with torch.library, so torch.compile traces them without a graph break and
 torch.library.opcheck can test them. Inside `gru_torch.testing.emulate_cuda()`, CPU
 tensors go to `gru_layer_emulated` / `gru_layer_backward_emulated` instead: the CUDA
@@ -14,7 +15,7 @@ import functools
 import torch
 from torch import Tensor
 
-from . import _ext, testing
+from . import _backward_autograd, _ext, testing
 
 # Devices and dtypes the compiled kernels implement: the C++ CPU op, and the CUDA
 # kernels (persistent for 16-bit and TF32 float32 up to H = 128, per-step otherwise),
@@ -132,6 +133,10 @@ def _register() -> None:
         torch.library.register_autograd(
             f"gru_torch::gru_layer{suffix}", _backward,
             setup_context=functools.partial(_setup_context, emulated=emulated))
+        # ... and the backward op's own, so that backward(create_graph=True) differentiates it
+        torch.library.register_autograd(f"gru_torch::gru_layer_backward{suffix}",
+                                        _backward_autograd.backward,
+                                        setup_context=_backward_autograd.setup_context)
     _registered = True
 
 

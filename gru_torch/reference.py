@@ -15,11 +15,12 @@ def _cell(x_gates: Tensor, h: Tensor, hm: Tensor, w_hh: Tensor, b_hh: Tensor | N
     """One step. x_gates: [B, 3H] = x W_ih^T + b_ih; h: [B, H]; hm: h after the
     recurrent-dropout mask, used only where h enters the recurrent product."""
     H = h.shape[-1]
-    x_r, x_z, x_n = x_gates.split(H, dim=-1)
-    w_r, w_z, w_n = w_hh.split(H, dim=0)
+    # unflatten + unbind rather than split(H): the same views, and right for H = 0 too
+    x_r, x_z, x_n = x_gates.unflatten(-1, (3, H)).unbind(-2)
+    w_r, w_z, w_n = w_hh.unflatten(0, (3, H)).unbind(0)
     if reset_after:
         gh = torch.nn.functional.linear(hm, w_hh, b_hh)
-        h_r, h_z, h_n = gh.split(H, dim=-1)
+        h_r, h_z, h_n = gh.unflatten(-1, (3, H)).unbind(-2)
         r = torch.sigmoid(x_r + h_r)
         z = torch.sigmoid(x_z + h_z)
         n = torch.tanh(x_n + r * h_n)
