@@ -68,6 +68,14 @@ inline raw::Buf<const int64_t> lbuf(const OptTensor& t) {
            : raw::Buf<const int64_t>{};
 }
 
+// The persistent kernels move two adjacent elements in one access, so a tensor they
+// read that way must start on a pair boundary: a view that starts at an odd element
+// (a slice of a larger tensor) is copied first.
+inline Tensor pair_aligned(const Tensor& t) {
+  const auto at = reinterpret_cast<uintptr_t>(t.const_data_ptr());
+  return at % (2 * t.element_size()) ? t.clone() : t;
+}
+
 inline OptTensor contiguous(const OptTensor& t) {
   return t ? OptTensor(t->contiguous()) : std::nullopt;
 }
@@ -204,7 +212,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward(
   check_lengths_values(lengths_, T, "gru_layer_backward");
   const plan::Plan pl = plan_for(input_, H, D, reset_after, Dev::smem_optin(input_), Dev::sm(input_));
   const Tensor input = input_.contiguous(), w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous(),
-               reserve = reserve_.contiguous(), grad_output = grad_output_.contiguous(),
+               reserve = reserve_.contiguous(), grad_output = pair_aligned(grad_output_.contiguous()),
                grad_h_n = grad_h_n_.contiguous();
   const OptTensor mask = contiguous(mask_), lengths = contiguous(lengths_);
   if (pl.path == plan::Path::Stepwise)

@@ -131,6 +131,26 @@ def test_stepwise_matches_reference(kind, label, H, reset_after):
     check(kind, label, Problem(T=4, B=5, I=3, H=H, D=2, reset_after=reset_after, seed=11))
 
 
+@pytest.mark.parametrize("kind", DEVICES)
+def test_output_gradient_starting_at_an_odd_element(kind):
+    """The kernels read grad_output two elements at a time; a gradient that is a view
+    starting at an odd element (a slice of a larger buffer) still works."""
+    p = Problem(T=3, B=5, I=3, H=20, D=1, mask=False, lengths=False, seed=4)
+    with device_for(kind, True) as device:
+        args = selfcheck.make_args(p, torch.bfloat16, device)
+        layer, backward = ((torch.ops.gru_torch.gru_layer_emulated, torch.ops.gru_torch.gru_layer_backward_emulated)
+                           if kind == "emulated" else
+                           (torch.ops.gru_torch.gru_layer, torch.ops.gru_torch.gru_layer_backward))
+        out, h_n, reserve = layer(*args, True)
+        big = torch.randn(out.numel() + 1, dtype=out.dtype, device=device)
+        g = big[1:].view(out.shape)  # contiguous, at an odd element offset
+        assert g.data_ptr() % 4 == 2
+        grads = backward(g, torch.zeros_like(h_n), *args[:8], p.reset_after, reserve)
+        expected = backward(g.clone(), torch.zeros_like(h_n), *args[:8], p.reset_after, reserve)
+    for got, want in zip(grads, expected):
+        assert torch.equal(got, want)
+
+
 # ---------------------------------------------------------------- order independence
 @pytest.mark.parametrize("label,reset_after", [("tf32", True), ("bf16", False), ("f32", False)])
 def test_shuffled_thread_order_gives_the_same_bits(label, reset_after):

@@ -183,6 +183,22 @@ def test_clean_kernel_passes_the_race_checker(kind):
                                atol=1e-4, rtol=1e-6)
 
 
+@pytest.mark.parametrize("kind", DEVICES)
+def test_shared_memory_atomics(kind):
+    """Every thread atomically adds 1 to a shared bin: atomics do not race with each
+    other, and the counts are exact."""
+    out = torch.full((8,), float("nan"), device=device_of(kind))
+    run(kind, "shared_atomics", [out], [0])
+    assert torch.equal(out.cpu(), torch.full((8,), 128 / 8))
+
+
+def test_plain_read_after_atomics_without_a_barrier_is_a_race():
+    """Bins read with a plain load while other threads' atomics still land: whichever
+    comes first, the pair is reported."""
+    _bug("shared_atomics", testing.RaceError, "races with (an atomic update|a read)",
+         buffers=[torch.zeros(8)], ints=[1])
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_clean_kernel_is_order_independent(seed):
     x = torch.randn(3 * 128, generator=torch.Generator().manual_seed(5))

@@ -48,6 +48,9 @@ template <class T> GT_DEV T* smem_carve(unsigned char* base, size_t byte_off, si
   return reinterpret_cast<T*>(base + byte_off);
 }
 
+// An atomic add on shared memory (on global memory, atomicAdd works on gptr's T&).
+GT_DEV float atomic_add_shared(float* p, float v) { return atomicAdd(p, v); }
+
 // Thread-block clusters (sm_90): the cluster barrier, this block's rank, and a pointer
 // into another block's shared memory (distributed shared memory).
 GT_DEV void cluster_sync() {
@@ -230,6 +233,13 @@ template <class T> inline gptr<T> make_gptr(T* p, size_t n) { return gptr<T>(p, 
 // The same bounds, seen as U's (a vector load of two T's, say).
 template <class U, class T> inline gptr<U> gptr_cast(const gptr<T>& p) {
   return gptr<U>(reinterpret_cast<U*>(p.raw()), reinterpret_cast<U*>(p.lo()), reinterpret_cast<U*>(p.hi()));
+}
+// An atomic add on shared memory: atomics do not race with each other, only with
+// plain accesses that no barrier orders.
+inline float atomic_add_shared(const sptr<float>& p, float v) {
+  float old;
+  gt_emu::smem_atomic_add_f32(p.span(), p.offset(), v, &old);
+  return old;
 }
 inline void cluster_sync(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   gt_emu::cluster_sync(file, line);

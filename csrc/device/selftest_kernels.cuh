@@ -166,6 +166,17 @@ __global__ void __launch_bounds__(kThreads) block_sum(gptr<const float> x, gptr<
   }
 }
 
+// Counts with shared-memory atomics: every thread adds 1 to bin tid % 8 (no race:
+// atomics do not race with each other), then, after a barrier, 8 threads write out.
+__global__ void __launch_bounds__(kThreads) shared_atomics(gptr<float> out, int racy) {
+  GT_SHARED_ARRAY(float, bins, 8);
+  if (threadIdx.x < 8) bins[threadIdx.x] = 0.f;
+  __syncthreads();
+  atomic_add_shared(bins + int(threadIdx.x % 8), 1.f);
+  if (!racy) __syncthreads();  // racy: a plain read of bins no barrier orders after the atomics
+  if (threadIdx.x < 8) out[threadIdx.x] = bins[threadIdx.x];
+}
+
 // ---------------------------------------------------------------- deliberate bugs
 // Reads a neighbour's slot with no barrier between the write and the read.
 // (The slots are written once before a barrier, so the race, not an uninitialized
@@ -287,6 +298,9 @@ inline void run(const std::string& name, const std::vector<Buffer>& b, const std
   } else if (name == "block_sum") {
     need(2, 1);
     launch(spec("block_sum", unsigned(v[0]), kThreads), st, block_sum, buf<const float>(b[0]), buf<float>(b[1]));
+  } else if (name == "shared_atomics") {
+    need(1, 1);
+    launch(spec(name.c_str(), 1, kThreads), st, shared_atomics, buf<float>(b[0]), int(v[0]));
   } else if (name == "missing_syncthreads") {
     need(1, 0);
     launch(spec(name.c_str(), 1, kThreads), st, missing_syncthreads, buf<float>(b[0]));

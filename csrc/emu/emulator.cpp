@@ -799,7 +799,7 @@ void access_as(Fiber& f, const Span& s, int64_t off, size_t bytes, bool write, v
       Cell& cell = ob.shadow[size_t(c)];
       auto race = [&](const char* prev, uint32_t tid) {
         fail(ErrorKind::Race,
-             format("shared-memory %s at offset 0x%llx of block %s races with a %s by %s: no "
+             format("shared-memory %s at offset 0x%llx of block %s races with %s by %s: no "
                     "__syncthreads or __syncwarp orders them", what, (long long)(c * 2),
                     str(ob.bid).c_str(), prev,
                     tid == kMany ? "several threads" : thread_name(g, tid).c_str()));
@@ -814,7 +814,7 @@ void access_as(Fiber& f, const Span& s, int64_t off, size_t bytes, bool write, v
                                          "nothing wrote in this launch", (long long)(c * 2),
                                          str(ob.bid).c_str()));
         if (!o.race_check) continue;
-        if (w_conflicts) race(cell.w_atomic ? "atomic" : "write", cell.w_tid);
+        if (w_conflicts) race(cell.w_atomic ? "an atomic update" : "a write", cell.w_tid);
         if (atomic) continue;  // the read half of an atomic is not a plain read
         if (cell.r_tid == kNone || ordered(cell.r_tid, cell.r_bep, cell.r_gep, cell.r_clk, f, ob)) {
           cell.r_tid = f.gid;
@@ -831,8 +831,8 @@ void access_as(Fiber& f, const Span& s, int64_t off, size_t bytes, bool write, v
       }
       if (o.race_check) {
         if (cell.r_tid != kNone && !ordered(cell.r_tid, cell.r_bep, cell.r_gep, cell.r_clk, f, ob))
-          race("read", cell.r_tid);
-        if (w_conflicts) race(cell.w_atomic ? "atomic" : "write", cell.w_tid);
+          race("a read", cell.r_tid);
+        if (w_conflicts) race(cell.w_atomic ? "an atomic update" : "a write", cell.w_tid);
       }
       cell.w_tid = f.gid;
       cell.w_bep = f.blk->epoch;
