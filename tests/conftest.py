@@ -94,3 +94,15 @@ def gru_warnings():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield lambda: [str(w.message) for w in caught if "gru_torch" in str(w.message)]
+
+
+@pytest.fixture(params=["emulated", "cuda"])
+def kind(request):
+    """Where a CUDA kernel test runs: "emulated" (the CUDA emulator on the CPU, always)
+    and "cuda" (a real GPU, skipped where none is). The GPU is asked lazily, when the
+    test runs, never at import."""
+    if request.param == "cuda" and not (torch.cuda.is_available() and gru_torch.extension_status().cuda):
+        pytest.skip("no CUDA GPU here (or the CUDA kernels are not built); the emulated run "
+                    "covers the same kernel source")
+    return request.param
+

@@ -24,15 +24,6 @@ pytestmark = pytest.mark.skipif(not gru_torch.extension_status().loaded,
                                 reason="gru_torch extension not built")
 
 
-def _gpu_present() -> bool:
-    return torch.cuda.is_available() and gru_torch.extension_status().cuda
-
-
-DEVICES = [pytest.param("emulated", id="emulated"),
-           pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(
-               not _gpu_present(), reason="no CUDA GPU here; the emulated run covers the same "
-                                          "kernel source"))]
-
 # dtype label -> (torch dtype, TF32 on)
 DTYPES = {"tf32": (torch.float32, True), "bf16": (torch.bfloat16, True),
           "f16": (torch.float16, True), "f32": (torch.float32, False),
@@ -77,13 +68,11 @@ def check(kind, label, p, **emulator):
 CORE = list(itertools.product(["tf32", "bf16", "f16"], [True, False], [1, 2]))
 
 
-@pytest.mark.parametrize("kind", DEVICES)
 @pytest.mark.parametrize("label,reset_after,D", CORE, ids=[f"{l}-ra{int(r)}-D{d}" for l, r, d in CORE])
 def test_persistent_matches_reference(kind, label, reset_after, D):
     check(kind, label, Problem(T=6, B=19, I=5, H=20, D=D, reset_after=reset_after, seed=D))
 
 
-@pytest.mark.parametrize("kind", DEVICES)
 @pytest.mark.parametrize("label", ["tf32", "bf16", "f16"])
 @pytest.mark.parametrize("reset_after", [True, False])
 def test_persistent_h100_weights_partly_in_shared_memory(kind, label, reset_after):
@@ -92,7 +81,6 @@ def test_persistent_h100_weights_partly_in_shared_memory(kind, label, reset_afte
     check(kind, label, Problem(T=3, B=5, I=3, H=100, D=1, reset_after=reset_after, seed=7))
 
 
-@pytest.mark.parametrize("kind", DEVICES)
 @pytest.mark.parametrize("label", ["bf16", "f16"])
 @pytest.mark.parametrize("reset_after", [True, False])
 def test_persistent_h256_on_a_cluster_of_two(kind, label, reset_after):
@@ -103,14 +91,12 @@ def test_persistent_h256_on_a_cluster_of_two(kind, label, reset_after):
     check(kind, label, Problem(T=3, B=18, I=4, H=200, D=2, reset_after=reset_after, seed=13), gpu="h100")
 
 
-@pytest.mark.parametrize("kind", DEVICES)
 @pytest.mark.parametrize("reset_after", [True, False])
 def test_persistent_h40_no_mask_no_lengths_no_bias(kind, reset_after):
     check(kind, "bf16", Problem(T=4, B=3, I=4, H=40, D=2, reset_after=reset_after, mask=False,
                                 lengths=False, bias=False, seed=3))
 
 
-@pytest.mark.parametrize("kind", DEVICES)
 @pytest.mark.parametrize("label", ["tf32", "bf16"])
 @pytest.mark.parametrize("reset_after", [True, False])
 def test_one_step(kind, label, reset_after):
@@ -122,7 +108,6 @@ STEPWISE = [("f32", 20, True), ("f32", 20, False), ("f64", 20, False),
             ("bf16", 130, True), ("f16", 7, False)]
 
 
-@pytest.mark.parametrize("kind", DEVICES)
 @pytest.mark.parametrize("label,H,reset_after", STEPWISE,
                          ids=[f"{l}-H{h}-ra{int(r)}" for l, h, r in STEPWISE])
 def test_stepwise_matches_reference(kind, label, H, reset_after):
@@ -131,7 +116,6 @@ def test_stepwise_matches_reference(kind, label, H, reset_after):
     check(kind, label, Problem(T=4, B=5, I=3, H=H, D=2, reset_after=reset_after, seed=11))
 
 
-@pytest.mark.parametrize("kind", DEVICES)
 def test_output_gradient_starting_at_an_odd_element(kind):
     """The kernels read grad_output two elements at a time; a gradient that is a view
     starting at an odd element (a slice of a larger buffer) still works."""
@@ -170,7 +154,6 @@ def test_runs_under_both_gpus_limits(gpu):
 
 
 # ---------------------------------------------------------------- through the module
-@pytest.mark.parametrize("kind", DEVICES)
 @pytest.mark.parametrize("reset_after", [True, False])
 def test_two_layer_bidirectional_module(kind, reset_after):
     """gru_torch.GRU with backend="fused": 2 layers, both directions, recurrent

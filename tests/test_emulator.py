@@ -12,17 +12,6 @@ from gru_torch import testing
 pytestmark = pytest.mark.skipif(not gru_torch.extension_status().loaded,
                                 reason="gru_torch extension not built")
 
-FULL = 0xFFFFFFFF
-
-
-def _gpu_present() -> bool:
-    return torch.cuda.is_available() and gru_torch.extension_status().cuda
-
-
-DEVICES = [pytest.param("emulated", id="emulated"),
-           pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(
-               not _gpu_present(), reason="no CUDA GPU here (or the CUDA kernels are not built); "
-                                          "the emulated run covers the same kernel source"))]
 
 
 def device_of(kind: str) -> torch.device:
@@ -67,7 +56,6 @@ def _mma_case(name: str, K: int, N: int, device: torch.device, seed: int):
     return [a_buf.to(device), bt_buf.to(device), D.to(device)], ref
 
 
-@pytest.mark.parametrize("kind", DEVICES)
 @pytest.mark.parametrize("name", list(MMA_KINDS))
 def test_mma_fragments_match_a_plain_gemm(kind, name):
     """mma.sync with the PTX fragment layout, inputs rounded as the hardware type
@@ -81,7 +69,6 @@ def test_mma_fragments_match_a_plain_gemm(kind, name):
     torch.testing.assert_close(D, ref, atol=2e-5 * K ** 0.5, rtol=1e-6)
 
 
-@pytest.mark.parametrize("kind", DEVICES)
 @pytest.mark.parametrize("name", list(MMA_KINDS))
 def test_mma_swapped_register_is_caught(kind, name):
     """Swapping two A registers (a layout bug) must give a result far from the GEMM."""
@@ -104,7 +91,6 @@ def test_tf32_operands_are_rounded():
     assert torch.equal(D, torch.full((16, N), K * (1.0 + 2 ** -10)))
 
 
-@pytest.mark.parametrize("kind", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("trans", [False, True], ids=["rows", "trans"])
 def test_ldmatrix_fragments(kind, dtype, trans):
@@ -148,7 +134,6 @@ def _expected_warp_ops(threads: int, half: bool) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.int32)
 
 
-@pytest.mark.parametrize("kind", DEVICES)
 @pytest.mark.parametrize("half", [False, True], ids=["full-mask", "two-half-warps"])
 def test_shuffles_and_votes(kind, half):
     """__shfl_sync / up / down / xor (widths 32, 16, 8), ballot, any and all, with the
@@ -158,7 +143,6 @@ def test_shuffles_and_votes(kind, half):
     assert torch.equal(out.cpu(), _expected_warp_ops(128, half))
 
 
-@pytest.mark.parametrize("kind", DEVICES)
 def test_cp_async_with_zero_fill(kind):
     n, zfill_from = 256, 40  # chunks of 4 floats from chunk 40 on are zero-filled
     dev = device_of(kind)
@@ -169,7 +153,6 @@ def test_cp_async_with_zero_fill(kind):
     assert torch.equal(dst.cpu(), expected)
 
 
-@pytest.mark.parametrize("kind", DEVICES)
 def test_clean_kernel_passes_the_race_checker(kind):
     """A block reduction with shuffles, a __syncwarp-ordered exchange through shared
     memory and a __syncthreads stage: correct, and no race, bounds or init report."""
@@ -183,7 +166,6 @@ def test_clean_kernel_passes_the_race_checker(kind):
                                atol=1e-4, rtol=1e-6)
 
 
-@pytest.mark.parametrize("kind", DEVICES)
 def test_shared_memory_atomics(kind):
     """Every thread atomically adds 1 to a shared bin: atomics do not race with each
     other, and the counts are exact."""

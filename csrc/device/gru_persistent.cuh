@@ -336,6 +336,24 @@ struct Place {
   }
 };
 
+// What both kernels set up first: shared memory, where the CTA works, the warp's W_hh
+// fragments and what the thread owns. Args: FwdArgs or BwdArgs.
+template <class C>
+struct Prologue {
+  int lane, warp;
+  Smem<C> smem;
+  Place<C> at;
+  typename C::Frags w;
+  Owned<C> own;
+  template <class Args>
+  GT_DEV Prologue(const sptr<unsigned char>& raw, const Args& p)
+      : lane(int(threadIdx.x & 31u)), warp(int(threadIdx.x >> 5)), smem(raw, warp), at(warp) {
+    w.smem = smem.w;
+    load_w<C>(w, p.w_hh + int64_t(at.d) * 3 * p.hidden * p.hidden, p.hidden, at.unit_base, lane);
+    own.init(p.lengths, at.b0, p.batch, p.steps, p.hidden, at.unit_base, lane);
+  }
+};
+
 // ---------------------------------------------------------------- forward
 template <class C>
 __global__ void __launch_bounds__(C::kThreads, 1) gru_forward(FwdArgs<typename C::T> p) {
@@ -344,18 +362,12 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_forward(FwdArgs<typename C
   using Elem = typename C::Elem;
   constexpr int NJ = C::kNJ, HP = C::kHP;
   GT_DYNAMIC_SMEM(smem_raw);
-  const int lane = int(threadIdx.x & 31u), warp = int(threadIdx.x >> 5);
-  const Smem<C> smem(smem_raw, warp);
-  const Place<C> at(warp);
-  const int d = at.d;
+  Prologue<C> pro(smem_raw, p);
+  const int lane = pro.lane, d = pro.at.d;
+  const Smem<C>& smem = pro.smem;
+  const typename C::Frags& w = pro.w;
+  const Owned<C>& own = pro.own;
   const int H = p.hidden, B = p.batch, Tn = p.steps, D = p.dirs;
-
-  typename C::Frags w;
-  w.smem = smem.w;
-  load_w<C>(w, p.w_hh + int64_t(d) * 3 * H * H, H, at.unit_base, lane);
-
-  Owned<C> own;
-  own.init(p.lengths, at.b0, B, Tn, H, at.unit_base, lane);
   // Offsets of this thread's first pair, per row half: in out (row stride D*H, this
   // direction's columns), in a reserve step (5H), in a gx step (3 HP), in [B, H].
   int o_out[2], o_res[2], o_gx[2], o_bh[2];
@@ -504,18 +516,12 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_backward(BwdArgs<typename 
   using Op = typename C::Op;
   constexpr int NJ = C::kNJ, HP = C::kHP, KT = C::kKT;
   GT_DYNAMIC_SMEM(smem_raw);
-  const int lane = int(threadIdx.x & 31u), warp = int(threadIdx.x >> 5);
-  const Smem<C> smem(smem_raw, warp);
-  const Place<C> at(warp);
-  const int d = at.d;
+  Prologue<C> pro(smem_raw, p);
+  const int lane = pro.lane, d = pro.at.d;
+  const Smem<C>& smem = pro.smem;
+  const typename C::Frags& w = pro.w;
+  const Owned<C>& own = pro.own;
   const int H = p.hidden, B = p.batch, Tn = p.steps, D = p.dirs;
-
-  typename C::Frags w;
-  w.smem = smem.w;
-  load_w<C>(w, p.w_hh + int64_t(d) * 3 * H * H, H, at.unit_base, lane);
-
-  Owned<C> own;
-  own.init(p.lengths, at.b0, B, Tn, H, at.unit_base, lane);
   int o_out[2], o_res[2], o_g3[2], o_bh[2];
   GT_UNROLL for (int h = 0; h < 2; ++h) {
     o_out[h] = own.offset(h, D * H) + d * H;
