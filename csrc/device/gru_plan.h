@@ -44,7 +44,7 @@ constexpr Shape shape(Operand op, int hp) {
   return hp == 32    ? Shape{32, 4, 2, 6, 1}
          : hp == 64  ? Shape{64, 4, 4, 12, 1}
          : hp == 128 ? Shape{128, 8, 8, 24, 1}
-                     : Shape{256, 8, 10, 30, 2};
+                     : Shape{256, 8, 10, 28, 2};
 }
 constexpr int max_padded(Operand op) { return op == Operand::TF32 ? 128 : 256; }
 
