@@ -5,6 +5,7 @@ Imports nothing from gru_torch, so setup.py can load it before the package exist
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 CSRC_DIRS = (Path(__file__).resolve().parent / "csrc", Path(__file__).resolve().parent.parent / "csrc")
@@ -60,20 +61,53 @@ def default_cuda_home() -> None:
             os.environ["CUDA_HOME"] = str(std)
 
 
+def gpu_present() -> bool:
+    """Whether torch sees a CUDA device on this machine."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def want_cuda(setting: str | None) -> bool:
-    """Whether to compile the .cu files. setting: None (when possible), "0" or "1"."""
+    """Whether to compile the .cu files. setting: None (where a GPU is present and the
+    build is possible), "0" (never) or "1" (always; an error where it is impossible)."""
     import torch
     from torch.utils.cpp_extension import CUDA_HOME
 
-    possible = torch.version.cuda is not None and CUDA_HOME is not None
     if setting == "0":
         return False
-    if setting == "1" and not possible:
-        raise RuntimeError(
-            "GRU_TORCH_CUDA=1 but the CUDA build is impossible: "
-            f"torch.version.cuda={torch.version.cuda}, CUDA_HOME={CUDA_HOME}"
-        )
-    return possible
+    possible = torch.version.cuda is not None and CUDA_HOME is not None
+    if setting == "1":
+        if not possible:
+            raise RuntimeError(
+                "GRU_TORCH_CUDA=1 but the CUDA build is impossible: "
+                f"torch.version.cuda={torch.version.cuda}, CUDA_HOME={CUDA_HOME}")
+        return True
+    return possible and gpu_present()
+
+
+# Rough compile times on a 2-core x86 machine (measured with the ninja log of a build):
+# one C++ source with torch's headers, and one .cu file for one GPU architecture.
+CPP_SECONDS, CU_ARCH_SECONDS = 75, 90
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
+
+
+def plan(cuda: bool, jobs: int | None = None) -> str:
+    """One line saying what the build compiles and about how long it takes."""
+    jobs = max(1, jobs or int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1))
+    rounds = -(-len(CPU_SOURCES) // jobs)
+    seconds = rounds * CPP_SECONDS
+    what = f"the C++ op ({len(CPU_SOURCES)} sources)"
+    if cuda:
+        archs = os.environ.get("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
+        n_arch = len([a for a in archs.replace(",", ";").replace(" ", ";").split(";") if a])
+        seconds += len(CUDA_SOURCES) * n_arch * CU_ARCH_SECONDS
+        what += f" and the CUDA kernels ({len(CUDA_SOURCES)} .cu files for {archs})"
+    else:
+        what += " for the CPU only; GRU_TORCH_CUDA=1 adds the CUDA kernels"
+    minutes = max(1, round(seconds / 60))
+    return (f"gru_torch: compiling {what}: about {minutes} minute{'s' * (minutes > 1)} with "
+            f"{jobs} parallel job{'s' * (jobs > 1)} on an idle machine")
 
 
 def extension(name: str, cuda_setting: str | None):
@@ -83,8 +117,10 @@ def extension(name: str, cuda_setting: str | None):
     if src is None:
         raise FileNotFoundError(f"gru_torch: C++ sources not found in {CSRC_DIRS}")
     cpu = [os.path.relpath(src / s) for s in CPU_SOURCES]
-    if want_cuda(cuda_setting):
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+    cuda = want_cuda(cuda_setting)
+    print(plan(cuda), file=sys.stderr, flush=True)
+    if cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
         return CUDAExtension(
             name,
             cpu + [os.path.relpath(src / s) for s in CUDA_SOURCES],
@@ -93,3 +129,8 @@ def extension(name: str, cuda_setting: str | None):
         )
     return CppExtension(name, cpu, include_dirs=[str(src)],
                         extra_compile_args={"cxx": cxx_flags()})
+
+
+if __name__ == "__main__":  # `python gru_torch/_build.py`: what a build here would compile
+    default_cuda_home()
+    print(plan(want_cuda(os.environ.get("GRU_TORCH_CUDA"))))
