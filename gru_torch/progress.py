@@ -1,0 +1,155 @@
+"""Progress a user can see wherever the output goes.
+
+On a terminal, a tqdm bar. Anywhere else (a pipe, a log file, `make train > log`), a
+status line every `every` seconds (30 by default) and one at the end: what is done, the
+rate, the ETA and any running figures (loss, accuracy). A `RunLog` writes lines to the
+console and, with a time stamp, to a run's `train.log`; the status lines always reach
+the file, and reach the console only where no bar is drawn.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+STATUS_EVERY_S = 30.0
+
+
+def on_terminal() -> bool:
+    """Whether bars can be drawn: tqdm writes to stderr."""
+    return sys.stderr.isatty()
+
+
+def duration(seconds: float) -> str:
+    """'45s', '3m05s', '1h02m'."""
+    s = int(round(max(seconds, 0)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class RunLog:
+    """A callable log: `log(msg)` prints msg and appends it to the open file, if any, with
+    a time stamp; `log(msg, console=False)` writes the file only. Disabled, it drops all
+    (the non-main ranks of a data-parallel run)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.path: Path | None = None
+        self._file = None
+
+    def open(self, path: Path, append: bool = False) -> None:
+        if not self.enabled:
+            return
+        self.close()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file = open(path, "a" if append else "w", encoding="utf-8")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __call__(self, *parts, console: bool = True) -> None:
+        if not self.enabled:
+            return
+        msg = " ".join(str(p) for p in parts)
+        if console:
+            print(msg, flush=True)
+        if self._file is not None:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            self._file.write("".join(f"{stamp} {line}\n" for line in msg.splitlines() or [""]))
+            self._file.flush()
+
+
+class LogHandler(logging.Handler):
+    """Routes the library's `logging` records (data loading, warnings) into a RunLog."""
+
+    def __init__(self, log: RunLog) -> None:
+        super().__init__(logging.INFO)
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        self.log(msg if record.levelno < logging.WARNING else f"warning: {msg}")
+
+
+class Progress:
+    """Counts work done (`update`) and reports it: a bar on a terminal, status lines to
+    `log` every `every` seconds elsewhere, and a final line from `close()`.
+
+    total: the expected count (None when unknown). unit: what is counted ("batches").
+    rate_unit: what the rate counts ("samples", given as `update(items=...)`), else unit.
+    bar: draw a tqdm bar (default: on a terminal). log: a RunLog, or any callable taking
+    a string (then status lines go to it only where no bar is drawn)."""
+
+    def __init__(self, desc: str, total: int | None, *, unit: str = "batches",
+                 rate_unit: str | None = None, log: Callable[..., None] | None = print,
+                 every: float = STATUS_EVERY_S, bar: bool | None = None) -> None:
+        self.desc, self.total, self.unit = desc, total, unit
+        self.rate_unit = rate_unit or unit
+        self.log, self.every = log, every
+        self.done = self.items = 0
+        self.fields: dict[str, str] = {}
+        self.start = self.last = time.perf_counter()
+        if bar is None:
+            bar = on_terminal()
+        self.bar = None
+        if bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit=unit[:-1] if unit.endswith("s") else unit,
+                            leave=False, dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
+
+    def update(self, n: int = 1, items: int | None = None, **fields) -> None:
+        self.done += n
+        self.items += n if items is None else items
+        self.fields.update({k: f"{v:.4f}" if isinstance(v, float) else str(v)
+                            for k, v in fields.items()})
+        now = time.perf_counter()
+        if self.bar is not None:
+            self.bar.update(n)
+            if self.fields:
+                self.bar.set_postfix(self.fields, refresh=False)
+        if now - self.last >= self.every:
+            self.last = now
+            self._emit(self.status(now=now))
+
+    def status(self, final: bool = False, now: float | None = None) -> str:
+        elapsed = (time.perf_counter() if now is None else now) - self.start
+        count = f"{self.done:,}/{self.total:,}" if self.total is not None else f"{self.done:,}"
+        parts = [self.desc, f"{count} {self.unit}"]
+        if elapsed > 0 and self.items:
+            rate = self.items / elapsed
+            parts.append(f"{rate:,.0f} {self.rate_unit}/s" if rate >= 10
+                         else f"{rate:.2g} {self.rate_unit}/s")
+        if final:
+            parts.append(f"in {duration(elapsed)}")
+        elif self.total and self.done:
+            parts.append(f"ETA {duration(elapsed / self.done * (self.total - self.done))}")
+        parts += [f"{k} {v}" for k, v in self.fields.items()]
+        return "  ".join(parts)
+
+    def _emit(self, line: str, console: bool | None = None) -> None:
+        if self.log is None:
+            return
+        console = self.bar is None if console is None else console
+        if isinstance(self.log, RunLog):
+            self.log(line, console=console)
+        elif console:
+            self.log(line)
+
+    def close(self, console: bool | None = None) -> str:
+        """Ends the bar, logs the final status line and returns it. console=None: on the
+        console only where no bar was drawn (the caller prints its own summary there)."""
+        line = self.status(final=True)
+        self._emit(line, console)
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        return line
