@@ -34,11 +34,11 @@ def test_forced_cuda_build_that_cannot_happen_says_why(monkeypatch):
 
 def test_plan_says_what_and_how_long(monkeypatch):
     monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
-    cpu = _build.plan(cuda=False, jobs=2)
+    cpu = _build.plan(cuda=False, cores=2)
     assert f"the C++ op ({len(_build.CPU_SOURCES)} sources) for the CPU only" in cpu
     assert "GRU_TORCH_CUDA=1" in cpu and "minute" in cpu
-    gpu = _build.plan(cuda=True, jobs=2)
-    assert f"{len(_build.CUDA_SOURCES)} .cu file" in gpu and _build.DEFAULT_CUDA_ARCHS in gpu
+    gpu = _build.plan(cuda=True, cores=2)
+    assert f"{len(_build.CUDA_SOURCES)} .cu for" in gpu and _build.DEFAULT_CUDA_ARCHS in gpu
     minutes = [int(s.split("about ")[1].split()[0]) for s in (cpu, gpu)]
     assert minutes[1] > minutes[0], "nvcc adds time"
 

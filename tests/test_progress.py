@@ -132,7 +132,8 @@ def test_busy_note(monkeypatch):
     monkeypatch.setattr(machine, "load_average", lambda: 2.6)
     note = machine.busy_note(2)
     assert "load average 2.6 on 2 CPUs" in note and "--threads 1" in note
-    assert "torch.set_num_threads(1)" in note and "\n" not in note
+    assert "torch.set_num_threads(1)" in note and "OMP_WAIT_POLICY=PASSIVE" in note
+    assert "\n" not in note
     assert machine.busy_note(1) is None
     monkeypatch.setattr(machine, "load_average", lambda: 0.3)
     assert machine.busy_note(2) is None
