@@ -104,7 +104,8 @@ class Progress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc=desc, unit=unit[:-1] if unit.endswith("s") else unit,
-                            leave=False, dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
+                            unit_scale=unit == "bytes", leave=False, dynamic_ncols=True,
+                            mininterval=0.5, file=sys.stderr)
 
     def update(self, n: int = 1, items: int | None = None, **fields) -> None:
         self.done += n

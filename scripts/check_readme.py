@@ -9,6 +9,7 @@ block (`set -e`), with the venv's bin/ first on PATH as after `. .venv/bin/activ
                                           # a new user's first hour (make train, make test, ...)
   python scripts/check_readme.py --quick  # CI: training and benchmarks shortened, set-up
                                           # lines and `make test` left to CI's own steps
+  python scripts/check_readme.py --short  # shortened runs, set-up lines as written
   python scripts/check_readme.py --list   # the snippets and what --quick runs for each line
   python scripts/check_readme.py --only 2 # one snippet, numbered as --list shows them
 
@@ -59,13 +60,14 @@ def snippets(text: str) -> list[Snippet]:
     return found
 
 
-def quick_line(line: str) -> str | None:
-    """What --quick runs for one shell line (None: skip it)."""
+def quick_line(line: str, skip_setup: bool = True) -> str | None:
+    """What --quick (skip_setup) or --short runs for one shell line (None: skip it)."""
     command = line.split("#", 1)[0].strip()
     if not command:
         return None
     words = shlex.split(command)
-    if words[:2] == ["make", "test"] or "pip" in words[:3] or words[1:3] == ["-m", "venv"]:
+    setup = words[:2] == ["make", "test"] or "pip" in words[:3] or words[1:3] == ["-m", "venv"]
+    if setup and skip_setup:
         return None  # CI sets up and runs the suite itself
     if words[:2] == ["make", "train"]:
         return f'{command} TRAIN_ARGS="{QUICK_TRAIN}"'
@@ -78,11 +80,11 @@ def quick_line(line: str) -> str | None:
     return command
 
 
-def shell_script(code: str, quick: bool) -> str:
+def shell_script(code: str, quick: bool, short: bool = False) -> str:
     """One bash script for a block: each command echoed, run and timed."""
     lines = [line.split("#", 1)[0].strip() for line in code.splitlines()]
-    if quick:
-        lines = [quick_line(line) for line in lines]
+    if quick or short:
+        lines = [quick_line(line, skip_setup=quick) for line in lines]
     out = ["set -eo pipefail"]
     for line in filter(None, lines):
         shown = shlex.quote(f"$ {line}")
@@ -92,7 +94,10 @@ def shell_script(code: str, quick: bool) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="shortened runs, for CI")
+    ap.add_argument("--quick", action="store_true",
+                    help="for CI: shortened runs; set-up lines and `make test` skipped")
+    ap.add_argument("--short", action="store_true",
+                    help="shortened runs, set-up lines as written (a fresh clone's set-up)")
     ap.add_argument("--list", action="store_true", help="print the snippets; run nothing")
     ap.add_argument("--only", type=lambda v: {int(k) for k in v.split(",")}, metavar="K,...",
                     help="run only these snippets (numbered as --list shows them)")
@@ -116,7 +121,7 @@ def main(argv=None) -> int:
         if s.lang == "python":
             cmd, shown = [str(venv_bin / "python"), "-c", s.code], s.code
         else:
-            shown = shell_script(s.code, args.quick)
+            shown = shell_script(s.code, args.quick, args.short)
             cmd = ["bash", "-c", shown]
         print(f"== {where}\n{shown.rstrip()}", flush=True)
         if args.list:
@@ -130,7 +135,8 @@ def main(argv=None) -> int:
         print(f"== ok in {took:.0f} s", flush=True)
     if not args.list:
         ran = len(args.only) if args.only else f"all {len(todo)}"
-        print(f"{ran} README snippets ran{' (--quick)' if args.quick else ''}")
+        mode = " (--quick)" if args.quick else " (--short)" if args.short else ""
+        print(f"{ran} README snippets ran{mode}")
     return 0
 
 

@@ -28,10 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 class Wrapped(nn.Module):
     """A model holding gru_torch.GRU: its padded outputs and final states."""
 
-    def __init__(self, reset_after: bool) -> None:
+    def __init__(self, reset_after: bool, bias: bool = True) -> None:
         super().__init__()
-        self.gru = gru_torch.GRU(4, 5, num_layers=2, batch_first=True, bidirectional=True,
-                                 reset_after=reset_after)
+        self.gru = gru_torch.GRU(4, 5, num_layers=2, bias=bias, batch_first=True,
+                                 bidirectional=True, reset_after=reset_after)
 
     def forward(self, x, lengths):
         return self.gru(x, lengths=lengths)
@@ -55,10 +55,10 @@ def gru_nodes(path: Path) -> list:
     return [n for n in model.graph.node if n.op_type == "GRU"]
 
 
-@pytest.mark.parametrize("reset_after", [True, False])
-def test_gru_onnx_runtime_matches_pytorch(tmp_path, reset_after):
+@pytest.mark.parametrize("reset_after,bias", [(True, True), (False, True), (True, False)])
+def test_gru_onnx_runtime_matches_pytorch(tmp_path, reset_after, bias):
     torch.manual_seed(0)
-    model = Wrapped(reset_after).eval()
+    model = Wrapped(reset_after, bias).eval()
     path = export.to_onnx(model, inputs(3, 7, 0), tmp_path / "gru.onnx", dims(),
                           ["x", "lengths"], ["out", "h_n"])
     nodes = gru_nodes(path)

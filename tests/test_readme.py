@@ -44,6 +44,8 @@ def test_quick_mode_shortens_runs_and_leaves_setup_to_ci(check):
     assert q('python scripts/benchmark.py --shapes "8,20,4,8" --no-save') == \
         'python scripts/benchmark.py --shapes "8,20,4,8" --no-save'
     assert q(". .venv/bin/activate") == ". .venv/bin/activate"
+    assert q("pip install --no-build-isolation .", skip_setup=False) == \
+        "pip install --no-build-isolation ."  # --short: a fresh clone's set-up, as written
     assert q("python scripts/predict.py --checkpoint runs/gru/best.pt \"A wonderful film.\"") == \
         'python scripts/predict.py --checkpoint runs/gru/best.pt "A wonderful film."'
 
