@@ -1,7 +1,7 @@
 """Progress a user can see wherever the output goes.
 
 On a terminal, a tqdm bar. Anywhere else (a pipe, a log file, `make train > log`), a
-status line every `every` seconds (30 by default) and one at the end: what is done, the
+status line every `every` seconds (30 by default, from a timer thread) and one at the end: what is done, the
 rate, the ETA and any running figures (loss, accuracy). A `RunLog` writes lines to the
 console and, with a time stamp, to a run's `train.log`; the status lines always reach
 the file, and reach the console only where no bar is drawn.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -41,6 +42,7 @@ class RunLog:
         self.enabled = enabled
         self.path: Path | None = None
         self._file = None
+        self._lock = threading.Lock()  # Progress's timer thread writes too
 
     def open(self, path: Path, append: bool = False) -> None:
         if not self.enabled:
@@ -59,12 +61,13 @@ class RunLog:
         if not self.enabled:
             return
         msg = " ".join(str(p) for p in parts)
-        if console:
-            print(msg, flush=True)
-        if self._file is not None:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            self._file.write("".join(f"{stamp} {line}\n" for line in msg.splitlines() or [""]))
-            self._file.flush()
+        with self._lock:
+            if console:
+                print(msg, flush=True)
+            if self._file is not None:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                self._file.write("".join(f"{stamp} {line}\n" for line in msg.splitlines() or [""]))
+                self._file.flush()
 
 
 class LogHandler(logging.Handler):
@@ -80,8 +83,9 @@ class LogHandler(logging.Handler):
 
 
 class Progress:
-    """Counts work done (`update`) and reports it: a bar on a terminal, status lines to
-    `log` every `every` seconds elsewhere, and a final line from `close()`.
+    """Counts work done (`update`) and reports it: a bar on a terminal, and status lines to
+    `log` every `every` seconds from a timer thread (so a line comes on time even while one
+    step runs long), and a final line from `close()`.
 
     total: the expected count (None when unknown). unit: what is counted ("batches").
     rate_unit: what the rate counts ("samples", given as `update(items=...)`), else unit.
@@ -96,61 +100,79 @@ class Progress:
         self.log, self.every = log, every
         self.done = self.items = 0
         self.fields: dict[str, str] = {}
-        self.start = self.last = time.perf_counter()
+        self.start = time.perf_counter()
+        self._lock = threading.Lock()
         if bar is None:
             bar = on_terminal()
-        self.bar = None
+        self.has_bar, self.bar = bool(bar), None
         if bar:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc=desc, unit=unit[:-1] if unit.endswith("s") else unit,
                             unit_scale=unit == "bytes", leave=False, dynamic_ncols=True,
                             mininterval=0.5, file=sys.stderr)
+        self._stop = threading.Event()
+        self._ticker = None
+        if log is not None and (not self.has_bar or isinstance(log, RunLog)):
+            self._ticker = threading.Thread(target=self._tick, name=f"progress: {desc}",
+                                            daemon=True)
+            self._ticker.start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every):
+            self._emit(self.status())
 
     def update(self, n: int = 1, items: int | None = None, **fields) -> None:
-        self.done += n
-        self.items += n if items is None else items
-        self.fields.update({k: f"{v:.4f}" if isinstance(v, float) else str(v)
-                            for k, v in fields.items()})
-        now = time.perf_counter()
+        with self._lock:
+            self.done += n
+            self.items += n if items is None else items
+            self.fields.update({k: f"{v:.4f}" if isinstance(v, float) else str(v)
+                                for k, v in fields.items()})
         if self.bar is not None:
             self.bar.update(n)
             if self.fields:
                 self.bar.set_postfix(self.fields, refresh=False)
-        if now - self.last >= self.every:
-            self.last = now
-            self._emit(self.status(now=now))
 
-    def status(self, final: bool = False, now: float | None = None) -> str:
-        elapsed = (time.perf_counter() if now is None else now) - self.start
-        count = f"{self.done:,}/{self.total:,}" if self.total is not None else f"{self.done:,}"
+    def status(self, final: bool = False) -> str:
+        with self._lock:
+            elapsed = time.perf_counter() - self.start
+            done, items, fields = self.done, self.items, dict(self.fields)
+        count = f"{done:,}/{self.total:,}" if self.total is not None else f"{done:,}"
         parts = [self.desc, f"{count} {self.unit}"]
-        if elapsed > 0 and self.items:
-            rate = self.items / elapsed
+        if elapsed > 0 and items:
+            rate = items / elapsed
             parts.append(f"{rate:,.0f} {self.rate_unit}/s" if rate >= 10
                          else f"{rate:.2g} {self.rate_unit}/s")
         if final:
             parts.append(f"in {duration(elapsed)}")
-        elif self.total and self.done:
-            parts.append(f"ETA {duration(elapsed / self.done * (self.total - self.done))}")
-        parts += [f"{k} {v}" for k, v in self.fields.items()]
+        elif self.total and done:
+            parts.append(f"ETA {duration(elapsed / done * (self.total - done))}")
+        parts += [f"{k} {v}" for k, v in fields.items()]
         return "  ".join(parts)
 
     def _emit(self, line: str, console: bool | None = None) -> None:
         if self.log is None:
             return
-        console = self.bar is None if console is None else console
+        console = not self.has_bar if console is None else console
         if isinstance(self.log, RunLog):
             self.log(line, console=console)
         elif console:
             self.log(line)
 
-    def close(self, console: bool | None = None) -> str:
-        """Ends the bar, logs the final status line and returns it. console=None: on the
-        console only where no bar was drawn (the caller prints its own summary there)."""
-        line = self.status(final=True)
-        self._emit(line, console)
+    def stop(self) -> None:
+        """Ends the timer and the bar, saying nothing (also after an error)."""
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
+            self._ticker = None
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+    def close(self, console: bool | None = None) -> str:
+        """Stops, logs the final status line and returns it. console=None: on the console
+        only where no bar was drawn (the caller prints its own summary there)."""
+        self.stop()
+        line = self.status(final=True)
+        self._emit(line, console)
         return line

@@ -186,21 +186,24 @@ def _batches_metrics(model, batches, use_lengths: bool, train: bool, optimizer=N
                      rate_unit="samples", log=log if show else None, every=opts.log_every,
                      bar=None if show else False)
     loss_sum, correct, seen = 0.0, 0, 0
-    for ids, lengths, labels in batches:
-        ids, labels = ids.to(opts.device), labels.to(opts.device)
-        with torch.set_grad_enabled(train), torch.autocast(
-                opts.device.type, dtype=torch.bfloat16, enabled=opts.bf16):
-            logits = model(ids, lengths if use_lengths else None).float()
-            loss = nn.functional.binary_cross_entropy_with_logits(logits, labels)
-        if train:
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        n = len(labels)
-        loss_sum += loss.item() * n
-        correct += int(((logits > 0).float() == labels).sum())
-        seen += n
-        meter.update(1, items=n, loss=loss_sum / seen, acc=correct / seen)
+    try:
+        for ids, lengths, labels in batches:
+            ids, labels = ids.to(opts.device), labels.to(opts.device)
+            with torch.set_grad_enabled(train), torch.autocast(
+                    opts.device.type, dtype=torch.bfloat16, enabled=opts.bf16):
+                logits = model(ids, lengths if use_lengths else None).float()
+                loss = nn.functional.binary_cross_entropy_with_logits(logits, labels)
+            if train:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            n = len(labels)
+            loss_sum += loss.item() * n
+            correct += int(((logits > 0).float() == labels).sum())
+            seen += n
+            meter.update(1, items=n, loss=loss_sum / seen, acc=correct / seen)
+    finally:
+        meter.stop()  # no status lines after an error
     meter.close()
     if reduce and _distributed():  # every rank saw its own shard: sum them
         totals = torch.tensor([loss_sum, correct, seen], dtype=torch.float64, device=opts.device)

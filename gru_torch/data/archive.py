@@ -138,10 +138,13 @@ def fetch(dest: Path, url: str = OFFICIAL_URL, md5: str = OFFICIAL_MD5) -> Path:
             log.info("downloading %s to %s", url, dest)
             total = int(response.headers.get("Content-Length") or 0) or None
             progress = Progress(f"downloading {dest.name}", total, unit="bytes", log=log.info)
-            with response:
-                for chunk in iter(lambda: response.read(1 << 20), b""):
-                    out.write(chunk)
-                    progress.update(len(chunk))
+            try:
+                with response:
+                    for chunk in iter(lambda: response.read(1 << 20), b""):
+                        out.write(chunk)
+                        progress.update(len(chunk))
+            finally:
+                progress.stop()
             progress.close(console=True)
         got = md5sum(Path(tmp))
         if got != md5:
