@@ -1,44 +1,47 @@
-# The README's commands. Everything runs from a fresh clone: `make test` creates the
-# virtual environment, installs the pinned dependencies, builds the extension, and
-# runs the suite.
+# The README's commands. From a fresh clone, `make train` or `make test` creates the
+# virtual environment, installs the pinned dependencies, builds the extension, and runs.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # ninja (for the extension build) comes from the venv.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
-# Where nvcc's toolkit lives; the .cu files are compiled whenever it and a CUDA build
-# of torch are present. GRU_TORCH_CUDA=1 makes a failed CUDA compile fail the build,
-# GRU_TORCH_CUDA=0 skips it.
+# Where nvcc's toolkit lives. The .cu files are compiled where a GPU is present;
+# GRU_TORCH_CUDA=1 compiles them without one (as CI does), GRU_TORCH_CUDA=0 never.
 export CUDA_HOME ?= /usr/local/cuda
 export GRU_TORCH_CUDA
 
 SOURCES := $(wildcard csrc/*.cpp csrc/*.cu csrc/*.h csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h csrc/*/*.cuh) setup.py pyproject.toml gru_torch/_build.py
 
-.PHONY: venv build test bench train clean gpu-check
+# The IMDB data is found on its own (see the README); DATA=PATH picks a file or folder.
+DATA ?=
+# More options for the scripts, e.g. make train TRAIN_ARGS="--epochs 1 --limit-train 2000"
+TRAIN_ARGS ?=
+BENCH_ARGS ?=
 
-# The IMDB archive: the shared copy when present, else the cache or a download.
-DATA ?= $(wildcard ../shared/data/aclImdb_v1-text.tar.gz)
+.PHONY: venv build test bench train clean gpu-check
 
 venv: $(VENV)/.deps
 $(VENV)/.deps: requirements-dev.txt
+	@echo "== setting up $(VENV): torch 2.14.1 and the pinned tools (requirements-dev.txt)"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
 build: $(VENV)/.built
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)
-	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
-	$(PY) -c "import gru_torch; s = gru_torch.extension_status(); print('gru_torch extension:', s); assert s.loaded"
+	@$(PY) gru_torch/_build.py
+	$(PY) -m pip install --disable-pip-version-check --no-build-isolation --no-deps -e .
+	$(PY) -c "import gru_torch; s = gru_torch.extension_status(); print(s); assert s.loaded"
 	touch $@
 
 test: build
-	$(PY) -m pytest -q
+	$(PY) -m pytest -v
 
 train: build
-	$(PY) scripts/train.py --cell gru $(if $(DATA),--data $(DATA)) --out runs/gru
+	$(PY) scripts/train.py --cell gru --out runs/gru $(if $(DATA),--data $(DATA)) $(TRAIN_ARGS)
 
 bench: build
-	$(PY) scripts/benchmark.py
+	$(PY) scripts/benchmark.py $(BENCH_ARGS)
 
 # Everything that needs a GPU (build, CUDA tests, compute-sanitizer, benchmark against
 # cuDNN), for a machine that has one: see scripts/gpu_check.sh.

@@ -1,9 +1,9 @@
 """Builds gru_torch._C. Metadata lives in pyproject.toml.
 
-The CUDA sources are compiled whenever a CUDA toolkit and a CUDA build of torch are
-present; no GPU is needed to build. Switches:
+The CUDA sources are compiled where a GPU is present (with a CUDA toolkit and a CUDA
+build of torch); GRU_TORCH_CUDA=1 compiles them on a machine without one. Switches:
   GRU_TORCH_CUDA=0      build the C++ (CPU) op only
-  GRU_TORCH_CUDA=1      require the CUDA build; fail if it cannot be done
+  GRU_TORCH_CUDA=1      build the CUDA kernels too, GPU or not; fail if it cannot be done
   GRU_TORCH_CPU_ARCH    "native" (default: AVX2+FMA when this machine has them) or "generic"
   TORCH_CUDA_ARCH_LIST  GPU architectures (default "8.0;9.0+PTX")
 """

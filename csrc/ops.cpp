@@ -1,5 +1,5 @@
 // Schemas of the gru_torch ops and the argument checks every backend shares.
-// Kernels register themselves beside their code (gru_cpu.cpp, gru_cuda.cu).
+// Kernels register themselves beside their code (gru_cpu.cpp, gru_cuda.cpp, emu_ops.cpp).
 #include <Python.h>
 #include <torch/library.h>
 

@@ -5,6 +5,7 @@ Imports nothing from gru_torch, so setup.py can load it before the package exist
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 CSRC_DIRS = (Path(__file__).resolve().parent / "csrc", Path(__file__).resolve().parent.parent / "csrc")
@@ -68,20 +69,58 @@ def default_cuda_home() -> None:
             os.environ["CUDA_HOME"] = str(std)
 
 
+def gpu_present() -> bool:
+    """Whether torch sees a CUDA device on this machine."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def want_cuda(setting: str | None) -> bool:
-    """Whether to compile the .cu files. setting: None (when possible), "0" or "1"."""
+    """Whether to compile the .cu files. setting: None (where a GPU is present and the
+    build is possible), "0" (never) or "1" (always; an error where it is impossible)."""
     import torch
     from torch.utils.cpp_extension import CUDA_HOME
 
-    possible = torch.version.cuda is not None and CUDA_HOME is not None
     if setting == "0":
         return False
-    if setting == "1" and not possible:
-        raise RuntimeError(
-            "GRU_TORCH_CUDA=1 but the CUDA build is impossible: "
-            f"torch.version.cuda={torch.version.cuda}, CUDA_HOME={CUDA_HOME}"
-        )
-    return possible
+    possible = torch.version.cuda is not None and CUDA_HOME is not None
+    if setting == "1":
+        if not possible:
+            raise RuntimeError(
+                "GRU_TORCH_CUDA=1 but the CUDA build is impossible: "
+                f"torch.version.cuda={torch.version.cuda}, CUDA_HOME={CUDA_HOME}")
+        return True
+    return possible and gpu_present()
+
+
+# CPU seconds to compile, estimated from ninja's logs of builds on a 2-core x86-64 machine
+# (g++ 12, nvcc 13): a C++ source with torch's headers about 25 s, a kernel source for
+# the emulator about 30 s, a .cu file about 45 s per GPU architecture.
+CPP_SECONDS, EMU_SECONDS, CU_ARCH_SECONDS, LINK_SECONDS = 25, 30, 45, 15
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
+
+
+def plan(cuda: bool, cores: int | None = None) -> str:
+    """One line saying what the build compiles and about how long it takes."""
+    cores = max(1, cores or int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1))
+    emulated = [s for s in EMULATOR_SOURCES if s.startswith("emu/")]
+    work = [CPP_SECONDS] * (len(CPU_SOURCES) + len(EMULATOR_SOURCES) - len(emulated))
+    work += [EMU_SECONDS] * len(emulated)
+    what = f"the C++ op and the CUDA emulator ({len(work)} sources)"
+    if cuda:
+        archs = os.environ.get("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
+        n_arch = len([a for a in archs.replace(",", ";").replace(" ", ";").split(";") if a])
+        cu = [s for s in CUDA_SOURCES if s.endswith(".cu")]
+        work += [n_arch * CU_ARCH_SECONDS] * len(cu) + [CPP_SECONDS] * (len(CUDA_SOURCES) - len(cu))
+        what += f" and the CUDA kernels ({len(cu)} .cu for {archs})"
+    else:
+        what += ", no CUDA kernels (no GPU here; GRU_TORCH_CUDA=1 adds them)"
+    # ninja runs the files in parallel: bounded by the cores, and by the longest file
+    seconds = max(sum(work) / cores, max(work)) + LINK_SECONDS
+    minutes = max(1, round(seconds / 60))
+    return (f"gru_torch: compiling {what}: about {minutes} minute{'s' * (minutes > 1)} on "
+            f"{cores} idle core{'s' * (cores > 1)}, longer on a busy machine")
 
 
 def extension(name: str, cuda_setting: str | None):
@@ -91,8 +130,10 @@ def extension(name: str, cuda_setting: str | None):
     if src is None:
         raise FileNotFoundError(f"gru_torch: C++ sources not found in {CSRC_DIRS}")
     cpu = [os.path.relpath(src / s) for s in CPU_SOURCES + EMULATOR_SOURCES]
-    if want_cuda(cuda_setting):
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+    cuda = want_cuda(cuda_setting)
+    print(plan(cuda), file=sys.stderr, flush=True)
+    if cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
         return CUDAExtension(
             name,
             cpu + [os.path.relpath(src / s) for s in CUDA_SOURCES],
@@ -101,3 +142,8 @@ def extension(name: str, cuda_setting: str | None):
         )
     return CppExtension(name, cpu, include_dirs=[str(src)],
                         extra_compile_args={"cxx": cxx_flags()})
+
+
+if __name__ == "__main__":  # `python gru_torch/_build.py`: what a build here would compile
+    default_cuda_home()
+    print(plan(want_cuda(os.environ.get("GRU_TORCH_CUDA"))))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,17 @@ class ExtStatus:
     how: str          # "prebuilt", "jit" or "none"
     cuda: bool        # whether the CUDA sources were compiled in
     reason: str       # why it is missing, when it is
+    # per device ("cpu", "cuda"): whether a fused kernel is registered for it
+    devices: dict[str, bool] = field(default_factory=lambda: {"cpu": False, "cuda": False})
+
+    def __str__(self) -> str:
+        if not self.loaded:
+            return f"gru_torch extension not loaded: {self.reason}"
+        kernels = ", ".join(f"{d} {'yes' if ok else 'no'}" for d, ok in self.devices.items())
+        note = "" if self.devices.get("cuda") else (
+            " (the CUDA sources are not compiled in: the build found no GPU or had "
+            "GRU_TORCH_CUDA=0; GRU_TORCH_CUDA=1 compiles them)")
+        return f"gru_torch extension ({self.how}); fused kernel per device: {kernels}{note}"
 
 
 HOW_TO_BUILD = (
@@ -35,10 +46,15 @@ def _ops_registered() -> bool:
     return hasattr(torch.ops.gru_torch, "gru_layer")
 
 
-def _has_cuda_kernels() -> bool:
+def _has_kernel(dispatch_key: str) -> bool:
     import torch
 
-    return torch._C._dispatch_has_kernel_for_dispatch_key("gru_torch::gru_layer", "CUDA")
+    return torch._C._dispatch_has_kernel_for_dispatch_key("gru_torch::gru_layer", dispatch_key)
+
+
+def _loaded(how: str) -> ExtStatus:
+    devices = {"cpu": _has_kernel("CPU"), "cuda": _has_kernel("CUDA")}
+    return ExtStatus(True, how, devices["cuda"], "", devices)
 
 
 def _jit_build() -> None:
@@ -89,7 +105,7 @@ def _load() -> ExtStatus:
         try:
             from . import _C  # noqa: F401  (loading it registers torch.ops.gru_torch.*)
 
-            return ExtStatus(True, "prebuilt", _has_cuda_kernels(), "")
+            return _loaded("prebuilt")
         except ImportError as e:
             prebuilt_error = f"no prebuilt gru_torch._C ({e})"
     if os.environ.get("GRU_TORCH_NO_JIT") == "1":
@@ -102,4 +118,4 @@ def _load() -> ExtStatus:
         return ExtStatus(False, "none", False, reason)
     if not _ops_registered():
         return ExtStatus(False, "none", False, "the JIT build did not register gru_torch ops")
-    return ExtStatus(True, "jit", _has_cuda_kernels(), "")
+    return _loaded("jit")

@@ -1,9 +1,16 @@
-"""Command lines: `gru-torch-train` (scripts/train.py) and `gru-torch-predict`."""
+"""Command lines: `gru-torch-train` (scripts/train.py), `gru-torch-predict` and
+`gru-torch-export`.
+
+An error a user can cause and mend (no data, a corrupt archive, an unknown preset, a
+missing or invalid checkpoint, a bad argument) prints one line, `error: ...`, on stderr
+and exits with status 2; `--debug` shows the traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
 import time
@@ -12,12 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import presets
-from .data import imdb
+from . import machine, presets
+from .data import archive, imdb
+from .data.archive import DataError
 from .data.batching import ReviewBatches
 from .data.text import tokenize
+from .export import ExportError
 from .models import ModelConfig, SentimentClassifier
-from .train import (EarlyStopping, RunOptions, evaluate, fit, load_checkpoint,
+from .progress import STATUS_EVERY_S, LogHandler, RunLog
+from .train import (CheckpointError, EarlyStopping, RunOptions, evaluate, fit, load_checkpoint,
                     make_optimizer, model_from_checkpoint, summary)
 
 START, OOV, INDEX_FROM = 1, 2, 3
@@ -46,14 +56,46 @@ def chosen_preset(args) -> presets.Preset:
     return preset
 
 
+class UsageError(Exception):
+    """A request the command line cannot carry out, said in one line."""
+
+
+EXPECTED_ERRORS = (DataError, CheckpointError, ExportError, UsageError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, as the other expected errors."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _guarded(run, argv) -> int:
+    """Runs a command line; an expected error becomes one line and status 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return run(argv)
+    except EXPECTED_ERRORS as e:
+        if "--debug" in argv:
+            raise
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+
+
+def _add_debug(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
+
+
 def _parse_train(argv):
-    ap = argparse.ArgumentParser(description="Train an IMDB sentiment classifier.")
+    ap = _Parser(description="Train an IMDB sentiment classifier.")
     ap.add_argument("--cell", choices=["gru", "lstm", "rnn"], default="gru")
     ap.add_argument("--bidirectional", action="store_true")
-    ap.add_argument("--preset", help="a notebook model (see --list-presets)")
+    ap.add_argument("--preset", choices=list(presets.PRESETS), metavar="NAME",
+                    help="a notebook model (see --list-presets)")
     ap.add_argument("--list-presets", action="store_true")
-    ap.add_argument("--data", help="IMDB archive or aclImdb/ folder (default: $GRU_TORCH_DATA, "
-                                   "the cache, or a download)")
+    ap.add_argument("--data", help="IMDB archive or aclImdb/ folder, or 'sample' (default: "
+                                   "$GRU_TORCH_DATA, ../shared/data/ beside the checkout, the "
+                                   "cache, or a download)")
     ap.add_argument("--out", type=Path, help="output folder (default runs/<name>)")
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--batch-size", type=int)
@@ -67,13 +109,19 @@ def _parse_train(argv):
                     help="override the model's recurrent_dropout")
     ap.add_argument("--init", choices=["torch", "keras"],
                     help="initializers (default: keras for a --preset, torch otherwise)")
-    ap.add_argument("--threads", type=int, help="torch.set_num_threads")
+    ap.add_argument("--threads", type=int,
+                    help="torch.set_num_threads (default: the physical cores, shared among "
+                         "the processes of a torchrun)")
+    ap.add_argument("--log-every", type=float, default=STATUS_EVERY_S, metavar="S",
+                    help="outside a terminal, a status line every S seconds (default "
+                         f"{STATUS_EVERY_S:.0f})")
     ap.add_argument("--device", choices=["cpu", "cuda"],
                     help="default: cuda when available (the local rank's GPU under torchrun)")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--deterministic", action="store_true",
                     help="torch.use_deterministic_algorithms(True)")
+    _add_debug(ap)
     args = ap.parse_args(argv)
     for name in ("epochs", "batch_size", "limit_train", "limit_test", "threads"):
         v = getattr(args, name)
@@ -81,10 +129,44 @@ def _parse_train(argv):
             ap.error(f"--{name.replace('_', '-')} must be positive, got {v}")
     if args.recurrent_dropout is not None and not 0 <= args.recurrent_dropout < 1:
         ap.error(f"--recurrent-dropout must be in [0, 1), got {args.recurrent_dropout}")
+    if not args.log_every > 0:
+        ap.error(f"--log-every must be positive, got {args.log_every}")
     return args
 
 
+def set_threads(requested: int | None, processes: int = 1) -> int:
+    """--threads, else $OMP_NUM_THREADS as torch read it, else the physical cores shared
+    among this machine's processes of the run."""
+    if requested is None and os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    n = requested or max(1, machine.physical_cores() // processes)
+    torch.set_num_threads(n)
+    return n
+
+
+def config_line(config: dict) -> str:
+    """The run's config in one line (config.json holds all of it)."""
+    m = config["model"]
+    model = f"{'bi' if m['bidirectional'] else ''}{m['cell']} {'x'.join(map(str, m['hidden']))}"
+    parts = [config["preset"], f"model {model}", f"words {config['num_words']}",
+             f"maxlen {config['maxlen']}",
+             f"{config['optimizer']} lr {config['lr'] or 'default'}",
+             f"batch {config['batch_size']}", f"epochs {config['epochs']}",
+             f"seed {config['seed']}", f"data {config['data'] or 'auto'}"]
+    parts += [f"{k.replace('_', '-')} {config[k]}" for k in ("limit_train", "limit_test")
+              if config[k]]
+    parts += [f"device {config['device']}", f"threads {config['threads']}"]
+    parts += [k for k in ("bf16", "compile") if config[k]]
+    if config["world_size"] > 1:
+        parts.append(f"{config['world_size']} processes")
+    return "config: " + ", ".join(parts)
+
+
 def train_main(argv=None) -> int:
+    return _guarded(_train, argv)
+
+
+def _train(argv) -> int:
     args = _parse_train(argv)
     if args.list_presets:
         for p in presets.PRESETS.values():
@@ -96,26 +178,52 @@ def train_main(argv=None) -> int:
     epochs = args.epochs or preset.epochs
     batch_size = args.batch_size or preset.batch_size
     out = args.out or Path("runs") / preset.name
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    if args.deterministic:
-        torch.use_deterministic_algorithms(True)
     rank, world, local = (int(os.environ.get(k, d)) for k, d in
                           (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
     use_cuda = args.device == "cuda" or (args.device is None and torch.cuda.is_available())
     if use_cuda and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
+        raise UsageError("--device cuda: no CUDA device is available")
     device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
     if args.bf16 and device.type != "cuda":
-        raise SystemExit("--bf16 needs --device cuda (bf16 autocast is for the GPU)")
+        raise UsageError("--bf16 needs --device cuda (bf16 autocast is for the GPU)")
+    resume = load_checkpoint(out / "last.pt") if args.resume else None
+    if args.data is not None:
+        archive.find_source(args.data)  # a wrong path fails before the run folder is made
+    log = RunLog(enabled=rank == 0)
+    log.open(out / "train.log", append=args.resume)
+    library_log = logging.getLogger("gru_torch")
+    handler = LogHandler(log)
+    library_log.addHandler(handler)
+    library_log.setLevel(logging.INFO)
+    library_log.propagate = False
+    try:
+        return _train_run(args, preset, epochs, batch_size, out, device, resume, log,
+                          (rank, world, local))
+    except EXPECTED_ERRORS as e:
+        log(f"error: {e}", console=False)
+        raise
+    except KeyboardInterrupt:
+        log(f"interrupted; `--resume` continues from {out / 'last.pt'} where it exists")
+        return 130
+    finally:
+        library_log.removeHandler(handler)
+        library_log.propagate = True
+        log.close()
+
+
+def _train_run(args, preset, epochs, batch_size, out, device, resume, log, ranks) -> int:
+    rank, world, local = ranks
+    threads = set_threads(args.threads, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True)
+    use_cuda = device.type == "cuda"
     if world > 1:
         torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
         if use_cuda:
             torch.cuda.set_device(device)
-    opts = RunOptions(device=device, bf16=args.bf16, is_main=rank == 0)
-    log = print if rank == 0 else (lambda *a, **k: None)
+    opts = RunOptions(device=device, bf16=args.bf16, is_main=rank == 0, log_every=args.log_every)
     # Every model reads each row's state at its length, except the raw-ids notebook (B),
     # which is reproduced as Keras ran it: state read after the post-padding.
     use_lengths = preset.model.input_mode != "raw"
@@ -126,8 +234,13 @@ def train_main(argv=None) -> int:
               "use_lengths": use_lengths, "seed": args.seed, "data": args.data,
               "limit_train": args.limit_train, "limit_test": args.limit_test,
               "device": str(device), "world_size": world, "bf16": args.bf16,
-              "compile": args.compile}
-    log("config:", json.dumps(config, indent=1))
+              "compile": args.compile, "threads": threads}
+    log(f"{config_line(config)} (all of it in {out / 'config.json'})")
+    if rank == 0:
+        (out / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+    note = machine.busy_note(threads)
+    if note:
+        log(note)
 
     (x_train, y_train), (x_test, y_test) = imdb.load_data(args.data, num_words=preset.num_words)
     word_index = imdb.get_word_index(args.data)
@@ -145,14 +258,16 @@ def train_main(argv=None) -> int:
     train = batches(x_train[: len(x_train) - n_val], y_train[: len(x_train) - n_val], True)
     val = batches(x_train[len(x_train) - n_val:], y_train[len(x_train) - n_val:], False) if n_val else None
     test = batches(x_test, y_test, False)
+    log(f"data: {len(x_train) - n_val:,} training, {n_val:,} validation and {len(x_test):,} "
+        f"test reviews; {len(train):,} training batches of {batch_size} an epoch")
 
     model = SentimentClassifier(preset.model)
-    log(summary(model))
+    log(summary(model), console=False)
+    log(f"model: {sum(p.numel() for p in model.parameters()):,} parameters "
+        f"(the layer table is in {out / 'train.log'})")
     model.to(device)
     stopper = EarlyStopping(**preset.early_stopping) if preset.early_stopping and val else None
-    resume = None
-    if args.resume:
-        resume = load_checkpoint(out / "last.pt")
+    if resume is not None:
         model.load_state_dict(resume["model"])
     optimizer = make_optimizer(preset.optimizer, model.parameters(), args.lr)
     runner = model
@@ -166,12 +281,18 @@ def train_main(argv=None) -> int:
                   use_lengths, resume, log=log, opts=opts)
     train_seconds = time.perf_counter() - t0 + sum(
         r["seconds"] for r in (resume or {}).get("history", []))
-    result = evaluate(model, test, use_lengths, progress="test", opts=opts)
+    result = evaluate(model, test, use_lengths, progress="test", opts=opts, log=log)
     metrics = {"test_accuracy": result["accuracy"], "test_loss": result["loss"],
                "epochs": len(history.rows), "train_seconds": round(train_seconds, 2)}
     if rank == 0:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        history.test_accuracy = result["accuracy"]
+        history.plot(out / "history.png")
     log("test:", json.dumps(metrics))
+    log(f"model: {out / 'best.pt'}; log, config, history and plot: {out}/ (train.log, "
+        "config.json, history.json, history.png, metrics.json)")
+    log(f"classify text: python scripts/predict.py --checkpoint {out / 'best.pt'} "
+        '"A wonderful film."')
     if world > 1:
         torch.distributed.destroy_process_group()
     return 0
@@ -185,11 +306,19 @@ def encode(text: str, vocab: list[str], num_words: int, maxlen: int | None) -> l
 
 
 def predict_main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Classify review text with a trained checkpoint.")
+    return _guarded(_predict, argv)
+
+
+def _predict(argv) -> int:
+    ap = _Parser(description="Classify review text with a trained checkpoint.")
     ap.add_argument("--checkpoint", required=True, type=Path)
     ap.add_argument("--json", action="store_true", help="print a JSON list")
+    _add_debug(ap)
     ap.add_argument("text", nargs="+")
     args = ap.parse_args(argv)
+    for i, text in enumerate(args.text, 1):
+        if not text.strip():
+            ap.error(f"text {i} of {len(args.text)} is empty; give the review's words")
     state = load_checkpoint(args.checkpoint)
     model, cfg = model_from_checkpoint(state), state["config"]
     rows = []
@@ -205,6 +334,52 @@ def predict_main(argv=None) -> int:
     else:
         for r in rows:
             print(f"{r['label']:<8} {r['positive_probability']:.3f}  {r['text']}")
+    return 0
+
+
+def export_main(argv=None) -> int:
+    return _guarded(_export, argv)
+
+
+def _export(argv) -> int:
+    from . import export
+
+    ap = _Parser(description="Export a trained checkpoint for deployment: ONNX, with ONNX's "
+                             "own GRU operator, and/or a torch.export program.")
+    ap.add_argument("--checkpoint", required=True, type=Path)
+    ap.add_argument("--onnx", type=Path, help="write an ONNX file (and its vocabulary beside "
+                                              "it, as .vocab.json)")
+    ap.add_argument("--pt2", type=Path, help="write a torch.export program (torch.export.save)")
+    ap.add_argument("--no-check", action="store_true",
+                    help="do not run the ONNX file in ONNX Runtime against PyTorch")
+    _add_debug(ap)
+    args = ap.parse_args(argv)
+    if args.onnx is None and args.pt2 is None:
+        ap.error("give --onnx PATH, --pt2 PATH or both")
+    state = load_checkpoint(args.checkpoint)
+    model, cfg = model_from_checkpoint(state), state["config"]
+    inputs, dims = export.classifier_inputs(model, use_lengths=cfg["use_lengths"])
+    names = ["ids", "lengths"][:len(inputs)]
+    if args.pt2 is not None:
+        program = export.export_program(model, inputs, dims)
+        args.pt2.parent.mkdir(parents=True, exist_ok=True)
+        torch.export.save(program, args.pt2)
+        print(f"wrote {args.pt2}: torch.export program (torch.export.load it; run its module() "
+              "under torch.no_grad() with gru_torch imported)")
+    if args.onnx is not None:
+        export.to_onnx(model, inputs, args.onnx, dims, names, ["logits"])
+        vocab_path = args.onnx.with_suffix(".vocab.json")
+        vocab_path.write_text(json.dumps({
+            "vocab": state["vocab"], "num_words": cfg["num_words"], "maxlen": cfg["maxlen"],
+            "start": START, "oov": OOV, "index_from": INDEX_FROM,
+            "use_lengths": cfg["use_lengths"]}))
+        print(f"wrote {args.onnx}: inputs {' and '.join(names)} (int64, [batch, time] and "
+              "[batch]), output logits [batch] (sigmoid gives the positive probability); "
+              f"vocabulary and id conventions in {vocab_path}")
+        if not args.no_check:
+            err = export.onnx_max_error(model, args.onnx, use_lengths=cfg["use_lengths"])
+            print("not checked: onnxruntime is not installed" if err is None else
+                  f"checked: ONNX Runtime matches PyTorch to {err:.1e} on random batches")
     return 0
 
 

@@ -139,7 +139,9 @@ class SentimentClassifier(nn.Module):
         if c.input_mode == "raw":
             x = ids.float().unsqueeze(-1)
         else:
-            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= c.vocab_size):
+            # a value check cannot run inside a traced graph (torch.export, torch.compile)
+            if (not torch.compiler.is_compiling() and ids.numel()
+                    and (int(ids.min()) < 0 or int(ids.max()) >= c.vocab_size)):
                 raise ValueError(f"token ids must lie in [0, {c.vocab_size}), got "
                                  f"[{int(ids.min())}, {int(ids.max())}]")
             x = self.embedding(ids)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import time
@@ -18,8 +19,19 @@ import torch
 from torch import nn
 
 from .models import ModelConfig, SentimentClassifier
+from .progress import STATUS_EVERY_S, Progress
 
 CHECKPOINT_VERSION = 1
+
+logger = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or not a gru_torch checkpoint."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    pass
 
 
 def make_optimizer(name: str, params, lr: float | None = None) -> torch.optim.Optimizer:
@@ -59,6 +71,8 @@ class EarlyStopping:
 @dataclass
 class History:
     rows: list[dict] = field(default_factory=list)
+    title: str = ""                      # names the run on the plot
+    test_accuracy: float | None = None   # drawn on the plot once known
 
     def write(self, out: Path) -> None:
         (out / "history.json").write_text(json.dumps(self.rows, indent=1))
@@ -69,26 +83,63 @@ class History:
                 w.writerows(self.rows)
         self.plot(out / "history.png")
 
-    def plot(self, path: Path) -> None:
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            return  # plots are optional; history.json/csv hold the numbers
+    def plot(self, path: Path) -> bool:
+        """Writes the figure to path; without matplotlib it says so once, returns False."""
+        fig = self.figure()
+        if fig is None:
+            return False
+        fig.savefig(path, dpi=100)
+        pyplot().close(fig)
+        return True
+
+    def figure(self):
+        """Loss and accuracy per epoch (whole-number epochs) under a title naming the run,
+        with the test accuracy once known; None without matplotlib."""
+        plt = pyplot()
+        if plt is None:
+            return None
+        from matplotlib.ticker import MaxNLocator
+
         epochs = [r["epoch"] for r in self.rows]
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
         for ax, key in zip(axes, ("loss", "accuracy")):
             for prefix in ("", "val_"):
                 if self.rows and prefix + key in self.rows[0]:
                     ax.plot(epochs, [r[prefix + key] for r in self.rows], marker="o",
                             label=(prefix or "train_") + key)
+            if key == "accuracy" and self.test_accuracy is not None:
+                ax.axhline(self.test_accuracy, color="k", linestyle="--", linewidth=1,
+                           label=f"test_accuracy {self.test_accuracy:.2%}")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("epoch")
             ax.set_title(key)
-            ax.legend()
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend()
+        title = self.title or "training history"
+        if self.test_accuracy is not None:
+            title += f": test accuracy {self.test_accuracy:.2%}"
+        fig.suptitle(title)
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        return fig
+
+
+_said_no_matplotlib = False
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, or None (said once) where it is missing."""
+    global _said_no_matplotlib
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        if not _said_no_matplotlib:
+            _said_no_matplotlib = True
+            logger.warning("no plots: matplotlib is not installed (pip install matplotlib); "
+                           "the numbers are in the .json/.csv files")
+        return None
+    return plt
 
 
 def summary(model: nn.Module) -> str:
@@ -121,37 +172,39 @@ class RunOptions:
     device: torch.device = torch.device("cpu")
     bf16: bool = False          # bf16 autocast (CUDA)
     is_main: bool = True        # the rank that logs and writes files
+    log_every: float = STATUS_EVERY_S  # seconds between status lines outside a terminal
 
 
 def _batches_metrics(model, batches, use_lengths: bool, train: bool, optimizer=None,
                      progress: str | None = None, opts: RunOptions | None = None,
-                     reduce: bool = False):
-    from tqdm import tqdm
-
+                     reduce: bool = False, log=print):
+    """One pass over `batches`. progress: a name for the pass's bar / status lines (None:
+    silent)."""
     opts = opts or RunOptions()
-    if not opts.is_main:
-        progress = None
-
-    loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
-    # disable=None: a bar on a terminal, none in logs
-    bar = tqdm(batches, desc=progress, leave=False, disable=True if progress is None else None,
-               dynamic_ncols=True, mininterval=0.5)
-    for ids, lengths, labels in bar:
-        ids, labels = ids.to(opts.device), labels.to(opts.device)
-        with torch.set_grad_enabled(train), torch.autocast(
-                opts.device.type, dtype=torch.bfloat16, enabled=opts.bf16):
-            logits = model(ids, lengths if use_lengths else None).float()
-            loss = nn.functional.binary_cross_entropy_with_logits(logits, labels)
-        if train:
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        n = len(labels)
-        loss_sum += loss.item() * n
-        correct += int(((logits > 0).float() == labels).sum())
-        seen += n
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}",
-                        samples_s=f"{seen / (time.perf_counter() - start):.0f}")
+    show = progress is not None and opts.is_main
+    meter = Progress(progress or "", len(batches) if hasattr(batches, "__len__") else None,
+                     rate_unit="samples", log=log if show else None, every=opts.log_every,
+                     bar=None if show else False)
+    loss_sum, correct, seen = 0.0, 0, 0
+    try:
+        for ids, lengths, labels in batches:
+            ids, labels = ids.to(opts.device), labels.to(opts.device)
+            with torch.set_grad_enabled(train), torch.autocast(
+                    opts.device.type, dtype=torch.bfloat16, enabled=opts.bf16):
+                logits = model(ids, lengths if use_lengths else None).float()
+                loss = nn.functional.binary_cross_entropy_with_logits(logits, labels)
+            if train:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            n = len(labels)
+            loss_sum += loss.item() * n
+            correct += int(((logits > 0).float() == labels).sum())
+            seen += n
+            meter.update(1, items=n, loss=loss_sum / seen, acc=correct / seen)
+    finally:
+        meter.stop()  # no status lines after an error
+    meter.close()
     if reduce and _distributed():  # every rank saw its own shard: sum them
         totals = torch.tensor([loss_sum, correct, seen], dtype=torch.float64, device=opts.device)
         torch.distributed.all_reduce(totals)
@@ -160,10 +213,10 @@ def _batches_metrics(model, batches, use_lengths: bool, train: bool, optimizer=N
 
 
 def evaluate(model, batches, use_lengths: bool = True, progress: str | None = None,
-             opts: RunOptions | None = None) -> dict:
+             opts: RunOptions | None = None, log=print) -> dict:
     model.eval()
     return _batches_metrics(unwrap(model), batches, use_lengths, train=False, progress=progress,
-                            opts=opts)
+                            opts=opts, log=log)
 
 
 @torch.no_grad()
@@ -192,25 +245,29 @@ def save_checkpoint(path: Path, model, optimizer, epoch: int, history: History,
 def load_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+        raise CheckpointNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"checkpoint {str(path)!r} is not a readable gru_torch checkpoint "
-                         f"({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a readable gru_torch checkpoint "
+                              f"({type(e).__name__}: {e})") from e
     missing = {"version", "model", "config", "vocab"} - set(state if isinstance(state, dict) else ())
     if missing:
-        raise ValueError(f"checkpoint {str(path)!r} lacks {sorted(missing)}; not a gru_torch "
-                         "checkpoint")
+        raise CheckpointError(f"checkpoint {str(path)!r} lacks {sorted(missing)}; not a gru_torch "
+                              "checkpoint")
     if state["version"] != CHECKPOINT_VERSION:
-        raise ValueError(f"checkpoint {str(path)!r} has version {state['version']}, "
-                         f"this gru_torch reads version {CHECKPOINT_VERSION}")
+        raise CheckpointError(f"checkpoint {str(path)!r} has version {state['version']}, "
+                              f"this gru_torch reads version {CHECKPOINT_VERSION}")
     return state
 
 
 def model_from_checkpoint(state: dict) -> SentimentClassifier:
-    model = SentimentClassifier(ModelConfig(**state["config"]["model"]))
-    model.load_state_dict(state["model"])
+    try:
+        model = SentimentClassifier(ModelConfig(**state["config"]["model"]))
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"the checkpoint's model does not load: {type(e).__name__}: "
+                              f"{e}") from e
     return model.eval()
 
 
@@ -223,7 +280,9 @@ def fit(model, optimizer, train_batches, val_batches, epochs: int, out: Path, co
     if not opts.is_main:
         log = lambda *a, **k: None  # noqa: E731
     out.mkdir(parents=True, exist_ok=True)
-    history, start_epoch = History(), 0
+    preset = config.get("preset")
+    history = History(title=f"{out.name} ({preset})" if preset and preset != out.name else out.name)
+    start_epoch = 0
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         history.rows = list(resume["history"])
@@ -241,11 +300,12 @@ def fit(model, optimizer, train_batches, val_batches, epochs: int, out: Path, co
         model.train()
         logs = {"epoch": epoch + 1, **_batches_metrics(
             model, train_batches, use_lengths, train=True, optimizer=optimizer,
-            progress=f"epoch {epoch + 1}/{epochs}", opts=opts, reduce=True)}
+            progress=f"epoch {epoch + 1}/{epochs} train", opts=opts, reduce=True, log=log)}
         logs["seconds"] = round(time.perf_counter() - t0, 2)
         if val_batches is not None:  # every rank scores the whole validation set alike
-            logs.update({f"val_{k}": v for k, v in
-                         evaluate(model, val_batches, use_lengths, opts=opts).items()})
+            logs.update({f"val_{k}": v for k, v in evaluate(
+                model, val_batches, use_lengths, progress=f"epoch {epoch + 1}/{epochs} validation",
+                opts=opts, log=log).items()})
         history.rows.append(logs)
         log("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items()))
         improved, stop = (stopper.update(epoch, logs) if stopper and val_batches is not None

@@ -17,9 +17,13 @@ Usage (from the repository root, in the venv):
   python scripts/benchmark.py --shapes "64,100,32,64;256,50,64,64" --layers 2 --bidirectional
   python scripts/benchmark.py --recurrent-dropout 0.25     # training, fused vs reference
   python scripts/benchmark.py --reference-max-steps 300 --reference-repeats 1 --threads 1
+  python scripts/benchmark.py --record                   # into benchmarks/results/ (idle machine)
 
-Results: benchmarks/results/<device>.json (cpu-<cpu model> or the GPU's name, as a slug)
-and the printed report as markdown beside it (.md); --out picks another path.
+Results: runs/bench/<device>.json (cpu-<cpu model> or the GPU's name, as a slug), the
+printed report as markdown beside it (.md) and a speedup plot (.png); --out picks another
+path. --record writes them to benchmarks/results/ instead, the figures the README quotes,
+and refuses while the load average says other work is running (--force records anyway,
+with a warning).
 """
 from __future__ import annotations
 
@@ -39,13 +43,16 @@ import torch
 from torch import Tensor, nn
 
 import gru_torch
-from gru_torch import GRU, ops
+from gru_torch import GRU, machine, ops
+from gru_torch.train import pyplot
 
 BACKENDS = ("fused", "cudnn", "reference")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 NOTEBOOK_SHAPES = "32,200,128,128;512,200,50,100;512,500,100,32;100,300,1,50"
 CHECK_TOLERANCE = 1e-8
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+RUNS_DIR = Path(__file__).resolve().parents[1] / "runs" / "bench"
+RECORD_MAX_LOAD = 0.5  # --record refuses above this 1-minute load average
 
 
 @dataclass(frozen=True)
@@ -99,8 +106,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--recurrent-dropout", type=float, default=0.0,
                    help="P>0: time training with recurrent dropout P, fused vs reference only")
     p.add_argument("--threads", type=int, help="torch.set_num_threads(N) first (default: torch's choice)")
-    p.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/<device>.json)")
+    p.add_argument("--out", type=Path, help="JSON path (default runs/bench/<device>.json, or "
+                                            "benchmarks/results/<device>.json with --record)")
     p.add_argument("--no-save", action="store_true")
+    p.add_argument("--record", action="store_true",
+                   help="write to benchmarks/results/ (refused while the machine is busy)")
+    p.add_argument("--force", action="store_true", help="--record even on a busy machine")
     args = p.parse_args(argv)
     try:
         args.shapes = parse_shapes(args.shapes, args.device)
@@ -115,7 +126,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--recurrent-dropout must lie in [0, 1)")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch sees no CUDA device")
+    if args.record and args.no_save:
+        p.error("--record and --no-save contradict each other")
     return args
+
+
+def busy_refusal(force: bool) -> str | None:
+    """Why --record must not write now (None: go ahead). With force, a warning instead."""
+    load = machine.load_average()
+    if load is None or load <= RECORD_MAX_LOAD:
+        return None
+    why = (f"the 1-minute load average is {load:.2f} (over {RECORD_MAX_LOAD}): other work "
+           "is running and would skew the timings")
+    if force:
+        print(f"warning: {why}; recording anyway (--force)", file=sys.stderr)
+        return None
+    return f"not recording: {why}; wait for it to fall, or pass --force"
 
 
 def build_modules(shape: Shape, args: argparse.Namespace, dtype: torch.dtype,
@@ -341,14 +367,53 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def default_out(device: torch.device, name: str) -> Path:
+def default_out(device: torch.device, name: str, record: bool = False) -> Path:
     if device.type == "cpu":  # "AMD EPYC 7763 64-Core Processor" -> "cpu-amd-epyc-7763"
         name = "cpu " + re.sub(r"\((R|TM)\)|@.*|\bCPU\b|\bProcessor\b|\b\d+-Core\b", " ", name, flags=re.I)
-    return RESULTS_DIR / (re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") + ".json")
+    folder = RESULTS_DIR if record else RUNS_DIR
+    return folder / (re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") + ".json")
+
+
+def plot_speedups(rows: list[dict], path: Path, title: str) -> bool:
+    """Bars of the fused op's speedup over nn.GRU and over the reference, per case."""
+    plt = pyplot()
+    if plt is None:
+        return False
+    cases: dict[str, dict[str, float]] = {}
+    for row in rows:
+        label = f"{row['B']},{row['T']},{row['I']},{row['H']}\n{row['dtype']} {row['pass']}"
+        cases.setdefault(label, {})[row["backend"]] = row["median_ms"]
+    cases = {k: v for k, v in cases.items() if "fused" in v and len(v) > 1}
+    if not cases:
+        return False
+    names = [n for n in ("cudnn", "reference") if any(n in v for v in cases.values())]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(cases)), 4.2))
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        xs = [i + (k - (len(names) - 1) / 2) * width for i in range(len(cases))]
+        ys = [v[name] / v["fused"] if name in v else 0 for v in cases.values()]
+        bars = ax.bar(xs, ys, width, label=f"fused vs {'nn.GRU' if name == 'cudnn' else name}")
+        ax.bar_label(bars, labels=[f"{y:.2f}x" if y else "" for y in ys], fontsize=7)
+    ax.axhline(1.0, color="k", linewidth=0.8)
+    top = max(v[n] / v["fused"] for v in cases.values() for n in names if n in v)
+    ax.set_ylim(0, max(top, 1.0) * 1.25)
+    ax.set_xticks(range(len(cases)), list(cases), fontsize=7)
+    ax.set_ylabel("speedup (their ms / fused ms)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper left", ncol=len(names))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.record:
+        refusal = busy_refusal(args.force)
+        if refusal:
+            print(f"error: {refusal}", file=sys.stderr)
+            return 2
     device = torch.device(args.device)
     if args.threads:  # on a small shared box, 1 thread avoids stalls when another process runs
         torch.set_num_threads(args.threads)
@@ -372,11 +437,14 @@ def main(argv: list[str] | None = None) -> int:
         *(f"- {napkin(shape, args.layers, directions)}" for shape in args.shapes), ""])
     print("\n" + report)
     if not args.no_save:
-        out = args.out or default_out(device, env["device"])
+        out = args.out or default_out(device, env["device"], args.record)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({**env, "rows": rows}, indent=2) + "\n")
         out.with_suffix(".md").write_text(report)
-        print(f"wrote {out} and {out.with_suffix('.md')}")
+        plotted = plot_speedups(rows, out.with_suffix(".png"),
+                                f"gru_torch fused GRU: {env['device']}, {env['threads']} threads")
+        print(f"wrote {out}, {out.with_suffix('.md')}"
+              + (f" and {out.with_suffix('.png')}" if plotted else ""))
     return 0
 
 

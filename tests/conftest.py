@@ -26,6 +26,19 @@ def _extension_loaded() -> bool:
     return bool(gru_torch.extension_status().loaded)
 
 
+def pytest_report_header(config):
+    """What the suite runs on: the build per device, and whether other work shares the
+    cores (tests run far slower then)."""
+    from gru_torch import machine
+
+    threads = torch.get_num_threads()
+    lines = [str(gru_torch.extension_status()),
+             f"torch threads {threads}, physical cores {machine.physical_cores()}, "
+             f"load average {machine.load_average()}"]
+    note = machine.busy_note(threads)
+    return lines + ([note] if note else [])
+
+
 def available_backends() -> list[str]:
     """The backends that run on the CPU: "reference" and "cudnn" (nn.GRU) always,
     "fused" only where the compiled extension is loaded."""

@@ -41,6 +41,7 @@ def test_tiny_run_writes_json_and_markdown(tmp_path):
             assert r["repeats"] == (1 if r["backend"] == "reference" else 2)
     markdown = out.with_suffix(".md").read_text()
     assert "| 3,5,2,4 | float32 | forward |" in markdown and "Napkin math" in markdown
+    assert out.with_suffix(".png").stat().st_size > 1000, "the speedup plot beside the table"
 
 
 def test_recurrent_dropout_times_training_without_nn_gru(tmp_path):
@@ -58,12 +59,42 @@ def test_bad_shape_is_a_usage_error():
     assert proc.returncode == 2 and "B,T,I,H" in proc.stderr
 
 
-@pytest.mark.skipif(not gru_torch.extension_status().loaded, reason="needs the fused op")
-def test_check_aborts_when_fused_disagrees(monkeypatch):
+@pytest.fixture
+def bench(monkeypatch):
+    """scripts/benchmark.py as a module."""
     spec = importlib.util.spec_from_file_location("benchmark_script", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, bench)  # dataclasses look their module up
-    spec.loader.exec_module(bench)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_results_go_to_runs_unless_recorded(bench):
+    cpu = torch.device("cpu")
+    assert bench.default_out(cpu, "AMD EPYC 7763 64-Core Processor") == \
+        bench.RUNS_DIR / "cpu-amd-epyc-7763.json"
+    assert bench.default_out(cpu, "AMD EPYC 7763", record=True).parent == bench.RESULTS_DIR
+    assert bench.RUNS_DIR.parts[-2:] == ("runs", "bench")
+
+
+def test_record_refuses_on_a_busy_machine(bench, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(bench.machine, "load_average", lambda: 1.7)
+    out = tmp_path / "rec.json"
+    args = ["--shapes", "2,3,2,2", "--repeats", "1", "--warmup", "0", "--backends", "cudnn",
+            "--record", "--out", str(out)]
+    assert bench.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: not recording: the 1-minute load average is 1.70") and "--force" in err
+    assert not out.exists()
+    assert bench.main(args + ["--force"]) == 0
+    assert "recording anyway" in capsys.readouterr().err and out.is_file()
+    monkeypatch.setattr(bench.machine, "load_average", lambda: 0.1)
+    out.unlink()
+    assert bench.main(args) == 0 and out.is_file()
+
+
+@pytest.mark.skipif(not gru_torch.extension_status().loaded, reason="needs the fused op")
+def test_check_aborts_when_fused_disagrees(monkeypatch, bench):
     real = gru_torch.ops.gru_layer
 
     def off_by_a_little(*args, **kwargs):

@@ -113,14 +113,52 @@ def test_path_traversal_member(tmp_path):
 def test_offline_with_nothing_local(tmp_path, monkeypatch):
     monkeypatch.setenv("GRU_TORCH_CACHE", str(tmp_path))
     monkeypatch.delenv("GRU_TORCH_DATA", raising=False)
+    monkeypatch.setattr(archive, "checkout_shared_dirs", lambda: [])
 
     def offline(*a, **k):
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(archive.urllib.request, "urlopen", offline)
-    with pytest.raises(DownloadError, match="offline"):
+    with pytest.raises(DownloadError) as caught:
         archive.resolve_source(None)
+    message = str(caught.value)
+    for way in ("--data PATH", "$GRU_TORCH_DATA", str(tmp_path / archive.ARCHIVE_NAME),
+                "../shared/data/", "--data sample", "network is unreachable"):
+        assert way in message, way
+    assert "\n" not in message
     assert list(tmp_path.iterdir()) == [], "a failed download must leave nothing behind"
+
+
+def test_sources_in_order(tmp_path, monkeypatch):
+    """--data, then $GRU_TORCH_DATA, then ../shared/data/ beside the checkout, then the
+    cache; each says how it was found."""
+    shared, cache, env = tmp_path / "shared", tmp_path / "cache", tmp_path / "env.tar.gz"
+    for folder in (shared, cache):
+        folder.mkdir()
+    _tar(shared / "aclImdb_v1-text.tar.gz", _layout())
+    _tar(cache / archive.ARCHIVE_NAME, _layout())
+    _tar(env, _layout())
+    monkeypatch.setenv("GRU_TORCH_CACHE", str(cache))
+    monkeypatch.setenv("GRU_TORCH_DATA", str(env))
+    monkeypatch.setattr(archive, "checkout_shared_dirs", lambda: [tmp_path / "none", shared])
+    monkeypatch.setattr(archive, "fetch", lambda *a, **k: pytest.fail("must not download"))
+    given = tmp_path / "given.tar.gz"
+    _tar(given, _layout())
+    assert archive.find_source(given) == (given, "--data")
+    assert archive.find_source(None) == (env, "$GRU_TORCH_DATA")
+    monkeypatch.delenv("GRU_TORCH_DATA")
+    assert archive.find_source(None) == (shared / "aclImdb_v1-text.tar.gz",
+                                         "../shared/data beside the checkout")
+    (shared / "aclImdb_v1-text.tar.gz").unlink()
+    assert archive.find_source(None) == (cache / archive.ARCHIVE_NAME, "the cache")
+    with pytest.raises(DataNotFoundError, match=r"\$GRU_TORCH_DATA 'x/missing' does not exist"):
+        monkeypatch.setenv("GRU_TORCH_DATA", "x/missing")
+        archive.find_source(None)
+
+
+def test_checkout_shared_dir_is_beside_the_repository():
+    root = Path(__file__).resolve().parents[1]
+    assert root.parent / "shared" / "data" in archive.checkout_shared_dirs()
 
 
 # ---- the real archive
@@ -149,6 +187,7 @@ def test_load_data_keras_conventions(real_cache, monkeypatch):
     assert list(x2[0]) == list(x_train[0]) and (y2 == y_train).all()
     # the second load reads the cache, not the archive
     monkeypatch.setattr(imdb, "_build_corpus", lambda s: pytest.fail("cache not used"))
+    monkeypatch.setattr(imdb, "_last", None)  # not the corpus held in memory either
     (x_short, y_short), (xt_short, _) = imdb.load_data(REAL, num_words=1000, maxlen=200)
     assert 0 < len(x_short) < 25000 and len(x_short) == len(y_short)
     assert all(len(x) < 200 for x in x_short) and all(len(x) < 200 for x in xt_short)

@@ -50,10 +50,15 @@ def _run_train(out, *extra, env=None):
                            "--limit-test", "300", "--threads", "2", *extra])
 
 
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory):
+    """One token cache for the tests here: the archive is tokenized once, not per test."""
+    return os.environ.get("GRU_TORCH_TEST_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("GRU_TORCH_CACHE", os.environ.get("GRU_TORCH_TEST_CACHE",
-                                                         str(tmp_path / "cache")))
+def cache(session_cache, monkeypatch):
+    monkeypatch.setenv("GRU_TORCH_CACHE", session_cache)
 
 
 @needs_real
@@ -109,11 +114,15 @@ def test_bad_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         train.load_checkpoint(tmp_path / "none.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable"):
+    with pytest.raises(train.CheckpointError, match="not a readable"):
         train.load_checkpoint(tmp_path / "junk.pt")
     torch.save({"model": {}}, tmp_path / "partial.pt")
-    with pytest.raises(ValueError, match="lacks"):
+    with pytest.raises(train.CheckpointError, match="lacks"):
         train.load_checkpoint(tmp_path / "partial.pt")
+    state = {"version": train.CHECKPOINT_VERSION, "model": {"embedding.weight": torch.zeros(3, 2)},
+             "config": {"model": {"vocab_size": 10, "embed_dim": 4}}, "vocab": []}
+    with pytest.raises(train.CheckpointError, match="does not load"):
+        train.model_from_checkpoint(state)
 
 
 def test_list_presets(capsys):
@@ -132,6 +141,8 @@ def test_init_and_recurrent_dropout_flags_override_the_preset():
     assert model.recurrent_dropout == 0.2 and model.init == "keras"
     with pytest.raises(SystemExit):
         cli._parse_train(["--recurrent-dropout", "1.5"])
+    with pytest.raises(SystemExit):
+        cli._parse_train(["--preset", "gru999"])
 
 
 def test_encode_uses_keras_ids():
@@ -181,7 +192,7 @@ def test_compile_matches_eager_and_saves_plain_checkpoints(tmp_path):
          "--epochs", "1", "--batch-size", "25", "--no-bucket", "--compile", "--device", "cpu"],
         capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert '"compile": true' in proc.stdout
+    assert json.loads((out / "config.json").read_text())["compile"] is True
     state = train.load_checkpoint(out / "last.pt")
     assert not any(k.startswith("_orig_mod") for k in state["model"])
     train.model_from_checkpoint(state)  # strict load into an uncompiled model

@@ -1,13 +1,15 @@
 """Finding and reading the IMDB archive (Maas et al. 2011) in its official layout.
 
-Sources, in order: an explicit path (or $GRU_TORCH_DATA): the official .tar.gz or an
-extracted aclImdb/ folder; a cached copy; a download of the official archive, verified
-by its md5 and written atomically. Reviews are read straight from the tar.gz.
+Sources, in order: an explicit path (--data), else $GRU_TORCH_DATA (each the official
+.tar.gz or an extracted aclImdb/ folder); else a copy in ../shared/data/ beside a source
+checkout; else the cache; else a download of the official archive, verified by its md5
+and written atomically. Reviews are read straight from the tar.gz.
 """
 from __future__ import annotations
 
 import gzip
 import hashlib
+import logging
 import os
 import tarfile
 import tempfile
@@ -15,13 +17,21 @@ import urllib.request
 import zlib
 from pathlib import Path, PurePosixPath
 
+from ..progress import Progress
+
 OFFICIAL_URL = "http://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 OFFICIAL_MD5 = "7c2ac02c03563afcf9b574c7e56c153a"
 ARCHIVE_NAME = "aclImdb_v1.tar.gz"
 # 100 real reviews shipped with the package, for offline smoke runs (`--data sample`)
 SAMPLE = Path(__file__).resolve().parent / "sample" / "aclImdb-sample.tar.gz"
+# what ../shared/data/ beside a checkout may hold: the official archive, the text-only
+# repack of it, or the extracted folder
+SHARED_NAMES = ("aclImdb_v1.tar.gz", "aclImdb_v1-text.tar.gz", "aclImdb")
+DOWNLOAD_TIMEOUT_S = 15  # per connect or read: an offline machine fails within seconds
 SPLITS = ("train", "test")
 LABELS = {"neg": 0, "pos": 1}
+
+log = logging.getLogger(__name__)
 
 
 class DataError(RuntimeError):
@@ -52,25 +62,56 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GRU_TORCH_CACHE", Path.home() / ".cache" / "gru_torch"))
 
 
-def resolve_source(path: str | os.PathLike | None = None, download: bool = True) -> Path:
-    """The archive or folder to read: `path`, else $GRU_TORCH_DATA, else the cache, else
-    a download (when `download`). "sample" names the small sample shipped with gru_torch."""
-    given = path if path is not None else os.environ.get("GRU_TORCH_DATA") or None
-    if given == "sample":
-        return SAMPLE
+def ways_to_supply() -> str:
+    """The four ways to give gru_torch the data, for error messages."""
+    return (f"--data PATH or $GRU_TORCH_DATA (the official {ARCHIVE_NAME} or an extracted "
+            f"aclImdb/ folder), a copy at {cache_dir() / ARCHIVE_NAME} or in ../shared/data/ "
+            "beside the checkout, or --data sample (100 reviews shipped with gru_torch, for "
+            "a smoke run)")
+
+
+def checkout_shared_dirs() -> list[Path]:
+    """../shared/data/ beside the source checkout that holds this package, and beside the
+    current folder when that is a checkout too."""
+    roots = [Path(__file__).resolve().parents[2], Path.cwd().resolve()]
+    dirs = []
+    for root in dict.fromkeys(roots):
+        if (root / "pyproject.toml").is_file() and (root / "gru_torch").is_dir():
+            dirs.append(root.parent / "shared" / "data")
+    return dirs
+
+
+def find_source(path: str | os.PathLike | None = None,
+                download: bool = True) -> tuple[Path, str]:
+    """(the archive or folder to read, how it was found). See the module docstring for the
+    order; "sample" names the small sample shipped with gru_torch."""
+    if path is not None:
+        given, origin = path, "--data"
+    else:
+        given, origin = os.environ.get("GRU_TORCH_DATA") or None, "$GRU_TORCH_DATA"
+    if given is not None and str(given) == "sample":
+        return SAMPLE, "the 100-review sample shipped with gru_torch"
     if given is not None:
         p = Path(given).expanduser()
         if not p.exists():
-            origin = "path" if path is not None else "$GRU_TORCH_DATA"
-            raise DataNotFoundError(f"IMDB data not found: {origin} {str(p)!r} does not exist")
-        return p
+            shown = "path" if origin == "--data" else origin
+            raise DataNotFoundError(f"IMDB data not found: {shown} {str(p)!r} does not exist")
+        return p, origin
+    for d in checkout_shared_dirs():
+        for name in SHARED_NAMES:
+            if (d / name).exists():
+                return d / name, "../shared/data beside the checkout"
     cached = cache_dir() / ARCHIVE_NAME
     if cached.is_file():
-        return cached
+        return cached, "the cache"
     if not download:
-        raise DataNotFoundError(f"no IMDB data: pass a path (--data PATH or $GRU_TORCH_DATA) "
-                                f"or allow a download to {cached}")
-    return fetch(cached)
+        raise DataNotFoundError(f"no IMDB data here; supply it by {ways_to_supply()}")
+    return fetch(cached), f"downloaded from {OFFICIAL_URL}"
+
+
+def resolve_source(path: str | os.PathLike | None = None, download: bool = True) -> Path:
+    """The archive or folder to read (`find_source` without the how)."""
+    return find_source(path, download)[0]
 
 
 def md5sum(path: Path) -> str:
@@ -84,24 +125,27 @@ def md5sum(path: Path) -> str:
 def fetch(dest: Path, url: str = OFFICIAL_URL, md5: str = OFFICIAL_MD5) -> Path:
     """Downloads `url` to `dest` with a progress bar, checks its md5, then renames it into
     place, so a partial download never looks like a complete one."""
-    from tqdm import tqdm
-
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as out:
             try:
-                response = urllib.request.urlopen(url, timeout=60)
+                response = urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S)
             except OSError as e:
                 raise DownloadError(
-                    f"no local IMDB data and the download of {url} failed ({e}); offline? "
-                    "pass the archive or an extracted aclImdb/ folder with --data PATH or "
-                    "$GRU_TORCH_DATA") from e
+                    f"no IMDB data here and the download of {url} failed ({e}); supply it "
+                    f"by {ways_to_supply()}") from e
+            log.info("downloading %s to %s", url, dest)
             total = int(response.headers.get("Content-Length") or 0) or None
-            with response, tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
-                for chunk in iter(lambda: response.read(1 << 20), b""):
-                    out.write(chunk)
-                    bar.update(len(chunk))
+            progress = Progress(f"downloading {dest.name}", total, unit="bytes", log=log.info)
+            try:
+                with response:
+                    for chunk in iter(lambda: response.read(1 << 20), b""):
+                        out.write(chunk)
+                        progress.update(len(chunk))
+            finally:
+                progress.stop()
+            progress.close(console=True)
         got = md5sum(Path(tmp))
         if got != md5:
             raise DownloadError(f"download of {url} is corrupt: md5 {got}, expected {md5}")

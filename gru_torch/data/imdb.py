@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from ..progress import Progress
 from . import archive
 from .text import tokenize
 
 CACHE_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 def _source_key(source: Path) -> str:
@@ -36,7 +40,15 @@ def _source_key(source: Path) -> str:
 
 def _build_corpus(source: Path) -> dict:
     reviews = archive.read_reviews(source)
-    tokens = {split: [tokenize(t) for t in texts] for split, (texts, _) in reviews.items()}
+    progress = Progress("tokenizing", sum(len(texts) for texts, _ in reviews.values()),
+                        unit="reviews", log=log.info)
+    tokens = {}
+    for split, (texts, _) in reviews.items():
+        tokens[split] = []
+        for text in texts:
+            tokens[split].append(tokenize(text))
+            progress.update()
+    progress.close(console=True)
     train_counts = Counter(w for doc in tokens["train"] for w in doc)
     test_only = Counter(w for doc in tokens["test"] for w in doc if w not in train_counts)
     ranked = [w for w, _ in sorted(train_counts.items(), key=lambda kv: (-kv[1], kv[0]))]
@@ -73,17 +85,30 @@ def _load(path: Path) -> dict:
     return corpus
 
 
+_last: tuple[Path, dict] | None = None  # the corpus last loaded (load_data, then get_word_index)
+
+
 def load_corpus(path=None, download: bool = True) -> dict:
     """{"vocab": words by rank, "train"/"test": (list of int32 rank arrays, labels)}."""
-    source = archive.resolve_source(path, download=download)
+    global _last
+    source, how = archive.find_source(path, download=download)
     cached = archive.cache_dir() / f"imdb-tokens-{_source_key(source)}.npz"
+    if _last is not None and _last[0] == cached and cached.is_file():
+        return _last[1]
+    log.info("IMDB data: %s (%s)", source, how)
+    _last = None
     if cached.is_file():
         try:
-            return _load(cached)
+            corpus = _load(cached)
+            log.info("read the tokenized reviews from the cache %s", cached)
+            _last = (cached, corpus)
+            return corpus
         except (OSError, ValueError, KeyError):
-            pass  # an unreadable cache is rebuilt below
+            log.info("the cache %s is unreadable; tokenizing again", cached)
+    log.info("reading and tokenizing the reviews (once; later runs read the cache %s)", cached)
     corpus = _build_corpus(source)
     _save(corpus, cached)
+    _last = (cached, corpus)
     return corpus
 
 
