@@ -5,10 +5,11 @@ Imports nothing from gru_torch, so setup.py can load it before the package exist
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 CSRC_DIRS = (Path(__file__).resolve().parent / "csrc", Path(__file__).resolve().parent.parent / "csrc")
-CPU_SOURCES = ("ops.cpp", "gru_cpu.cpp", "cpu_pool.cpp")
+CPU_SOURCES = ("ops.cpp", "gru_cpu.cpp", "cpu_forward.cpp", "cpu_backward.cpp", "cpu_pool.cpp")
 CUDA_SOURCES = ("gru_cuda.cu",)
 
 
@@ -32,8 +33,18 @@ def _cpu_has(*flags: str) -> bool:
     return False
 
 
+def _torch_uses_openmp() -> bool:
+    import torch
+
+    return torch.backends.openmp.is_available()
+
+
 def cxx_flags() -> list[str]:
     flags = ["-O3"]
+    if _torch_uses_openmp() and sys.platform.startswith("linux"):
+        # at::parallel_for is a header template: without -fopenmp it runs serially in our
+        # code. Compiled only (not linked), its OpenMP calls bind to the runtime torch loaded.
+        flags += ["-fopenmp", "-Wno-unknown-pragmas"]
     arch = os.environ.get("GRU_TORCH_CPU_ARCH", "native")
     if arch not in ("native", "generic"):
         raise ValueError(f"GRU_TORCH_CPU_ARCH must be 'native' or 'generic', got {arch!r}")
