@@ -62,20 +62,20 @@ struct Direction {
 template <typename scalar_t>
 struct Rows {
   int64_t b0 = 0, n = 0, chunk = 0;
-  scalar_t *dhz, *dhh, *dq, *dqr;      // [n, H]
+  scalar_t *dhz, *dhh, *dqr;           // [n, H]
   scalar_t *dgx, *dgh;                 // [block_steps * n, G]
   scalar_t *xb, *dxb;                  // [block_steps * n, I]
   scalar_t *hmb, *qb;                  // [block_steps * n, H]
 
   static int64_t floats(const LayerShape& s, int64_t steps, int64_t n) {
-    return n * (4 * s.H + steps * (6 * s.H + 2 * s.I + 2 * s.H));
+    return n * (3 * s.H + steps * (6 * s.H + 2 * s.I + 2 * s.H));
   }
 
   Rows(const LayerShape& s, int64_t steps, int64_t b0_, int64_t n_, int64_t chunk_,
        scalar_t* mem)
       : b0(b0_), n(n_), chunk(chunk_) {
     auto take = [&](int64_t count) { scalar_t* p = mem; mem += n * count; return p; };
-    dhz = take(s.H), dhh = take(s.H), dq = take(s.H), dqr = take(s.H);
+    dhz = take(s.H), dhh = take(s.H), dqr = take(s.H);
     dgx = take(steps * s.G()), dgh = take(steps * s.G());
     xb = take(steps * s.I), dxb = take(steps * s.I);
     hmb = take(steps * s.H), qb = take(steps * s.H);
@@ -87,61 +87,113 @@ struct Partials {
   at::Tensor w_ih, w_hh, b_ih, b_hh;
 };
 
-// Phase `phase` of backward step k for rows r and panel p; k == T runs only the GEMM that
-// carries the gradient to the initial state.
+// Backward step k of a group of rows (k == T: only the GEMM that carries the gradient to
+// the initial state): where each row reads and writes.
+template <typename scalar_t>
+struct Step {
+  const Direction<scalar_t>& f;
+  Rows<scalar_t>& r;
+  int64_t k, t;
+  scalar_t* dgx;             // this step's gate gradients, [n, G]
+  scalar_t* dgh;
+  const scalar_t* dgh_prev;  // the step before's (processed just before), or null
+
+  Step(const Direction<scalar_t>& f_, Rows<scalar_t>& r_, int64_t k_)
+      : f(f_), r(r_), k(k_), t(k_ < f_.s.T ? f_.time_of(k_) : -1),
+        dgx(r_.dgx + (k_ % f_.block_steps) * r_.n * f_.s.G()),
+        dgh(r_.dgh + (k_ % f_.block_steps) * r_.n * f_.s.G()),
+        dgh_prev(k_ > 0 ? r_.dgh + ((k_ - 1) % f_.block_steps) * r_.n * f_.s.G() : nullptr) {}
+
+  bool last() const { return k == f.s.T; }
+  C10_ALWAYS_INLINE bool active(int64_t i) const { return !f.a.len || t < f.a.len[r.b0 + i]; }
+
+  // Row i's pointers for the vector of units starting at u.
+  C10_ALWAYS_INLINE BackwardCell<scalar_t> cell(int64_t i, int64_t u) const {
+    const LayerShape& s = f.s;
+    const int64_t H = s.H, G = s.G(), b = r.b0 + i;
+    const int64_t* gs = f.a.gout_stride;
+    return {f.a.res + (t * s.B + b) * 5 * H + u,
+            f.a.gout + t * gs[0] + b * gs[1] + (f.d * H + u) * gs[2], gs[2] == 0,
+            f.a.mask ? f.a.mask + b * H + u : nullptr, r.dhz + i * H + u, dgx + i * G + u,
+            dgh + i * G + u};
+  }
+};
+
+// Phase 0, rows [i0, i0+R) by panel p (S vectors of units): dh~ = dgh_prev W_hh (plus
+// dqr, reset_after=false) in registers, then the cell's backward on those units.
+template <typename scalar_t, int R, int S>
+void tile_dh(const Step<scalar_t>& st, int64_t p, int64_t i0) {
+  const Direction<scalar_t>& f = st.f;
+  const int64_t H = f.s.H, G = f.s.G();
+  const bool after = f.s.reset_after;
+  const PackedB<scalar_t>& w = after ? *f.w_hh : *f.w_rz;
+  const int64_t* col = w.layout().col.data() + p * S;
+  const int* count = w.layout().count.data() + p * S;
+  Rows<scalar_t>& r = st.r;
+  Vec<scalar_t> acc[R][S];
+  for (int m = 0; m < R; ++m) {
+    for (int s = 0; s < S; ++s) {
+      acc[m][s] = !after && st.dgh_prev ? load(r.dqr + (i0 + m) * H + col[s], count[s])
+                                        : Vec<scalar_t>(scalar_t(0));
+    }
+  }
+  if (st.dgh_prev) accumulate_all(st.dgh_prev + i0 * G, G, w.K(), w.panel_data(p), acc);
+  for (int m = 0; m < R; ++m) {
+    const int64_t i = i0 + m;
+    for (int s = 0; s < S; ++s) {
+      const int c = count[s];
+      if (c == 0) continue;
+      if (st.last()) {
+        acc[m][s].store(r.dhh + i * H + col[s], c);
+        continue;
+      }
+      const BackwardCell<scalar_t> cell = st.cell(i, col[s]);
+      if (!st.active(i)) backward_inactive(acc[m][s], cell, H, c);
+      else if (after) backward_after(acc[m][s], cell, H, c);
+      else backward_before_zn(acc[m][s], cell, H, c);
+    }
+  }
+}
+
+// reset_after=false, phase 1, rows [i0, i0+R) by panel p: dq = da_n W_hn in registers,
+// then the r gate.
+template <typename scalar_t, int R, int S>
+void tile_r(const Step<scalar_t>& st, int64_t p, int64_t i0) {
+  const Direction<scalar_t>& f = st.f;
+  const int64_t H = f.s.H, G = f.s.G();
+  const int64_t* col = f.w_n->layout().col.data() + p * S;
+  const int* count = f.w_n->layout().count.data() + p * S;
+  Rows<scalar_t>& r = st.r;
+  Vec<scalar_t> acc[R][S];
+  for (int m = 0; m < R; ++m) {
+    for (int s = 0; s < S; ++s) acc[m][s] = Vec<scalar_t>(scalar_t(0));
+  }
+  accumulate_all(st.dgh + i0 * G + 2 * H, G, H, f.w_n->panel_data(p), acc);
+  for (int m = 0; m < R; ++m) {
+    const int64_t i = i0 + m;
+    for (int s = 0; s < S; ++s) {
+      const int c = count[s];
+      if (c == 0) continue;
+      scalar_t* dqr = r.dqr + i * H + col[s];
+      if (!st.active(i)) Vec<scalar_t>(scalar_t(0)).store(dqr, c);
+      else backward_before_r(acc[m][s], st.cell(i, col[s]), dqr, H, c);
+    }
+  }
+}
+
+// Phase `phase` of backward step k for rows r and panel p.
 template <typename scalar_t>
 void step_panel(const Direction<scalar_t>& f, Rows<scalar_t>& r, int64_t k, int64_t phase,
                 int64_t p) {
-  const LayerShape& s = f.s;
-  const BackwardArgs<scalar_t>& a = f.a;
-  const int64_t H = s.H, G = s.G(), B = s.B, n = r.n;
-  const PanelLayout& layout = f.layout(phase);
-  const int64_t u0 = layout.unit0[p], nu = layout.unit1[p] - u0;
-  scalar_t* dgx = r.dgx + (k % f.block_steps) * n * G;
-  scalar_t* dgh = r.dgh + (k % f.block_steps) * n * G;
-  const scalar_t* dgh_prev = k > 0 ? r.dgh + ((k - 1) % f.block_steps) * n * G : nullptr;
-  const int64_t t = k < s.T ? f.time_of(k) : -1;
-  auto active = [&](int64_t i) { return !a.len || t < a.len[r.b0 + i]; };
-  auto mask_row = [&](int64_t i) { return a.mask ? a.mask + (r.b0 + i) * H + u0 : nullptr; };
-  auto res_row = [&](int64_t i) { return a.res + (t * B + r.b0 + i) * 5 * H + u0; };
-  auto gout_row = [&](int64_t i) { return a.gout + ((t * B + r.b0 + i) * s.D + f.d) * H + u0; };
-  auto row = [&](scalar_t* base, int64_t i) { return base + i * H + u0; };
-
-  if (phase == 0) {  // dh~ for these units, from the step before
-    if (dgh_prev) {
-      if (s.reset_after) {
-        gemm_panel(*f.w_hh, p, dgh_prev, G, n, static_cast<const scalar_t*>(nullptr), 0, r.dhh, H);
-      } else {
-        gemm_panel(*f.w_rz, p, dgh_prev, G, n, static_cast<const scalar_t*>(r.dqr), H, r.dhh, H);
-      }
-    } else {
-      for (int64_t i = 0; i < n; ++i) std::memset(row(r.dhh, i), 0, sizeof(scalar_t) * nu);
-    }
-    if (k == s.T) return;
-    for (int64_t i = 0; i < n; ++i) {
-      if (!active(i)) {
-        backward_row_inactive(nu, H, mask_row(i), row(r.dhz, i), row(r.dhh, i),
-                              dgx + i * G + u0, dgh + i * G + u0);
-      } else if (s.reset_after) {
-        backward_row_after(nu, H, res_row(i), gout_row(i), mask_row(i), row(r.dhz, i),
-                           row(r.dhh, i), dgx + i * G + u0, dgh + i * G + u0);
-      } else {
-        backward_row_before_zn(nu, H, res_row(i), gout_row(i), mask_row(i), row(r.dhz, i),
-                               row(r.dhh, i), dgx + i * G + u0, dgh + i * G + u0);
-      }
-    }
-    return;
-  }
-  // reset_after=false: dq = da_n W_hn for these units, then the r gate.
-  gemm_panel(*f.w_n, p, dgh + 2 * H, G, n, static_cast<const scalar_t*>(nullptr), 0, r.dq, H);
-  for (int64_t i = 0; i < n; ++i) {
-    if (!active(i)) {
-      std::memset(row(r.dqr, i), 0, sizeof(scalar_t) * nu);
-      continue;
-    }
-    backward_row_before_r(nu, H, res_row(i), mask_row(i), row(r.dq, i), row(r.dqr, i),
-                          dgx + i * G + u0, dgh + i * G + u0);
-  }
+  const Step<scalar_t> st(f, r, k);
+  with_slots(f.layout(phase).slots, [&](auto S) {
+    constexpr int kS = decltype(S)::value;
+    for_row_tiles<4>(r.n, [&](auto R, int64_t i0) {
+      constexpr int kR = decltype(R)::value;
+      if (phase == 0) tile_dh<scalar_t, kR, kS>(st, p, i0);
+      else tile_r<scalar_t, kR, kS>(st, p, i0);
+    });
+  });
 }
 
 template <typename scalar_t>
@@ -160,8 +212,9 @@ void finish_block(const Direction<scalar_t>& f, Rows<scalar_t>& r, const Partial
   const int64_t H = s.H, I = s.I, B = s.B, n = r.n, rows = (k1 - k0) * n;
   for (int64_t j = 0; j < k1 - k0; ++j) {
     const int64_t t = f.time_of(k0 + j);
-    std::memcpy(r.xb + j * n * I, a.x + (t * B + r.b0) * I, sizeof(scalar_t) * n * I);
     for (int64_t i = 0; i < n; ++i) {
+      std::memcpy(r.xb + (j * n + i) * I, a.x + t * a.x_stride[0] + (r.b0 + i) * a.x_stride[1],
+                  sizeof(scalar_t) * I);
       const scalar_t* res = a.res + (t * B + r.b0 + i) * 5 * H;
       masked_copy(H, res + 4 * H, a.mask ? a.mask + (r.b0 + i) * H : nullptr,
                   r.hmb + (j * n + i) * H);
@@ -189,7 +242,7 @@ void finish_block(const Direction<scalar_t>& f, Rows<scalar_t>& r, const Partial
       std::memcpy(dst, src, sizeof(scalar_t) * n * I);
     } else {
       for_chunks<scalar_t>(n * I, [&](int64_t q, int c) {
-        (load(dst, q, c) + load(src, q, c)).store(dst + q, c);
+        (load(dst + q, c) + load(src + q, c)).store(dst + q, c);
       });
     }
   }
@@ -208,7 +261,7 @@ void store_grad_state(const Direction<scalar_t>& f, const Rows<scalar_t>& r) {
     const int64_t b = r.b0 + i;
     const scalar_t* m = f.a.mask ? f.a.mask + b * H : nullptr;
     for_chunks<scalar_t>(H, [&](int64_t j, int c) {
-      total_dh<scalar_t>(r.dhz + i * H, r.dhh + i * H, m, nullptr, j, c)
+      total_dh(load(r.dhh + i * H + j, c), r.dhz + i * H + j, m ? m + j : nullptr, c)
           .store(f.a.grad_hx + b * H + j, c);
     });
   }

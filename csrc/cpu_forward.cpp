@@ -1,10 +1,11 @@
 // The forward time loop of one layer on the CPU.
 //
 // A group of rows (a chunk, or the whole batch when split by columns) runs each step as
-// one or two phases over panels of hidden units (cpu_gemm.h). Per panel: the input
-// projection x_t W_ih^T + bias and the recurrent product h~ W_hh^T for those units'
-// gates, then the cell on those units. reset_after=false has two phases, since its
-// candidate needs (r * h~) W_hn^T, and so r of every unit, first.
+// one or two phases over panels of hidden units (cpu_gemm.h). Per panel and few rows:
+// the input projection x_t W_ih^T + bias and the recurrent product h~ W_hh^T for those
+// units' gates, accumulated in registers, then the cell on them before they leave the
+// registers. reset_after=false has two phases, since its candidate needs (r * h~) W_hn^T,
+// and so r of every unit, first.
 //
 // The state is double-buffered (h[k % 2] is read at step k, h[(k+1) % 2] written), so
 // that a panel's cell may write units that another panel's GEMM still reads.
@@ -49,27 +50,25 @@ struct Rows {
   int64_t b0 = 0, n = 0;
   scalar_t* h[2];
   scalar_t* hm[2];    // h * mask, the recurrent GEMM's operand (== h without a mask)
-  scalar_t* gx;       // [n, G]
-  scalar_t* gh;       // [n, G] (reset_after) or [n, 2H]
+  scalar_t* gx_n;     // [n, H] reset_after=false: the input part of n, for phase 1
   scalar_t* q;        // [n, H] reset_after=false: r * h~
-  scalar_t* ghn;      // [n, H] reset_after=false: q W_hn^T
-  scalar_t* scratch;  // [n, 5H] the reserve rows when none is kept
+  scalar_t* scratch;  // [n, 5H] reset_after=false without a reserve: r, z between phases
 
   static int64_t floats_per_row(const LayerShape& s, bool mask, bool reserve) {
-    return s.H * (2 + (mask ? 2 : 0) + 3 + (s.reset_after ? 3 : 4) + (reserve ? 0 : 5));
+    const bool before = !s.reset_after;
+    return s.H * (2 + (mask ? 2 : 0) + (before ? 2 : 0) + (before && !reserve ? 5 : 0));
   }
 
   Rows(const LayerShape& s, bool mask, bool reserve, int64_t b0_, int64_t n_, scalar_t* mem)
       : b0(b0_), n(n_) {
     const int64_t H = s.H;
+    const bool before = !s.reset_after;
     auto take = [&](int64_t count) { scalar_t* p = mem; mem += n * count; return p; };
     h[0] = take(H), h[1] = take(H);
     hm[0] = mask ? take(H) : h[0], hm[1] = mask ? take(H) : h[1];
-    gx = take(3 * H);
-    gh = take(s.reset_after ? 3 * H : 2 * H);
-    q = s.reset_after ? nullptr : take(H);
-    ghn = s.reset_after ? nullptr : take(H);
-    scratch = reserve ? nullptr : take(5 * H);
+    gx_n = before ? take(H) : nullptr;
+    q = before ? take(H) : nullptr;
+    scratch = before && !reserve ? take(5 * H) : nullptr;
   }
 };
 
@@ -89,63 +88,145 @@ void store_state(const Direction<scalar_t>& f, const Rows<scalar_t>& r) {
   std::memcpy(f.a.h + r.b0 * f.s.H, r.h[f.s.T % 2], sizeof(scalar_t) * r.n * f.s.H);
 }
 
-// Phase `phase` of step k (k-th in the direction's order) for rows r and panel p.
+// One step k (the k-th in the direction's order) of a group of rows: where each row
+// reads and writes.
+template <typename scalar_t>
+struct Step {
+  const Direction<scalar_t>& f;
+  Rows<scalar_t>& r;
+  int64_t t, cur, nxt;
+
+  Step(const Direction<scalar_t>& f_, Rows<scalar_t>& r_, int64_t k)
+      : f(f_), r(r_), t(f_.time_of(k)), cur(k & 1), nxt((k & 1) ^ 1) {}
+
+  C10_ALWAYS_INLINE bool active(int64_t i) const { return !f.a.len || t < f.a.len[r.b0 + i]; }
+  const scalar_t* x_rows(int64_t i) const {
+    return f.a.x + t * f.a.x_stride[0] + (r.b0 + i) * f.a.x_stride[1];
+  }
+  int64_t x_ld() const { return f.a.x_stride[1]; }
+  const scalar_t* hm_rows(int64_t i) const { return r.hm[cur] + i * f.s.H; }
+  const scalar_t* hm_prev(int64_t i, int64_t u) const { return r.hm[cur] + i * f.s.H + u; }
+
+  // Row i's pointers for the vector of units starting at u.
+  C10_ALWAYS_INLINE ForwardCell<scalar_t> cell(int64_t i, int64_t u) const {
+    const LayerShape& s = f.s;
+    const int64_t H = s.H, b = r.b0 + i;
+    scalar_t* res = f.a.res ? f.a.res + (t * s.B + b) * 5 * H
+                            : (r.scratch ? r.scratch + i * 5 * H : nullptr);
+    return {f.a.mask ? f.a.mask + b * H + u : nullptr, r.h[cur] + i * H + u,
+            r.h[nxt] + i * H + u, r.hm[nxt] + i * H + u,
+            f.a.out + ((t * s.B + b) * s.D + f.d) * H + u, res ? res + u : nullptr};
+  }
+};
+
+template <typename scalar_t, int R, int S>
+void init_from(Vec<scalar_t> (&acc)[R][S], const scalar_t* row0, int64_t ld, const int64_t* col,
+               const int* count, int slots) {
+  for (int m = 0; m < R; ++m) {
+    for (int s = 0; s < slots; ++s) {
+      acc[m][s] = row0 ? Vec<scalar_t>::loadu(row0 + m * ld + col[s], count[s])
+                       : Vec<scalar_t>(scalar_t(0));
+    }
+  }
+}
+
+// reset_after=true, rows [i0, i0+R) by panel p: r, z and both parts of n in registers
+// (4 per row, so 3 rows fill 12 registers), then the cell.
+template <typename scalar_t, int R>
+void tile_after(const Step<scalar_t>& st, int64_t p, int64_t i0) {
+  const Direction<scalar_t>& f = st.f;
+  const int64_t H = f.s.H;
+  const PanelLayout& l = f.w_h.layout();
+  const int64_t* col = l.col.data() + p * 3;
+  const int c = l.count[p * 3], u0 = static_cast<int>(l.unit0[p]);
+  Vec<scalar_t> acc[R][4];
+  init_from(acc, f.a.bias, 0, col, l.count.data() + p * 3, 3);  // the bias, every row
+  for (int m = 0; m < R; ++m) acc[m][3] = Vec<scalar_t>(scalar_t(0));
+  accumulate<scalar_t, R, 4, 0, 1, 2>(st.x_rows(i0), st.x_ld(), f.s.I, f.w_ih.panel_data(p), acc);
+  accumulate<scalar_t, R, 4, 0, 1, 3>(st.hm_rows(i0), H, H, f.w_h.panel_data(p), acc);
+  const Vec<scalar_t> b_hn = f.a.b_hn ? load(f.a.b_hn + u0, c) : Vec<scalar_t>(scalar_t(0));
+  Vec<scalar_t> r[R], z[R], n[R], gh_n[R];
+  for (int m = 0; m < R; ++m) r[m] = sigmoid(acc[m][0]);
+  for (int m = 0; m < R; ++m) z[m] = sigmoid(acc[m][1]);
+  for (int m = 0; m < R; ++m) gh_n[m] = acc[m][3] + b_hn;
+  for (int m = 0; m < R; ++m) n[m] = tanh(acc[m][2] + r[m] * gh_n[m]);
+  for (int m = 0; m < R; ++m) {
+    const int64_t i = i0 + m;
+    const ForwardCell<scalar_t> cell = st.cell(i, u0);
+    if (st.active(i)) forward_after(r[m], z[m], n[m], gh_n[m], cell, H, c);
+    else forward_inactive(cell, st.hm_prev(i, u0), H, c);
+  }
+}
+
+// reset_after=false, phase 0, rows [i0, i0+R) by panel p: r, z and the input part of n.
+template <typename scalar_t, int R>
+void tile_before_rz(const Step<scalar_t>& st, int64_t p, int64_t i0) {
+  const Direction<scalar_t>& f = st.f;
+  const int64_t H = f.s.H;
+  const PanelLayout& l = f.w_ih.layout();
+  const int c = l.count[p * 3], u0 = static_cast<int>(l.unit0[p]);
+  Vec<scalar_t> acc[R][3];
+  init_from(acc, f.a.bias, 0, l.col.data() + p * 3, l.count.data() + p * 3, 3);
+  accumulate<scalar_t, R, 3, 0, 1, 2>(st.x_rows(i0), st.x_ld(), f.s.I, f.w_ih.panel_data(p), acc);
+  accumulate<scalar_t, R, 3, 0, 1>(st.hm_rows(i0), H, H, f.w_h.panel_data(p), acc);
+  Rows<scalar_t>& rows = st.r;
+  Vec<scalar_t> r[R], z[R];
+  for (int m = 0; m < R; ++m) r[m] = sigmoid(acc[m][0]);
+  for (int m = 0; m < R; ++m) z[m] = sigmoid(acc[m][1]);
+  for (int m = 0; m < R; ++m) {
+    const int64_t i = i0 + m;
+    acc[m][2].store(rows.gx_n + i * H + u0, c);
+    if (!st.active(i)) {
+      Vec<scalar_t>(scalar_t(0)).store(rows.q + i * H + u0, c);
+      continue;
+    }
+    forward_before_rz(r[m], z[m], st.hm_prev(i, u0), rows.q + i * H + u0, st.cell(i, u0).res,
+                      H, c);
+  }
+}
+
+// reset_after=false, phase 1, rows [i0, i0+R) by panel p (S vectors of units):
+// gx_n + q W_hn^T, then the new state.
+template <typename scalar_t, int R, int S>
+void tile_before_n(const Step<scalar_t>& st, int64_t p, int64_t i0) {
+  const Direction<scalar_t>& f = st.f;
+  const int64_t H = f.s.H;
+  const PanelLayout& l = f.w_hn->layout();
+  const int64_t* col = l.col.data() + p * S;
+  const int* count = l.count.data() + p * S;
+  Rows<scalar_t>& r = st.r;
+  Vec<scalar_t> acc[R][S];
+  init_from(acc, r.gx_n + i0 * H, H, col, count, S);
+  accumulate_all(r.q + i0 * H, H, H, f.w_hn->panel_data(p), acc);
+  for (int m = 0; m < R; ++m) {
+    for (int s = 0; s < S; ++s) acc[m][s] = tanh(acc[m][s]);
+  }
+  for (int m = 0; m < R; ++m) {
+    const int64_t i = i0 + m;
+    for (int s = 0; s < S; ++s) {
+      if (count[s] == 0) continue;
+      const ForwardCell<scalar_t> cell = st.cell(i, col[s]);
+      if (st.active(i)) forward_before_n(acc[m][s], cell, H, count[s]);
+      else forward_inactive(cell, st.hm_prev(i, col[s]), H, count[s]);
+    }
+  }
+}
+
+// Phase `phase` of step k for rows r and panel p.
 template <typename scalar_t>
 void step_panel(const Direction<scalar_t>& f, Rows<scalar_t>& r, int64_t k, int64_t phase,
                 int64_t p) {
-  const LayerShape& s = f.s;
-  const ForwardArgs<scalar_t>& a = f.a;
-  const int64_t H = s.H, G = s.G(), B = s.B, t = f.time_of(k);
-  const int64_t cur = k & 1, nxt = cur ^ 1;
-  const PanelLayout& layout = phase == 0 ? f.w_h.layout() : f.w_hn->layout();
-  const int64_t u0 = layout.unit0[p], nu = layout.unit1[p] - u0;
-  auto active = [&](int64_t i) { return !a.len || t < a.len[r.b0 + i]; };
-  auto mask_row = [&](int64_t i) { return a.mask ? a.mask + (r.b0 + i) * H + u0 : nullptr; };
-  auto out_row = [&](int64_t i) { return a.out + ((t * B + r.b0 + i) * s.D + f.d) * H + u0; };
-  auto res_row = [&](int64_t i) {
-    return (a.res ? a.res + (t * B + r.b0 + i) * 5 * H : r.scratch + i * 5 * H) + u0;
-  };
-  auto row = [&](scalar_t* base, int64_t i) { return base + i * H + u0; };
-
-  if (phase == 0) {
-    gemm_panel(f.w_ih, p, a.x + (t * B + r.b0) * s.I, s.I, r.n, a.bias, 0, r.gx, G);
-  }
-  if (s.reset_after) {
-    gemm_panel(f.w_h, p, r.hm[cur], H, r.n, static_cast<const scalar_t*>(nullptr), 0, r.gh, G);
-    for (int64_t i = 0; i < r.n; ++i) {
-      if (!active(i)) {
-        forward_row_inactive(nu, H, row(r.h[cur], i), row(r.h[nxt], i), row(r.hm[cur], i),
-                             row(r.hm[nxt], i), out_row(i), res_row(i));
-        continue;
-      }
-      forward_row_after(nu, H, r.gx + i * G + u0, r.gh + i * G + u0,
-                        a.b_hn ? a.b_hn + u0 : nullptr, mask_row(i), row(r.h[cur], i),
-                        row(r.h[nxt], i), row(r.hm[nxt], i), out_row(i), res_row(i));
-    }
-    return;
-  }
-  if (phase == 0) {
-    gemm_panel(f.w_h, p, r.hm[cur], H, r.n, static_cast<const scalar_t*>(nullptr), 0, r.gh, 2 * H);
-    for (int64_t i = 0; i < r.n; ++i) {
-      if (!active(i)) {
-        std::memset(row(r.q, i), 0, sizeof(scalar_t) * nu);
-        continue;
-      }
-      forward_row_before_rz(nu, H, r.gx + i * G + u0, r.gh + i * 2 * H + u0, row(r.hm[cur], i),
-                            row(r.q, i), res_row(i));
-    }
-    return;
-  }
-  gemm_panel(*f.w_hn, p, r.q, H, r.n, static_cast<const scalar_t*>(nullptr), 0, r.ghn, H);
-  for (int64_t i = 0; i < r.n; ++i) {
-    if (!active(i)) {
-      forward_row_inactive(nu, H, row(r.h[cur], i), row(r.h[nxt], i), row(r.hm[cur], i),
-                           row(r.hm[nxt], i), out_row(i), res_row(i));
-      continue;
-    }
-    forward_row_before_n(nu, H, r.gx + i * G + u0, row(r.ghn, i), mask_row(i),
-                         row(r.h[cur], i), row(r.h[nxt], i), row(r.hm[nxt], i), out_row(i),
-                         res_row(i));
+  const Step<scalar_t> st(f, r, k);
+  if (f.s.reset_after) {
+    for_row_tiles<3>(r.n, [&](auto R, int64_t i0) { tile_after<scalar_t, decltype(R)::value>(st, p, i0); });
+  } else if (phase == 0) {
+    for_row_tiles<4>(r.n, [&](auto R, int64_t i0) { tile_before_rz<scalar_t, decltype(R)::value>(st, p, i0); });
+  } else {
+    with_slots(f.w_hn->layout().slots, [&](auto S) {
+      for_row_tiles<4>(r.n, [&](auto R, int64_t i0) {
+        tile_before_n<scalar_t, decltype(R)::value, decltype(S)::value>(st, p, i0);
+      });
+    });
   }
 }
 

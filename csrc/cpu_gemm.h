@@ -8,21 +8,24 @@
 // columns of the same W hidden units into one panel, so that the thread computing that
 // panel holds all three gates of those units and can run the cell on them at once.
 //
-// The micro-kernel computes up to kTileRows rows by one panel in kTileRows * kMaxSlots
-// vector accumulators (4 x 3 = 12 of AVX2's 16 registers), broadcasting A one element
-// at a time; no blocking over K is needed, since K (I, H or 3H) is at most a few hundred.
+// The micro-kernel (accumulate) computes a few rows by one panel in vector accumulators
+// (4 rows x 3 slots = 12 of AVX2's 16 registers), broadcasting A one element at a time;
+// no blocking over K is needed, since K (I, H or 3H) is at most a few hundred. Its
+// callers (cpu_forward.cpp, cpu_backward.cpp) run the cell on the accumulators while
+// they are still in registers.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/cpu/vec/vec.h>
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace gru_torch::cpu {
 
 constexpr int kMaxSlots = 3;
-constexpr int kTileRows = 4;
 
 // Where each panel's vectors go in C, and which hidden units a panel covers.
 struct PanelLayout {
@@ -110,68 +113,60 @@ class PackedB {
   at::Tensor data_;  // 64-byte aligned by ATen's allocator
 };
 
-namespace detail {
-
-template <typename scalar_t, int R, int S>
-inline void tile(const scalar_t* a, int64_t lda, int64_t K, const scalar_t* b,
-                 const scalar_t* init, int64_t ldi, scalar_t* c, int64_t ldc,
-                 const int64_t* col, const int* count) {
+// acc[m][Slots[s]] += A[m, :K] B[:K, slot s] for m < R: the micro-kernel's loop over one
+// panel packed with sizeof...(Slots) slots. The slot map is a template argument so that
+// every accumulator stays in a register.
+template <typename scalar_t, int R, int SA, int... Slots>
+inline void accumulate(const scalar_t* a, int64_t lda, int64_t K, const scalar_t* b,
+                       Vec<scalar_t> (&acc)[R][SA]) {
   using V = Vec<scalar_t>;
+  constexpr int S = sizeof...(Slots);
   constexpr int64_t W = V::size();
-  V acc[R][S];
-  for (int m = 0; m < R; ++m) {
-    for (int s = 0; s < S; ++s) {
-      acc[m][s] = init ? V::loadu(init + m * ldi + col[s], count[s]) : V(scalar_t(0));
-    }
-  }
+  constexpr int slot[S] = {Slots...};
   for (int64_t k = 0; k < K; ++k) {
     V bv[S];
     for (int s = 0; s < S; ++s) bv[s] = V::loadu(b + (k * S + s) * W);
     for (int m = 0; m < R; ++m) {
       const V av(a[m * lda + k]);
-      for (int s = 0; s < S; ++s) acc[m][s] = at::vec::fmadd(av, bv[s], acc[m][s]);
+      for (int s = 0; s < S; ++s) acc[m][slot[s]] = at::vec::fmadd(av, bv[s], acc[m][slot[s]]);
     }
   }
-  for (int m = 0; m < R; ++m) {
-    for (int s = 0; s < S; ++s) acc[m][s].store(c + m * ldc + col[s], count[s]);
-  }
 }
 
-template <typename scalar_t, int S>
-inline void rows_by_panel(const scalar_t* a, int64_t lda, int64_t rows, int64_t K,
-                          const scalar_t* b, const scalar_t* init, int64_t ldi, scalar_t* c,
-                          int64_t ldc, const int64_t* col, const int* count) {
-  int64_t m = 0;
-  for (; m + kTileRows <= rows; m += kTileRows) {
-    tile<scalar_t, kTileRows, S>(a + m * lda, lda, K, b, init ? init + m * ldi : nullptr, ldi,
-                                 c + m * ldc, ldc, col, count);
-  }
-  const scalar_t* i0 = init ? init + m * ldi : nullptr;
-  switch (rows - m) {
-    case 3: return tile<scalar_t, 3, S>(a + m * lda, lda, K, b, i0, ldi, c + m * ldc, ldc, col, count);
-    case 2: return tile<scalar_t, 2, S>(a + m * lda, lda, K, b, i0, ldi, c + m * ldc, ldc, col, count);
-    case 1: return tile<scalar_t, 1, S>(a + m * lda, lda, K, b, i0, ldi, c + m * ldc, ldc, col, count);
-    default: return;
-  }
+template <typename scalar_t, int R, int S, int... Slots>
+inline void accumulate_seq(const scalar_t* a, int64_t lda, int64_t K, const scalar_t* b,
+                           Vec<scalar_t> (&acc)[R][S], std::integer_sequence<int, Slots...>) {
+  accumulate<scalar_t, R, S, Slots...>(a, lda, K, b, acc);
 }
 
-}  // namespace detail
+// acc[m][s] += A[m, :K] B[:K, slot s] for every slot s < S of a panel of S slots.
+template <typename scalar_t, int R, int S>
+inline void accumulate_all(const scalar_t* a, int64_t lda, int64_t K, const scalar_t* b,
+                           Vec<scalar_t> (&acc)[R][S]) {
+  accumulate_seq(a, lda, K, b, acc, std::make_integer_sequence<int, S>{});
+}
 
-// C[rows, panel p's columns] = init + A[rows, K] B[:, panel p's columns]. `init` (null
-// for zero) is read like C with row stride ldi; ldi = 0 adds one bias row to every row.
-template <typename scalar_t>
-inline void gemm_panel(const PackedB<scalar_t>& B, int64_t p, const scalar_t* a, int64_t lda,
-                       int64_t rows, const scalar_t* init, int64_t ldi, scalar_t* c,
-                       int64_t ldc) {
-  const PanelLayout& l = B.layout();
-  const int64_t* col = l.col.data() + p * l.slots;
-  const int* count = l.count.data() + p * l.slots;
-  const scalar_t* b = B.panel_data(p);
-  switch (l.slots) {
-    case 3: return detail::rows_by_panel<scalar_t, 3>(a, lda, rows, B.K(), b, init, ldi, c, ldc, col, count);
-    case 2: return detail::rows_by_panel<scalar_t, 2>(a, lda, rows, B.K(), b, init, ldi, c, ldc, col, count);
-    default: return detail::rows_by_panel<scalar_t, 1>(a, lda, rows, B.K(), b, init, ldi, c, ldc, col, count);
-  }
+template <int N>
+using Const = std::integral_constant<int, N>;
+
+// f(Const<R>{}, i) for the tiles [i, i + R) covering [0, n), R = RMAX but at the end.
+template <int RMAX, typename F>
+inline void for_row_tiles(int64_t n, const F& f) {
+  static_assert(RMAX >= 1 && RMAX <= 4, "tiles of 1 to 4 rows");
+  int64_t i = 0;
+  for (; i + RMAX <= n; i += RMAX) f(Const<RMAX>{}, i);
+  const int64_t rest = n - i;
+  if constexpr (RMAX > 3) if (rest == 3) return f(Const<3>{}, i);
+  if constexpr (RMAX > 2) if (rest == 2) return f(Const<2>{}, i);
+  if constexpr (RMAX > 1) if (rest == 1) return f(Const<1>{}, i);
+}
+
+// f(Const<S>{}) for a panel layout's S slots (1 to kMaxSlots).
+template <typename F>
+inline void with_slots(int64_t slots, const F& f) {
+  if (slots == 3) return f(Const<3>{});
+  if (slots == 2) return f(Const<2>{});
+  f(Const<1>{});
 }
 
 }  // namespace gru_torch::cpu

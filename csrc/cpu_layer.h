@@ -22,7 +22,8 @@ Split layer_split(const LayerShape& s);
 
 template <typename scalar_t>
 struct ForwardArgs {
-  const scalar_t* x;      // input [T, B, I]
+  const scalar_t* x;      // input [T, B, I]: row (t, b) at x + t * x_stride[0] + b * x_stride[1]
+  int64_t x_stride[2];
   const scalar_t* w_ih;   // [G, I] of this direction
   const scalar_t* w_hh;   // [G, H]
   const scalar_t* bias;   // [G]: b_ih plus the r, z parts of b_hh; or null
@@ -40,13 +41,15 @@ void forward_layer(const LayerShape& shape, const ForwardArgs<scalar_t>* args);
 
 template <typename scalar_t>
 struct BackwardArgs {
-  const scalar_t* x;      // input [T, B, I]
+  const scalar_t* x;      // input [T, B, I], rows as in ForwardArgs
+  int64_t x_stride[2];
   const at::Tensor w_ih;  // [G, I] of this direction (for the input gradient's GEMMs)
   const scalar_t* w_hh;   // [G, H]
   const scalar_t* mask;   // [B, H] or null
   const int64_t* len;     // [B] or null
   const scalar_t* res;    // reserve [T, B, 5H] of this direction
-  const scalar_t* gout;   // grad of output [T, B, D*H]
+  const scalar_t* gout;   // grad of output [T, B, D*H], with strides gout_stride
+  int64_t gout_stride[3];  // the unit stride is 1, or 0 for a gradient expanded along it
   const scalar_t* gh_n;   // grad of h_n [B, H] of this direction
   scalar_t* grad_x;       // [T, B, I]: written by direction 0, added to by direction 1
   scalar_t* grad_hx;      // [B, H]

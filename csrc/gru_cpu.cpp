@@ -49,6 +49,12 @@ void check_lengths_values(const OptTensor& lengths, int64_t T) {
               "] (the input's time steps), got values in [", lo, ", ", hi, "]");
 }
 
+// The input as it is when its features are contiguous (batch_first input arrives
+// transposed): the kernels read rows through strides, which spares a [T, B, I] copy.
+Tensor rows_in_place(const Tensor& input) {
+  return input.stride(2) == 1 ? input : input.contiguous();
+}
+
 template <typename scalar_t>
 const scalar_t* ptr_or_null(const OptTensor& t, int64_t d) {
   return t ? (*t)[d].const_data_ptr<scalar_t>() : nullptr;
@@ -65,7 +71,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_layer_cpu(const Tensor& input_, const Ten
   const int64_t T = input_.size(0), B = input_.size(1), I = input_.size(2);
   const int64_t D = w_ih_.size(0), G = w_ih_.size(1), H = G / 3;
   check_lengths_values(lengths_, T);
-  const Tensor input = input_.contiguous(), w_ih = w_ih_.contiguous(),
+  const Tensor input = rows_in_place(input_), w_ih = w_ih_.contiguous(),
                w_hh = w_hh_.contiguous();
   const OptTensor mask = mask_ ? OptTensor(mask_->contiguous()) : std::nullopt;
   const OptTensor lengths = lengths_ ? OptTensor(lengths_->contiguous()) : std::nullopt;
@@ -91,7 +97,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_layer_cpu(const Tensor& input_, const Ten
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "gru_layer_cpu", [&] {
     std::vector<cpu::ForwardArgs<scalar_t>> args;
     for (int64_t d = 0; d < D; ++d) {
-      args.push_back({input.const_data_ptr<scalar_t>(), w_ih[d].const_data_ptr<scalar_t>(),
+      args.push_back({input.const_data_ptr<scalar_t>(), {input.stride(0), input.stride(1)},
+                      w_ih[d].const_data_ptr<scalar_t>(),
                       w_hh[d].const_data_ptr<scalar_t>(), ptr_or_null<scalar_t>(bias, d),
                       ptr_or_null<scalar_t>(b_hn, d), ptr_or_null<scalar_t>(mask, d),
                       lengths ? lengths->const_data_ptr<int64_t>() : nullptr,
@@ -123,9 +130,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward_cp
               "gru_layer_backward: reserve has shape ", reserve_.sizes(),
               "; it must be the one gru_layer returned with need_reserve=True");
   check_lengths_values(lengths_, T);
-  const Tensor input = input_.contiguous(), w_ih = w_ih_.contiguous(),
+  const Tensor input = rows_in_place(input_), w_ih = w_ih_.contiguous(),
                w_hh = w_hh_.contiguous(), reserve = reserve_.contiguous(),
-               grad_output = grad_output_.contiguous(), grad_h_n = grad_h_n_.contiguous();
+               grad_h_n = grad_h_n_.contiguous();
+  // The output's gradient is read in place when its units are contiguous or expanded (as
+  // loss = out.sum() gives), which spares materializing a [T, B, D*H] tensor.
+  const int64_t unit_stride = grad_output_.stride(2);
+  const Tensor grad_output = unit_stride == 0 || unit_stride == 1 ? grad_output_
+                                                                   : grad_output_.contiguous();
   const OptTensor mask = mask_ ? OptTensor(mask_->contiguous()) : std::nullopt;
   const OptTensor lengths = lengths_ ? OptTensor(lengths_->contiguous()) : std::nullopt;
   const auto opts = input.options();
@@ -146,10 +158,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward_cp
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "gru_layer_backward_cpu", [&] {
     for (int64_t d = 0; d < D; ++d) {
       const cpu::BackwardArgs<scalar_t> args{
-          input.const_data_ptr<scalar_t>(), w_ih[d], w_hh[d].const_data_ptr<scalar_t>(),
+          input.const_data_ptr<scalar_t>(), {input.stride(0), input.stride(1)}, w_ih[d],
+          w_hh[d].const_data_ptr<scalar_t>(),
           ptr_or_null<scalar_t>(mask, d),
           lengths ? lengths->const_data_ptr<int64_t>() : nullptr,
           reserve[d].const_data_ptr<scalar_t>(), grad_output.const_data_ptr<scalar_t>(),
+          {grad_output.stride(0), grad_output.stride(1), grad_output.stride(2)},
           grad_h_n[d].const_data_ptr<scalar_t>(), grad_input.data_ptr<scalar_t>(),
           grad_hx[d].data_ptr<scalar_t>(), grad_w_ih[d], grad_w_hh[d], grad_b_ih[d],
           grad_b_hh[d]};

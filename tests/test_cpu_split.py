@@ -138,3 +138,27 @@ def test_pool_off_matches_reference():
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_strided_input_and_expanded_output_gradient(reset_after):
+    """batch_first input reaches the op transposed, and loss = out.sum() gives it an
+    expanded gradient; the kernels read both in place."""
+    x, hx, w_ih, w_hh, b_ih, b_hh, mask, lens, ra = make_args(
+        T=7, B=10, I=5, H=9, D=2, reset_after=reset_after, mask=True, lengths=True)
+    x_bf = x.detach().transpose(0, 1).contiguous().requires_grad_()  # [B, T, I]
+    args = (x_bf.transpose(0, 1), hx, w_ih, w_hh, b_ih, b_hh, mask, lens, ra)
+    assert args[0].stride(2) == 1 and not args[0].is_contiguous()
+    leaves = [x_bf] + [a for a in args[1:6] if a is not None]
+    out, h_n = ops.gru_layer(*args)
+    ref_out, ref_h = gru_layer_reference(*args)
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-12)
+    # the output's gradient: ones, expanded
+    grads = torch.autograd.grad(out.sum(), leaves, retain_graph=True)
+    ref_grads = torch.autograd.grad(ref_out.sum(), leaves, retain_graph=True)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-11)
+    grads = torch.autograd.grad(h_n.square().sum(), leaves)  # no output gradient at all
+    ref_grads = torch.autograd.grad(ref_h.square().sum(), leaves)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-11)
