@@ -185,3 +185,24 @@ def test_compile_matches_eager_and_saves_plain_checkpoints(tmp_path):
     state = train.load_checkpoint(out / "last.pt")
     assert not any(k.startswith("_orig_mod") for k in state["model"])
     train.model_from_checkpoint(state)  # strict load into an uncompiled model
+
+
+def test_backend_flag_overrides_the_preset_and_is_recorded(tmp_path, cache):
+    pick = lambda *a: cli.chosen_preset(cli._parse_train(list(a))).model.backend  # noqa: E731
+    assert pick("--preset", "gru128") == "auto"
+    assert pick("--preset", "gru128", "--backend", "cudnn") == "cudnn"
+    with pytest.raises(SystemExit):
+        cli._parse_train(["--backend", "cuda"])
+    out = tmp_path / "ref"
+    assert cli.train_main(["--data", "sample", "--out", str(out), "--epochs", "1",
+                           "--batch-size", "25", "--device", "cpu", "--backend", "reference"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["backend"] == "reference" and metrics["gru_backend"] == "reference"
+
+
+def test_backend_that_cannot_run_the_preset_stops_before_training(tmp_path, cache):
+    # gru100-recdrop is the Keras 2 cell (reset_after=False) with recurrent dropout
+    with pytest.raises(SystemExit, match="backend='cudnn' cannot run: nn.GRU has no reset_after"):
+        cli.train_main(["--preset", "gru100-recdrop", "--data", "sample", "--out",
+                        str(tmp_path / "x"), "--epochs", "1", "--device", "cpu", "--backend", "cudnn"])
+    assert not (tmp_path / "x" / "history.json").exists()
