@@ -267,15 +267,35 @@ void store_grad_state(const Direction<scalar_t>& f, const Rows<scalar_t>& r) {
   }
 }
 
-// Every step of one chunk of rows, on the calling thread.
+// Rows [i0, i1) of backward step k's reserve and output gradient, into cache.
+template <typename scalar_t>
+void prefetch_rows(const Direction<scalar_t>& f, const Rows<scalar_t>& r, int64_t k,
+                   int64_t i0, int64_t i1) {
+  const LayerShape& s = f.s;
+  const int64_t t = f.time_of(k), H = s.H;
+  const int64_t* gs = f.a.gout_stride;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t b = r.b0 + i;
+    prefetch(f.a.res + (t * s.B + b) * 5 * H, 5 * H, false);
+    if (gs[2] == 1) prefetch(f.a.gout + t * gs[0] + b * gs[1] + f.d * H, H, false);
+  }
+}
+
+// Every step of one chunk of rows, on the calling thread. While a step computes, the
+// next step's reserve and gradient rows are fetched, a share before each panel: they
+// are spread too thin for the hardware prefetcher to follow.
 template <typename scalar_t>
 void run_rows(const Direction<scalar_t>& f, Rows<scalar_t>& r, const Partials& sums) {
   load_grad_state(f, r);
   for (int64_t k0 = 0; k0 < f.s.T; k0 += f.block_steps) {
     const int64_t k1 = std::min(f.s.T, k0 + f.block_steps);
     for (int64_t k = k0; k < k1; ++k) {
+      const int64_t np = f.panels();
       for (int64_t phase = 0; phase < f.phases(); ++phase) {
-        for (int64_t p = 0; p < f.panels(); ++p) step_panel(f, r, k, phase, p);
+        for (int64_t p = 0; p < np; ++p) {
+          if (phase == 0 && k + 1 < f.s.T) prefetch_rows(f, r, k + 1, p * r.n / np, (p + 1) * r.n / np);
+          step_panel(f, r, k, phase, p);
+        }
       }
     }
     finish_block(f, r, sums, k0, k1);

@@ -221,6 +221,18 @@ C10_ALWAYS_INLINE void backward_inactive(Vec<scalar_t> dhh, const BackwardCell<s
   zero_gates(H, 3, p.dgh, c);
 }
 
+// Asks for `count` values from p to be brought into cache (for writing, when `write`):
+// the rows of a step to come, fetched while the current step computes.
+template <typename scalar_t>
+inline void prefetch(const scalar_t* p, int64_t count, bool write) {
+  const char* b = reinterpret_cast<const char*>(p);
+  const char* e = reinterpret_cast<const char*>(p + count);
+  for (; b < e; b += 64) {
+    if (write) __builtin_prefetch(b, 1, 2);
+    else __builtin_prefetch(b, 0, 2);
+  }
+}
+
 // dst = src * mask (src itself without a mask), n values.
 template <typename scalar_t>
 C10_ALWAYS_INLINE void masked_copy(int64_t n, const scalar_t* src, const scalar_t* mask, scalar_t* dst) {

@@ -21,14 +21,26 @@ Split layer_split(const LayerShape& s) {
   const int64_t threads = available_threads();
   const char* env = std::getenv("GRU_TORCH_CPU_SPLIT");
   const std::string force = env ? env : "";
-  TORCH_CHECK(force.empty() || force == "auto" || force == "rows" || force == "columns",
-              "GRU_TORCH_CPU_SPLIT must be auto, rows or columns, got '", force, "'");
+  // "rows:N" also fixes the rows of a chunk (for measuring the choice).
+  const bool rows_n = force.rfind("rows:", 0) == 0;
+  const int64_t chunk_rows = rows_n ? std::atoll(force.c_str() + 5) : 0;
+  TORCH_CHECK(force.empty() || force == "auto" || force == "rows" || force == "columns" ||
+                  (rows_n && chunk_rows > 0),
+              "GRU_TORCH_CPU_SPLIT must be auto, rows, rows:N (N > 0 rows a chunk) or "
+              "columns, got '", force, "'");
   if (force == "columns") {
     Split c;
     c.by_rows = false;
     c.threads = std::max<int64_t>(1, std::min(threads, panels));
     c.chunk_rows = s.B;
     return c;
+  }
+  if (rows_n) {
+    Split r;
+    r.chunk_rows = std::min(chunk_rows, std::max<int64_t>(s.B, 1));
+    r.chunks = std::max<int64_t>(1, (s.B + r.chunk_rows - 1) / r.chunk_rows);
+    r.threads = std::max<int64_t>(1, std::min(threads, r.chunks));
+    return r;
   }
   if (force == "rows") return choose_split(s.B, step_flops_per_row, threads, /*panels=*/1);
   return choose_split(s.B, step_flops_per_row, threads, panels);

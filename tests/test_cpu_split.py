@@ -55,9 +55,12 @@ def test_split_can_be_forced(threads, monkeypatch):
     assert split(512, 50, 100)[:2] == ("columns", 2)
     monkeypatch.setenv("GRU_TORCH_CPU_SPLIT", "rows")
     assert split(8, 128, 128) == ("rows", 1, 8, 1)
-    monkeypatch.setenv("GRU_TORCH_CPU_SPLIT", "diagonal")
-    with pytest.raises(RuntimeError, match="GRU_TORCH_CPU_SPLIT must be auto, rows or columns"):
-        split(8, 128, 128)
+    monkeypatch.setenv("GRU_TORCH_CPU_SPLIT", "rows:5")
+    assert split(12, 4, 4) == ("rows", 2, 5, 3)
+    for bad in ("diagonal", "rows:0", "rows:x"):
+        monkeypatch.setenv("GRU_TORCH_CPU_SPLIT", bad)
+        with pytest.raises(RuntimeError, match="GRU_TORCH_CPU_SPLIT must be auto, rows, rows:N"):
+            split(8, 128, 128)
 
 
 def check_against_reference(args, atol=1e-12):
@@ -84,7 +87,8 @@ def check_against_reference(args, atol=1e-12):
 SHAPES = [(1, 4, 3, 5), (3, 6, 2, 13), (21, 9, 4, 13), (40, 3, 2, 17)]
 
 
-@pytest.mark.parametrize("mode,n_threads", [("rows", 1), ("rows", 2), ("columns", 1), ("columns", 2)])
+@pytest.mark.parametrize("mode,n_threads", [("rows", 1), ("rows", 2), ("rows:5", 2), ("columns", 1),
+                                             ("columns", 2)])
 @pytest.mark.parametrize("B,T,I,H", SHAPES)
 def test_every_split_matches_reference(mode, n_threads, B, T, I, H, threads, monkeypatch):
     monkeypatch.setenv("GRU_TORCH_CPU_SPLIT", mode)
