@@ -206,3 +206,24 @@ def test_backend_that_cannot_run_the_preset_stops_before_training(tmp_path, cach
         cli.train_main(["--preset", "gru100-recdrop", "--data", "sample", "--out",
                         str(tmp_path / "x"), "--epochs", "1", "--device", "cpu", "--backend", "cudnn"])
     assert not (tmp_path / "x" / "history.json").exists()
+
+
+def test_epoch_seconds_script_times_fused_against_the_right_baseline(tmp_path):
+    """scripts/epoch_seconds.py: gru100-recdrop (Keras 2 cell with recurrent dropout) is
+    timed against the reference loop, the others against nn.GRU; one run on the sample."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import epoch_seconds
+    assert {p: epoch_seconds.baseline(p) for p in epoch_seconds.PRESETS} == {
+        "gru128": "cudnn", "gru100-recdrop": "reference", "gru32x2": "cudnn"}
+    env = {**os.environ, "GRU_TORCH_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "epoch_seconds.py"), "--data", "sample",
+         "--only", "gru32x2", "--runs", str(tmp_path / "runs"),
+         "--results", str(tmp_path / "res"), "--machine", "test"],
+        capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (row,) = json.loads((tmp_path / "res" / "epoch-seconds-test.json").read_text())["rows"]
+    assert row["preset"] == "gru32x2" and row["baseline"] == "cudnn"
+    assert row["fused_epoch_s"] > 0 and row["baseline_epoch_s"] > 0
+    assert row["speedup"] == pytest.approx(row["baseline_epoch_s"] / row["fused_epoch_s"])
+    assert "| gru32x2 | nn.GRU |" in (tmp_path / "res" / "epoch-seconds-test.md").read_text()
