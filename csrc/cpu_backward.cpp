@@ -127,8 +127,8 @@ void tile_dh(const Step<scalar_t>& st, int64_t p, int64_t i0) {
   const int64_t H = f.s.H, G = f.s.G();
   const bool after = f.s.reset_after;
   const PackedB<scalar_t>& w = after ? *f.w_hh : *f.w_rz;
-  const int64_t* col = w.layout().col.data() + p * S;
-  const int* count = w.layout().count.data() + p * S;
+  const int64_t* col = w.layout().cols(p);
+  const int* count = w.layout().counts(p);
   Rows<scalar_t>& r = st.r;
   Vec<scalar_t> acc[R][S];
   for (int m = 0; m < R; ++m) {
@@ -142,7 +142,6 @@ void tile_dh(const Step<scalar_t>& st, int64_t p, int64_t i0) {
     const int64_t i = i0 + m;
     for (int s = 0; s < S; ++s) {
       const int c = count[s];
-      if (c == 0) continue;
       if (st.last()) {
         acc[m][s].store(r.dhh + i * H + col[s], c);
         continue;
@@ -161,8 +160,8 @@ template <typename scalar_t, int R, int S>
 void tile_r(const Step<scalar_t>& st, int64_t p, int64_t i0) {
   const Direction<scalar_t>& f = st.f;
   const int64_t H = f.s.H, G = f.s.G();
-  const int64_t* col = f.w_n->layout().col.data() + p * S;
-  const int* count = f.w_n->layout().count.data() + p * S;
+  const int64_t* col = f.w_n->layout().cols(p);
+  const int* count = f.w_n->layout().counts(p);
   Rows<scalar_t>& r = st.r;
   Vec<scalar_t> acc[R][S];
   for (int m = 0; m < R; ++m) {
@@ -173,7 +172,6 @@ void tile_r(const Step<scalar_t>& st, int64_t p, int64_t i0) {
     const int64_t i = i0 + m;
     for (int s = 0; s < S; ++s) {
       const int c = count[s];
-      if (c == 0) continue;
       scalar_t* dqr = r.dqr + i * H + col[s];
       if (!st.active(i)) Vec<scalar_t>(scalar_t(0)).store(dqr, c);
       else backward_before_r(acc[m][s], st.cell(i, col[s]), dqr, H, c);
@@ -186,7 +184,7 @@ template <typename scalar_t>
 void step_panel(const Direction<scalar_t>& f, Rows<scalar_t>& r, int64_t k, int64_t phase,
                 int64_t p) {
   const Step<scalar_t> st(f, r, k);
-  with_slots(f.layout(phase).slots, [&](auto S) {
+  with_slots(f.layout(phase).slots[p], [&](auto S) {
     constexpr int kS = decltype(S)::value;
     for_row_tiles<4>(r.n, [&](auto R, int64_t i0) {
       constexpr int kR = decltype(R)::value;

@@ -137,10 +137,9 @@ void tile_after(const Step<scalar_t>& st, int64_t p, int64_t i0) {
   const Direction<scalar_t>& f = st.f;
   const int64_t H = f.s.H;
   const PanelLayout& l = f.w_h.layout();
-  const int64_t* col = l.col.data() + p * 3;
-  const int c = l.count[p * 3], u0 = static_cast<int>(l.unit0[p]);
+  const int c = l.counts(p)[0], u0 = static_cast<int>(l.unit0[p]);
   Vec<scalar_t> acc[R][4];
-  init_from(acc, f.a.bias, 0, col, l.count.data() + p * 3, 3);  // the bias, every row
+  init_from(acc, f.a.bias, 0, l.cols(p), l.counts(p), 3);  // the bias, every row
   for (int m = 0; m < R; ++m) acc[m][3] = Vec<scalar_t>(scalar_t(0));
   accumulate<scalar_t, R, 4, 0, 1, 2>(st.x_rows(i0), st.x_ld(), f.s.I, f.w_ih.panel_data(p), acc);
   accumulate<scalar_t, R, 4, 0, 1, 3>(st.hm_rows(i0), H, H, f.w_h.panel_data(p), acc);
@@ -164,9 +163,9 @@ void tile_before_rz(const Step<scalar_t>& st, int64_t p, int64_t i0) {
   const Direction<scalar_t>& f = st.f;
   const int64_t H = f.s.H;
   const PanelLayout& l = f.w_ih.layout();
-  const int c = l.count[p * 3], u0 = static_cast<int>(l.unit0[p]);
+  const int c = l.counts(p)[0], u0 = static_cast<int>(l.unit0[p]);
   Vec<scalar_t> acc[R][3];
-  init_from(acc, f.a.bias, 0, l.col.data() + p * 3, l.count.data() + p * 3, 3);
+  init_from(acc, f.a.bias, 0, l.cols(p), l.counts(p), 3);
   accumulate<scalar_t, R, 3, 0, 1, 2>(st.x_rows(i0), st.x_ld(), f.s.I, f.w_ih.panel_data(p), acc);
   accumulate<scalar_t, R, 3, 0, 1>(st.hm_rows(i0), H, H, f.w_h.panel_data(p), acc);
   Rows<scalar_t>& rows = st.r;
@@ -192,8 +191,8 @@ void tile_before_n(const Step<scalar_t>& st, int64_t p, int64_t i0) {
   const Direction<scalar_t>& f = st.f;
   const int64_t H = f.s.H;
   const PanelLayout& l = f.w_hn->layout();
-  const int64_t* col = l.col.data() + p * S;
-  const int* count = l.count.data() + p * S;
+  const int64_t* col = l.cols(p);
+  const int* count = l.counts(p);
   Rows<scalar_t>& r = st.r;
   Vec<scalar_t> acc[R][S];
   init_from(acc, r.gx_n + i0 * H, H, col, count, S);
@@ -204,7 +203,6 @@ void tile_before_n(const Step<scalar_t>& st, int64_t p, int64_t i0) {
   for (int m = 0; m < R; ++m) {
     const int64_t i = i0 + m;
     for (int s = 0; s < S; ++s) {
-      if (count[s] == 0) continue;
       const ForwardCell<scalar_t> cell = st.cell(i, col[s]);
       if (st.active(i)) forward_before_n(acc[m][s], cell, H, count[s]);
       else forward_inactive(cell, st.hm_prev(i, col[s]), H, count[s]);
@@ -222,7 +220,7 @@ void step_panel(const Direction<scalar_t>& f, Rows<scalar_t>& r, int64_t k, int6
   } else if (phase == 0) {
     for_row_tiles<4>(r.n, [&](auto R, int64_t i0) { tile_before_rz<scalar_t, decltype(R)::value>(st, p, i0); });
   } else {
-    with_slots(f.w_hn->layout().slots, [&](auto S) {
+    with_slots(f.w_hn->layout().slots[p], [&](auto S) {
       for_row_tiles<4>(r.n, [&](auto R, int64_t i0) {
         tile_before_n<scalar_t, decltype(R)::value, decltype(S)::value>(st, p, i0);
       });

@@ -29,43 +29,51 @@ constexpr int kMaxSlots = 3;
 
 // Where each panel's vectors go in C, and which hidden units a panel covers.
 struct PanelLayout {
-  int64_t slots = 1;          // vectors per panel (1..kMaxSlots)
-  std::vector<int64_t> col;   // [panels * slots] first column of C per slot
-  std::vector<int> count;     // [panels * slots] columns in use, 0..W
+  std::vector<int> slots;             // [panels] vectors of each panel (1..kMaxSlots)
+  std::vector<int64_t> first;         // [panels + 1] each panel's first slot in col, count
+  std::vector<int64_t> col;           // [slots] the first column of C of each slot
+  std::vector<int> count;             // [slots] columns in use, 1..W
   std::vector<int64_t> unit0, unit1;  // [panels] hidden units [unit0, unit1) of the panel
 
-  int64_t panels() const { return static_cast<int64_t>(unit0.size()); }
+  int64_t panels() const { return static_cast<int64_t>(slots.size()); }
+  const int64_t* cols(int64_t p) const { return col.data() + first[p]; }
+  const int* counts(int64_t p) const { return count.data() + first[p]; }
 
   // One panel per W hidden units, one slot per gate: the slot of gate g covers C columns
   // g*H + [u, u+W). gates = 3 (r, z, n) or 2 (r, z).
   static PanelLayout gates(int64_t H, int64_t gates, int64_t W) {
     PanelLayout l;
-    l.slots = gates;
+    l.first.push_back(0);
     for (int64_t u = 0; u < H; u += W) {
-      l.unit0.push_back(u);
-      l.unit1.push_back(std::min(H, u + W));
-      for (int64_t g = 0; g < gates; ++g) {
-        l.col.push_back(g * H + u);
-        l.count.push_back(static_cast<int>(std::min(W, H - u)));
-      }
+      for (int64_t g = 0; g < gates; ++g) l.add_slot(g * H + u, std::min(W, H - u));
+      l.close_panel(u, std::min(H, u + W));
     }
     return l;
   }
 
-  // One panel per kMaxSlots*W consecutive columns (hidden units) of C, [rows, H].
+  // One panel per kMaxSlots*W consecutive columns (hidden units) of C, [rows, H]; the last
+  // panel has only as many slots as units remain.
   static PanelLayout units(int64_t H, int64_t W) {
     PanelLayout l;
-    l.slots = std::min<int64_t>(kMaxSlots, (H + W - 1) / W);
-    for (int64_t u = 0; u < H; u += l.slots * W) {
-      l.unit0.push_back(u);
-      l.unit1.push_back(std::min(H, u + l.slots * W));
-      for (int64_t s = 0; s < l.slots; ++s) {
-        const int64_t c = u + s * W;
-        l.col.push_back(std::min(c, H));
-        l.count.push_back(static_cast<int>(std::clamp<int64_t>(H - c, 0, W)));
-      }
+    l.first.push_back(0);
+    for (int64_t u = 0; u < H; u += kMaxSlots * W) {
+      const int64_t end = std::min(H, u + kMaxSlots * W);
+      for (int64_t c = u; c < end; c += W) l.add_slot(c, std::min(W, end - c));
+      l.close_panel(u, end);
     }
     return l;
+  }
+
+ private:
+  void add_slot(int64_t c, int64_t n) {
+    col.push_back(c);
+    count.push_back(static_cast<int>(n));
+  }
+  void close_panel(int64_t u0, int64_t u1) {
+    slots.push_back(static_cast<int>(static_cast<int64_t>(col.size()) - first.back()));
+    first.push_back(static_cast<int64_t>(col.size()));
+    unit0.push_back(u0);
+    unit1.push_back(u1);
   }
 };
 
@@ -82,14 +90,14 @@ class PackedB {
 
   PackedB(PanelLayout layout, const scalar_t* src, int64_t ld, int64_t K, bool transposed)
       : layout_(std::move(layout)), K_(K),
-        data_(at::zeros({layout_.panels() * K * layout_.slots * W},
+        data_(at::zeros({static_cast<int64_t>(layout_.col.size()) * K * W},
                         at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value))) {
-    const int64_t S = layout_.slots;
     for (int64_t p = 0; p < layout_.panels(); ++p) {
       scalar_t* panel = panel_data(p);
+      const int64_t S = layout_.slots[p];
       for (int64_t s = 0; s < S; ++s) {
-        const int64_t c0 = layout_.col[p * S + s];
-        for (int64_t i = 0; i < layout_.count[p * S + s]; ++i) {
+        const int64_t c0 = layout_.cols(p)[s];
+        for (int64_t i = 0; i < layout_.counts(p)[s]; ++i) {
           for (int64_t k = 0; k < K; ++k) {
             panel[(k * S + s) * W + i] = transposed ? src[(c0 + i) * ld + k] : src[k * ld + c0 + i];
           }
@@ -101,12 +109,13 @@ class PackedB {
   const PanelLayout& layout() const { return layout_; }
   int64_t K() const { return K_; }
   int64_t panels() const { return layout_.panels(); }
+  // Panel p: [K][slots of p][W].
   const scalar_t* panel_data(int64_t p) const {
-    return data_.const_data_ptr<scalar_t>() + p * K_ * layout_.slots * W;
+    return data_.const_data_ptr<scalar_t>() + layout_.first[p] * K_ * W;
   }
 
  private:
-  scalar_t* panel_data(int64_t p) { return data_.data_ptr<scalar_t>() + p * K_ * layout_.slots * W; }
+  scalar_t* panel_data(int64_t p) { return data_.data_ptr<scalar_t>() + layout_.first[p] * K_ * W; }
 
   PanelLayout layout_;
   int64_t K_;
