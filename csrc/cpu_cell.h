@@ -1,10 +1,14 @@
-// The GRU cell's pointwise math for one batch row on the CPU, vectorized with
-// at::vec. Every function reads and writes H contiguous values per pointer; the
-// reserve row `res` holds 5H values: r, z, n, aux, h_prev (see gru.h).
+// The GRU cell's pointwise math on the CPU, one vector of hidden units of one batch row
+// at a time (at::vec), taking the recurrent product straight from the GEMM's registers.
+// Every pointer is offset to the vector's first unit; gate-major rows (the reserve row
+// res: r, z, n, aux, h_prev; dgx, dgh: r, z, n) step H between gates. `c` is the number
+// of units in the vector (the last vector of a row may be short).
 // Derivative helpers take the activation's *output* (d_sigmoid(y) = y (1 - y)).
+// Everything is forced inline, so that the cells of a GEMM tile's rows interleave.
 #pragma once
 
 #include <ATen/cpu/vec/vec.h>
+#include <c10/macros/Macros.h>
 #include <algorithm>
 #include <cstring>
 
@@ -16,201 +20,229 @@ using Vec = at::vec::Vectorized<scalar_t>;
 // exp_u20 is at::vec's fast exp (a polynomial, <= 20 ulp in float32; the exact exp
 // in float64). sigmoid and tanh both go through it: one exp and one division each.
 template <typename scalar_t>
-inline Vec<scalar_t> sigmoid(Vec<scalar_t> x) {
+C10_ALWAYS_INLINE Vec<scalar_t> sigmoid(Vec<scalar_t> x) {
   const Vec<scalar_t> one(scalar_t(1));
   return one / (one + x.neg().exp_u20());
 }
 
 // tanh(x) = 2 sigmoid(2x) - 1; saturates to +-1 where exp over- or underflows.
 template <typename scalar_t>
-inline Vec<scalar_t> tanh(Vec<scalar_t> x) {
+C10_ALWAYS_INLINE Vec<scalar_t> tanh(Vec<scalar_t> x) {
   const Vec<scalar_t> one(scalar_t(1)), two(scalar_t(2));
   return two / (one + (x * Vec<scalar_t>(scalar_t(-2))).exp_u20()) - one;
 }
 
-// Runs f(j, count) over [0, H) in vector-width chunks; the last chunk may be short.
-template <typename scalar_t, typename F>
-inline void for_chunks(int64_t H, F f) {
-  constexpr int64_t W = Vec<scalar_t>::size();
-  for (int64_t j = 0; j < H; j += W) f(j, static_cast<int>(std::min<int64_t>(W, H - j)));
-}
-
 template <typename scalar_t>
-inline Vec<scalar_t> load(const scalar_t* p, int64_t j, int c) {
-  return Vec<scalar_t>::loadu(p + j, c);
+C10_ALWAYS_INLINE Vec<scalar_t> load(const scalar_t* p, int c) {
+  return Vec<scalar_t>::loadu(p, c);
 }
 
 // h~ = h * mask, or h itself without a mask.
 template <typename scalar_t>
-inline Vec<scalar_t> masked(Vec<scalar_t> h, const scalar_t* mask, int64_t j, int c) {
-  return mask ? h * load(mask, j, c) : h;
+C10_ALWAYS_INLINE Vec<scalar_t> masked(Vec<scalar_t> h, const scalar_t* mask, int c) {
+  return mask ? h * load(mask, c) : h;
 }
 
-// reset_after=true, one step. gx: [G], the input projection plus b_ih and the r, z
-// parts of b_hh; gh: [G] = h~ W_hh^T (no bias); b_hn: [H] or null. Updates h (and
-// hm = h * mask when a mask is given).
-template <typename scalar_t>
-inline void forward_row_after(int64_t H, const scalar_t* gx, const scalar_t* gh,
-                              const scalar_t* b_hn, const scalar_t* mask, scalar_t* h,
-                              scalar_t* hm, scalar_t* out, scalar_t* res) {
-  const Vec<scalar_t> one(scalar_t(1));
-  for_chunks<scalar_t>(H, [&](int64_t j, int c) {
-    auto r = sigmoid(load(gx, j, c) + load(gh, j, c));
-    auto z = sigmoid(load(gx + H, j, c) + load(gh + H, j, c));
-    auto ghn = b_hn ? load(gh + 2 * H, j, c) + load(b_hn, j, c) : load(gh + 2 * H, j, c);
-    auto n = tanh(load(gx + 2 * H, j, c) + r * ghn);
-    auto hp = load(h, j, c);
-    auto hn = (one - z) * n + z * hp;
-    r.store(res + j, c);
-    z.store(res + H + j, c);
-    n.store(res + 2 * H + j, c);
-    ghn.store(res + 3 * H + j, c);
-    hp.store(res + 4 * H + j, c);
-    hn.store(h + j, c);
-    hn.store(out + j, c);
-    if (mask) masked(hn, mask, j, c).store(hm + j, c);
-  });
+// Runs f(j, count) over [0, n) in vector-width chunks; the last chunk may be short.
+template <typename scalar_t, typename F>
+C10_ALWAYS_INLINE void for_chunks(int64_t n, F f) {
+  constexpr int64_t W = Vec<scalar_t>::size();
+  for (int64_t j = 0; j < n; j += W) f(j, static_cast<int>(std::min<int64_t>(W, n - j)));
 }
 
-// reset_after=false, first half: r and z from gh_rz = h~ W_hrz^T, and q = r * h~,
-// the operand of the second recurrent GEMM.
 template <typename scalar_t>
-inline void forward_row_before_rz(int64_t H, const scalar_t* gx, const scalar_t* gh_rz,
-                                  const scalar_t* hm, scalar_t* q, scalar_t* res) {
-  for_chunks<scalar_t>(H, [&](int64_t j, int c) {
-    auto r = sigmoid(load(gx, j, c) + load(gh_rz, j, c));
-    auto z = sigmoid(load(gx + H, j, c) + load(gh_rz + H, j, c));
-    auto qv = r * load(hm, j, c);
-    r.store(res + j, c);
-    z.store(res + H + j, c);
-    qv.store(res + 3 * H + j, c);
-    qv.store(q + j, c);
-  });
+C10_ALWAYS_INLINE void zero_gates(int64_t H, int64_t gates, scalar_t* p, int c) {
+  const Vec<scalar_t> zero(scalar_t(0));
+  for (int64_t g = 0; g < gates; ++g) zero.store(p + g * H, c);
 }
 
-// reset_after=false, second half: n from ghn = q W_hn^T, then the new state.
+// Where one forward step of one vector of units reads and writes.
 template <typename scalar_t>
-inline void forward_row_before_n(int64_t H, const scalar_t* gx, const scalar_t* ghn,
-                                 const scalar_t* mask, scalar_t* h, scalar_t* hm,
-                                 scalar_t* out, scalar_t* res) {
-  const Vec<scalar_t> one(scalar_t(1));
-  for_chunks<scalar_t>(H, [&](int64_t j, int c) {
-    auto z = load(res + H, j, c);
-    auto n = tanh(load(gx + 2 * H, j, c) + load(ghn, j, c));
-    auto hp = load(h, j, c);
-    auto hn = (one - z) * n + z * hp;
-    n.store(res + 2 * H + j, c);
-    hp.store(res + 4 * H + j, c);
-    hn.store(h + j, c);
-    hn.store(out + j, c);
-    if (mask) masked(hn, mask, j, c).store(hm + j, c);
-  });
+struct ForwardCell {
+  const scalar_t* mask;    // recurrent-dropout mask, or null
+  const scalar_t* h_prev;  // the state read at this step
+  scalar_t* h_next;        // the state written
+  scalar_t* hm_next;       // h_next * mask, the next recurrent GEMM's operand (with a mask)
+  scalar_t* out;
+  scalar_t* res;           // the reserve row; null when none is kept (reset_after=true)
+};
+
+// The state update shared by both cells: h = (1-z) n + z h_prev, written to the next
+// state, the output, and (with a mask) the next step's GEMM operand h~.
+template <typename scalar_t>
+C10_ALWAYS_INLINE void new_state(Vec<scalar_t> z, Vec<scalar_t> n, Vec<scalar_t> hp,
+                                 const ForwardCell<scalar_t>& p, int c) {
+  auto hn = (Vec<scalar_t>(scalar_t(1)) - z) * n + z * hp;
+  hn.store(p.h_next, c);
+  hn.store(p.out, c);
+  if (p.mask) masked(hn, p.mask, c).store(p.hm_next, c);
 }
 
-// Zeros a row that is past its length: its output and reserve row are 0, and its
-// state is carried unchanged (nothing to do for h).
+// The forward's activations take pre-activations and are applied by the GEMM tiles to
+// all of a tile's rows before any row's results are stored, so that the rows' exp and
+// division chains overlap instead of running one after another.
+
+// reset_after=true, one step, from the activated gates: r, z, n = tanh(gx_n + r * gh_n),
+// with gh_n = h~ W_hn^T + b_hn (kept for the backward's r gate).
 template <typename scalar_t>
-inline void inactive_row(int64_t H, scalar_t* out, scalar_t* res) {
-  std::memset(out, 0, sizeof(scalar_t) * H);
-  std::memset(res, 0, sizeof(scalar_t) * 5 * H);
+C10_ALWAYS_INLINE void forward_after(Vec<scalar_t> r, Vec<scalar_t> z, Vec<scalar_t> n,
+                                     Vec<scalar_t> gh_n, const ForwardCell<scalar_t>& p,
+                                     int64_t H, int c) {
+  auto hp = load(p.h_prev, c);
+  if (p.res) {
+    r.store(p.res, c);
+    z.store(p.res + H, c);
+    n.store(p.res + 2 * H, c);
+    gh_n.store(p.res + 3 * H, c);
+    hp.store(p.res + 4 * H, c);
+  }
+  new_state(z, n, hp, p, c);
 }
 
-// The gradient reaching h_t: what was carried (dhz = dh_{t+1} * z_{t+1}), what came
-// back through the recurrent GEMM (dhh, times the mask), and the output's gradient.
+// reset_after=false, first half, from the activated r and z: q = r * h~, the operand
+// of the second recurrent GEMM.
 template <typename scalar_t>
-inline Vec<scalar_t> total_dh(const scalar_t* dhz, const scalar_t* dhh,
-                              const scalar_t* mask, const scalar_t* gout, int64_t j, int c) {
-  auto d = load(dhz, j, c) + masked(load(dhh, j, c), mask, j, c);
-  return gout ? d + load(gout, j, c) : d;
+C10_ALWAYS_INLINE void forward_before_rz(Vec<scalar_t> r, Vec<scalar_t> z,
+                                         const scalar_t* hm_prev, scalar_t* q, scalar_t* res,
+                                         int64_t H, int c) {
+  auto qv = r * load(hm_prev, c);
+  r.store(res, c);
+  z.store(res + H, c);
+  qv.store(res + 3 * H, c);
+  qv.store(q, c);
+}
+
+// reset_after=false, second half, from the activated n = tanh(gx_n + q W_hn^T).
+template <typename scalar_t>
+C10_ALWAYS_INLINE void forward_before_n(Vec<scalar_t> n, const ForwardCell<scalar_t>& p,
+                                        int64_t H, int c) {
+  auto z = load(p.res + H, c);
+  auto hp = load(p.h_prev, c);
+  n.store(p.res + 2 * H, c);
+  hp.store(p.res + 4 * H, c);
+  new_state(z, n, hp, p, c);
+}
+
+// A row past its length: its state (and h~) carries over, its output and reserve are 0.
+template <typename scalar_t>
+C10_ALWAYS_INLINE void forward_inactive(const ForwardCell<scalar_t>& p, const scalar_t* hm_prev,
+                             int64_t H, int c) {
+  load(p.h_prev, c).store(p.h_next, c);
+  if (p.mask) load(hm_prev, c).store(p.hm_next, c);
+  Vec<scalar_t>(scalar_t(0)).store(p.out, c);
+  if (p.res) zero_gates(H, 5, p.res, c);
+}
+
+// Where one backward step of one vector of units reads and writes.
+template <typename scalar_t>
+struct BackwardCell {
+  const scalar_t* res;   // the reserve row
+  const scalar_t* gout;  // the output's gradient
+  bool gout_broadcast;   // gout holds one value for every unit (an expanded gradient)
+  const scalar_t* mask;  // or null
+  scalar_t* dhz;         // in: dh_{t+1} * z_{t+1} (the part of dh carried past the GEMM)
+  scalar_t* dgx;         // the gate gradients: dgx = dL/d(x W_ih^T + b_ih)
+  scalar_t* dgh;         //                     dgh = dL/d(h~ W_hh^T)
+};
+
+// The gradient reaching h_t: what was carried (dhz), what came back through the
+// recurrent GEMM (dhh, times the mask), and the output's gradient.
+template <typename scalar_t>
+C10_ALWAYS_INLINE Vec<scalar_t> total_dh(Vec<scalar_t> dhh, const scalar_t* dhz,
+                                         const scalar_t* mask, int c) {
+  return load(dhz, c) + masked(dhh, mask, c);
+}
+
+template <typename scalar_t>
+C10_ALWAYS_INLINE Vec<scalar_t> total_dh(Vec<scalar_t> dhh, const BackwardCell<scalar_t>& p,
+                                         int c) {
+  auto gout = p.gout_broadcast ? Vec<scalar_t>(*p.gout) : load(p.gout, c);
+  return total_dh(dhh, p.dhz, p.mask, c) + gout;
 }
 
 // reset_after=true backward of one step. Writes dgx = [da_r, da_z, da_n],
 // dgh = [da_r, da_z, da_n * r] and dhz = dh * z.
 template <typename scalar_t>
-inline void backward_row_after(int64_t H, const scalar_t* res, const scalar_t* hprev,
-                               const scalar_t* gout,
-                               const scalar_t* mask, scalar_t* dhz, const scalar_t* dhh,
-                               scalar_t* dgx, scalar_t* dgh) {
+C10_ALWAYS_INLINE void backward_after(Vec<scalar_t> dhh, const BackwardCell<scalar_t>& p, int64_t H,
+                           int c) {
   const Vec<scalar_t> one(scalar_t(1));
-  for_chunks<scalar_t>(H, [&](int64_t j, int c) {
-    auto dh = total_dh(dhz, dhh, mask, gout, j, c);
-    auto r = load(res, j, c), z = load(res + H, j, c), n = load(res + 2 * H, j, c);
-    auto ghn = load(res + 3 * H, j, c), hp = load(hprev, j, c);
-    auto da_n = dh * (one - z) * (one - n * n);
-    auto da_z = dh * (hp - n) * z * (one - z);
-    auto da_r = da_n * ghn * r * (one - r);
-    da_r.store(dgx + j, c);
-    da_z.store(dgx + H + j, c);
-    da_n.store(dgx + 2 * H + j, c);
-    da_r.store(dgh + j, c);
-    da_z.store(dgh + H + j, c);
-    (da_n * r).store(dgh + 2 * H + j, c);
-    (dh * z).store(dhz + j, c);
-  });
+  auto dh = total_dh(dhh, p, c);
+  auto r = load(p.res, c), z = load(p.res + H, c), n = load(p.res + 2 * H, c);
+  auto gh_n = load(p.res + 3 * H, c), hp = load(p.res + 4 * H, c);
+  auto da_n = dh * (one - z) * (one - n * n);
+  auto da_z = dh * (hp - n) * z * (one - z);
+  auto da_r = da_n * gh_n * r * (one - r);
+  da_r.store(p.dgx, c);
+  da_z.store(p.dgx + H, c);
+  da_n.store(p.dgx + 2 * H, c);
+  da_r.store(p.dgh, c);
+  da_z.store(p.dgh + H, c);
+  (da_n * r).store(p.dgh + 2 * H, c);
+  (dh * z).store(p.dhz, c);
 }
 
 // reset_after=false backward, first half: da_z and da_n (dgh_n = da_n feeds the
 // GEMM dq = da_n W_hn that the r gate needs).
 template <typename scalar_t>
-inline void backward_row_before_zn(int64_t H, const scalar_t* res, const scalar_t* hprev,
-                                   const scalar_t* gout,
-                                   const scalar_t* mask, scalar_t* dhz, const scalar_t* dhh,
-                                   scalar_t* dgx, scalar_t* dgh) {
+C10_ALWAYS_INLINE void backward_before_zn(Vec<scalar_t> dhh, const BackwardCell<scalar_t>& p, int64_t H,
+                               int c) {
   const Vec<scalar_t> one(scalar_t(1));
-  for_chunks<scalar_t>(H, [&](int64_t j, int c) {
-    auto dh = total_dh(dhz, dhh, mask, gout, j, c);
-    auto z = load(res + H, j, c), n = load(res + 2 * H, j, c), hp = load(hprev, j, c);
-    auto da_n = dh * (one - z) * (one - n * n);
-    auto da_z = dh * (hp - n) * z * (one - z);
-    da_z.store(dgx + H + j, c);
-    da_n.store(dgx + 2 * H + j, c);
-    da_z.store(dgh + H + j, c);
-    da_n.store(dgh + 2 * H + j, c);
-    (dh * z).store(dhz + j, c);
-  });
+  auto dh = total_dh(dhh, p, c);
+  auto z = load(p.res + H, c), n = load(p.res + 2 * H, c), hp = load(p.res + 4 * H, c);
+  auto da_n = dh * (one - z) * (one - n * n);
+  auto da_z = dh * (hp - n) * z * (one - z);
+  da_z.store(p.dgx + H, c);
+  da_n.store(p.dgx + 2 * H, c);
+  da_z.store(p.dgh + H, c);
+  da_n.store(p.dgh + 2 * H, c);
+  (dh * z).store(p.dhz, c);
 }
 
-// reset_after=false backward, second half: da_r from dq, and dqr = dq * r, the part
-// of dh~ that flows through q = r * h~.
+// reset_after=false backward, second half: da_r from dq = da_n W_hn, and dqr = dq * r,
+// the part of dh~ that flows through q = r * h~.
 template <typename scalar_t>
-inline void backward_row_before_r(int64_t H, const scalar_t* res, const scalar_t* hprev,
-                                  const scalar_t* mask,
-                                  const scalar_t* dq, scalar_t* dqr, scalar_t* dgx,
-                                  scalar_t* dgh) {
+C10_ALWAYS_INLINE void backward_before_r(Vec<scalar_t> dq, const BackwardCell<scalar_t>& p,
+                              scalar_t* dqr, int64_t H, int c) {
   const Vec<scalar_t> one(scalar_t(1));
-  for_chunks<scalar_t>(H, [&](int64_t j, int c) {
-    auto r = load(res, j, c);
-    auto hm = masked(load(hprev, j, c), mask, j, c);
-    auto dqv = load(dq, j, c);
-    auto da_r = dqv * hm * r * (one - r);
-    da_r.store(dgx + j, c);
-    da_r.store(dgh + j, c);
-    (dqv * r).store(dqr + j, c);
-  });
-}
-
-// h~ = h_prev * mask into a row of the weight-gradient GEMM's operand.
-template <typename scalar_t>
-inline void masked_copy_row(int64_t H, const scalar_t* hprev, const scalar_t* mask,
-                            scalar_t* dst) {
-  if (!mask) {
-    std::memcpy(dst, hprev, sizeof(scalar_t) * H);
-    return;
-  }
-  for_chunks<scalar_t>(H, [&](int64_t j, int c) {
-    (load(hprev, j, c) * load(mask, j, c)).store(dst + j, c);
-  });
+  auto r = load(p.res, c);
+  auto hm = masked(load(p.res + 4 * H, c), p.mask, c);
+  auto da_r = dq * hm * r * (one - r);
+  da_r.store(p.dgx, c);
+  da_r.store(p.dgh, c);
+  (dq * r).store(dqr, c);
 }
 
 // A row past its length in backward: no gate gradients, and dh passes through.
 template <typename scalar_t>
-inline void backward_inactive_row(int64_t H, const scalar_t* mask, scalar_t* dhz,
-                                  const scalar_t* dhh, scalar_t* dgx, scalar_t* dgh) {
-  for_chunks<scalar_t>(H, [&](int64_t j, int c) {
-    total_dh<scalar_t>(dhz, dhh, mask, nullptr, j, c).store(dhz + j, c);
+C10_ALWAYS_INLINE void backward_inactive(Vec<scalar_t> dhh, const BackwardCell<scalar_t>& p, int64_t H,
+                              int c) {
+  total_dh(dhh, p.dhz, p.mask, c).store(p.dhz, c);
+  zero_gates(H, 3, p.dgx, c);
+  zero_gates(H, 3, p.dgh, c);
+}
+
+// Asks for `count` values from p to be brought into cache (for writing, when `write`):
+// the rows of a step to come, fetched while the current step computes.
+template <typename scalar_t>
+inline void prefetch(const scalar_t* p, int64_t count, bool write) {
+  const char* b = reinterpret_cast<const char*>(p);
+  const char* e = reinterpret_cast<const char*>(p + count);
+  for (; b < e; b += 64) {
+    if (write) __builtin_prefetch(b, 1, 2);
+    else __builtin_prefetch(b, 0, 2);
+  }
+}
+
+// dst = src * mask (src itself without a mask), n values.
+template <typename scalar_t>
+C10_ALWAYS_INLINE void masked_copy(int64_t n, const scalar_t* src, const scalar_t* mask, scalar_t* dst) {
+  if (!mask) {
+    std::memcpy(dst, src, sizeof(scalar_t) * n);
+    return;
+  }
+  for_chunks<scalar_t>(n, [&](int64_t j, int c) {
+    (load(src + j, c) * load(mask + j, c)).store(dst + j, c);
   });
-  std::memset(dgx, 0, sizeof(scalar_t) * 3 * H);
-  std::memset(dgh, 0, sizeof(scalar_t) * 3 * H);
 }
 
 }  // namespace gru_torch::cpu

@@ -1,17 +1,52 @@
 #include "cpu_pool.h"
 
 #include <cstdlib>
+#include <map>
 #include <mutex>
 #include <string>
-#include <unordered_map>
-#include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 namespace gru_torch::cpu {
 namespace {
 
 constexpr size_t kMinPooled = size_t(1) << 20;  // smaller buffers: plain at::empty
-constexpr size_t kGranule = size_t(2) << 20;
-constexpr size_t kAlign = 64;
+constexpr size_t kGranule = size_t(2) << 20;    // one huge page
+
+// Maps `bytes` (a multiple of kGranule) aligned to a huge page, asking for huge pages.
+void* map_buffer(size_t bytes) {
+#if defined(__linux__)
+  void* raw = mmap(nullptr, bytes + kGranule, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  TORCH_CHECK(raw != MAP_FAILED, "gru_torch: out of memory mapping ", bytes, " bytes");
+  // Trim to a huge-page boundary at both ends, so the whole buffer can be huge pages.
+  const uintptr_t start = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t aligned = (start + kGranule - 1) / kGranule * kGranule;
+  if (aligned > start) munmap(raw, aligned - start);
+  const uintptr_t tail = aligned + bytes, end = start + bytes + kGranule;
+  if (end > tail) munmap(reinterpret_cast<void*>(tail), end - tail);
+  void* p = reinterpret_cast<void*>(aligned);
+#if defined(MADV_HUGEPAGE)
+  madvise(p, bytes, MADV_HUGEPAGE);  // a hint: where THP is off, plain pages it is
+#endif
+  return p;
+#else
+  void* p = std::aligned_alloc(kGranule, bytes);
+  TORCH_CHECK(p, "gru_torch: out of memory allocating ", bytes, " bytes");
+  return p;
+#endif
+}
+
+void unmap_buffer(void* p, size_t bytes) {
+#if defined(__linux__)
+  munmap(p, bytes);
+#else
+  (void)bytes;
+  std::free(p);
+#endif
+}
 
 class Pool {
  public:
@@ -20,39 +55,40 @@ class Pool {
     limit_ = (env ? std::stoull(env) : 1024ull) << 20;
   }
 
-  size_t limit() const { return limit_; }
-
-  void* take(size_t bytes) {
+  // A buffer of at least `bytes`; *size receives its real size.
+  void* take(size_t bytes, size_t* size) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      auto it = free_.find(bytes);
-      if (it != free_.end() && !it->second.empty()) {
-        void* p = it->second.back();
-        it->second.pop_back();
-        idle_ -= bytes;
+      // Best fit: the smallest kept buffer that holds the request, if it is not more
+      // than twice as large (a larger one would be wasted and missed by a larger request).
+      auto it = free_.lower_bound(bytes);
+      if (it != free_.end() && it->first <= 2 * bytes) {
+        void* p = it->second;
+        *size = it->first;
+        idle_ -= it->first;
+        free_.erase(it);
         return p;
       }
     }
-    void* p = std::aligned_alloc(kAlign, bytes);
-    TORCH_CHECK(p, "gru_torch: out of memory allocating ", bytes, " bytes");
-    return p;
+    *size = bytes;
+    return map_buffer(bytes);
   }
 
   void give(void* p, size_t bytes) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (idle_ + bytes <= limit_) {
-        free_[bytes].push_back(p);
+        free_.emplace(bytes, p);
         idle_ += bytes;
         return;
       }
     }
-    std::free(p);
+    unmap_buffer(p, bytes);
   }
 
  private:
   std::mutex mu_;
-  std::unordered_map<size_t, std::vector<void*>> free_;
+  std::multimap<size_t, void*> free_;  // by size
   size_t idle_ = 0;
   size_t limit_ = 0;
 };
@@ -68,10 +104,10 @@ Pool& pool() {
 at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
   const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) *
                        c10::elementSize(c10::typeMetaToScalarType(options.dtype()));
-  if (bytes < kMinPooled || pool().limit() == 0) return at::empty(sizes, options);
-  const size_t rounded = (bytes + kGranule - 1) / kGranule * kGranule;
-  void* p = pool().take(rounded);
-  return at::from_blob(p, sizes, [rounded](void* q) { pool().give(q, rounded); }, options);
+  if (bytes < kMinPooled) return at::empty(sizes, options);
+  size_t size = 0;
+  void* p = pool().take((bytes + kGranule - 1) / kGranule * kGranule, &size);
+  return at::from_blob(p, sizes, [size](void* q) { pool().give(q, size); }, options);
 }
 
 }  // namespace gru_torch::cpu

@@ -1,13 +1,15 @@
-// A small cache of large CPU buffers for the op's outputs and workspaces.
+// Large CPU buffers for the op's outputs (output, reserve, grad_input).
 //
-// glibc serves allocations above its mmap threshold (at most 32 MiB) with fresh
-// pages from the kernel, and every first touch of a page is a fault, several
-// times slower than writing memory already mapped. A training loop asks for the
-// same [T, B, ...] buffers every batch, so the op keeps freed ones and hands
-// them out again.
+// glibc serves allocations above its mmap threshold (at most 32 MiB) with fresh pages
+// from the kernel, and the first touch of every 4 KiB page is a fault, several times
+// slower than writing memory already mapped. So buffers of 1 MiB and more are mapped
+// here in 2 MiB granules with transparent huge pages requested (one fault per 2 MiB
+// instead of 512), and freed ones are kept for reuse: a later request takes the
+// smallest kept buffer that holds it and wastes at most half of it, so batches whose
+// length changes from call to call reuse them as well as fixed shapes do.
 //
-// Buffers of 1 MiB and more are rounded up to 2 MiB and cached by size; at most
-// GRU_TORCH_CPU_POOL_MB (default 1024, 0 disables) of idle memory is kept.
+// At most GRU_TORCH_CPU_POOL_MB (default 1024) of idle memory is kept; 0 keeps none
+// (every buffer is unmapped when freed, but still mapped with huge pages).
 #pragma once
 
 #include <ATen/ATen.h>

@@ -15,7 +15,7 @@ CSRC_DIRS = (Path(__file__).resolve().parent / "csrc", Path(__file__).resolve().
 # development, and it is most of the C++ to compile). Neither includes a torch header;
 # gru_cuda.cpp and emu_ops.cpp are the torch glue.
 KERNELS = ("selftest", "gru_persistent_f32", "gru_persistent_bf16", "gru_persistent_f16", "gru_step")
-CPU_SOURCES = ("ops.cpp", "gru_cpu.cpp", "cpu_pool.cpp")
+CPU_SOURCES = ("ops.cpp", "gru_cpu.cpp", "cpu_forward.cpp", "cpu_backward.cpp", "cpu_pool.cpp")
 EMULATOR_SOURCES = ("emu/emulator.cpp", "emu/launch_check.cpp", "emu_ops.cpp") + tuple(
     f"emu/{k}.cpp" for k in KERNELS)
 CUDA_SOURCES = ("gru_cuda.cpp",) + tuple(f"kernels/{k}.cu" for k in KERNELS)
@@ -41,8 +41,18 @@ def _cpu_has(*flags: str) -> bool:
     return False
 
 
+def _torch_uses_openmp() -> bool:
+    import torch
+
+    return torch.backends.openmp.is_available()
+
+
 def cxx_flags() -> list[str]:
     flags = ["-O3"]
+    if _torch_uses_openmp() and sys.platform.startswith("linux"):
+        # at::parallel_for is a header template: without -fopenmp it runs serially in our
+        # code. Compiled only (not linked), its OpenMP calls bind to the runtime torch loaded.
+        flags += ["-fopenmp", "-Wno-unknown-pragmas"]
     arch = os.environ.get("GRU_TORCH_CPU_ARCH", "native")
     if arch not in ("native", "generic"):
         raise ValueError(f"GRU_TORCH_CPU_ARCH must be 'native' or 'generic', got {arch!r}")

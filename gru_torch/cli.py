@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import machine, presets
+from . import backends, machine, presets
 from .data import archive, imdb
 from .data.archive import DataError
 from .data.batching import ReviewBatches
 from .data.text import tokenize
 from .export import ExportError
+from .gru import GRU
 from .models import ModelConfig, SentimentClassifier
 from .progress import STATUS_EVERY_S, LogHandler, RunLog
 from .train import (CheckpointError, EarlyStopping, RunOptions, evaluate, fit, load_checkpoint,
@@ -46,11 +47,11 @@ def default_recipe(cell: str, bidirectional: bool) -> presets.Preset:
 
 
 def chosen_preset(args) -> presets.Preset:
-    """--preset NAME, else the default recipe for --cell; --init and --recurrent-dropout
-    override its model's."""
+    """--preset NAME, else the default recipe for --cell; --init, --recurrent-dropout and
+    --backend override its model's."""
     preset = presets.get(args.preset) if args.preset else default_recipe(args.cell, args.bidirectional)
-    changes = {k: v for k, v in (("init", args.init), ("recurrent_dropout", args.recurrent_dropout))
-               if v is not None}
+    changes = {k: v for k, v in (("init", args.init), ("recurrent_dropout", args.recurrent_dropout),
+                                 ("backend", args.backend)) if v is not None}
     if changes:
         preset = dataclasses.replace(preset, model=dataclasses.replace(preset.model, **changes))
     return preset
@@ -109,6 +110,8 @@ def _parse_train(argv):
                     help="override the model's recurrent_dropout")
     ap.add_argument("--init", choices=["torch", "keras"],
                     help="initializers (default: keras for a --preset, torch otherwise)")
+    ap.add_argument("--backend", choices=backends.BACKENDS,
+                    help="how the GRU layers run (default auto: the fused op where it is built)")
     ap.add_argument("--threads", type=int,
                     help="torch.set_num_threads (default: the physical cores, shared among "
                          "the processes of a torchrun)")
@@ -266,6 +269,7 @@ def _train_run(args, preset, epochs, batch_size, out, device, resume, log, ranks
     log(f"model: {sum(p.numel() for p in model.parameters()):,} parameters "
         f"(the layer table is in {out / 'train.log'})")
     model.to(device)
+    gru_backend = training_backend(model, device)
     stopper = EarlyStopping(**preset.early_stopping) if preset.early_stopping and val else None
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -283,7 +287,8 @@ def _train_run(args, preset, epochs, batch_size, out, device, resume, log, ranks
         r["seconds"] for r in (resume or {}).get("history", []))
     result = evaluate(model, test, use_lengths, progress="test", opts=opts, log=log)
     metrics = {"test_accuracy": result["accuracy"], "test_loss": result["loss"],
-               "epochs": len(history.rows), "train_seconds": round(train_seconds, 2)}
+               "epochs": len(history.rows), "train_seconds": round(train_seconds, 2),
+               "backend": preset.model.backend, "gru_backend": gru_backend}
     if rank == 0:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
         history.test_accuracy = result["accuracy"]
@@ -296,6 +301,19 @@ def _train_run(args, preset, epochs, batch_size, out, device, resume, log, ranks
     if world > 1:
         torch.distributed.destroy_process_group()
     return 0
+
+
+def training_backend(model: torch.nn.Module, device: torch.device) -> str | None:
+    """The backend the model's GRU layers train with on `device` (None without GRU
+    layers); a forced backend that cannot run them stops the run before it trains."""
+    grus = [m for m in model.modules() if isinstance(m, GRU)]
+    try:
+        used = {backends.resolve(g.backend, backends.Config(device, g.weight_ih_l0.dtype,
+                                                            g.reset_after, g.recurrent_dropout > 0))
+                for g in grus}
+    except RuntimeError as e:
+        raise SystemExit(str(e)) from None
+    return ",".join(sorted(used)) or None
 
 
 def encode(text: str, vocab: list[str], num_words: int, maxlen: int | None) -> list[int]:

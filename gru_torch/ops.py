@@ -92,15 +92,15 @@ def _setup_context(ctx, inputs, output, emulated=False):
 
 def _backward(ctx, grad_out, grad_h_n, _grad_reserve):
     input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, reserve = ctx.saved_tensors
-    if grad_out is None:
+    if grad_out is None:  # expanded, not allocated: the kernels read any strides
         T, B = input.shape[:2]
-        grad_out = input.new_zeros(T, B, w_hh.shape[0] * w_hh.shape[2])
+        grad_out = input.new_zeros(()).expand(T, B, w_hh.shape[0] * w_hh.shape[2])
     if grad_h_n is None:
         grad_h_n = torch.zeros_like(hx)
     backward_op = (torch.ops.gru_torch.gru_layer_backward_emulated if ctx.emulated
                    else torch.ops.gru_torch.gru_layer_backward)
     grads = backward_op(
-        grad_out.contiguous(), grad_h_n.contiguous(), input, hx, w_ih, w_hh, b_ih, b_hh,
+        grad_out, grad_h_n.contiguous(), input, hx, w_ih, w_hh, b_ih, b_hh,
         mask, lengths, ctx.reset_after, reserve)
     d_input, d_hx, d_w_ih, d_w_hh, d_b_ih, d_b_hh = grads
     return (d_input, d_hx, d_w_ih, d_w_hh, d_b_ih if ctx.has_b_ih else None,

@@ -18,6 +18,12 @@ Usage (from the repository root, in the venv):
   python scripts/benchmark.py --recurrent-dropout 0.25     # training, fused vs reference
   python scripts/benchmark.py --reference-max-steps 300 --reference-repeats 1 --threads 1
   python scripts/benchmark.py --record                   # into benchmarks/results/ (idle machine)
+  python scripts/benchmark.py --mode alternate --backends fused,cudnn,onnxruntime --repeats 7
+  python scripts/benchmark.py --mode alternate --vary-t     # each round a different T
+  python scripts/benchmark.py --mode alternate --busy 1     # quiet, then with a core burned
+
+--mode alternate, --busy and the GEMM floor are described in scripts/bench_modes.py, the
+onnxruntime backend (forward only) in scripts/bench_onnxruntime.py.
 
 Results: runs/bench/<device>.json (cpu-<cpu model> or the GPU's name, as a slug), the
 printed report as markdown beside it (.md) and a speedup plot (.png); --out picks another
@@ -46,7 +52,13 @@ import gru_torch
 from gru_torch import GRU, machine, ops
 from gru_torch.train import pyplot
 
-BACKENDS = ("fused", "cudnn", "reference")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules below
+import bench_modes  # noqa: E402
+import bench_onnxruntime  # noqa: E402
+
+BACKENDS = ("fused", "cudnn", "reference", "onnxruntime")
+DEFAULT_BACKENDS = "fused,cudnn,reference"
+MODES = ("interleaved", "alternate")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 NOTEBOOK_SHAPES = "32,200,128,128;512,200,50,100;512,500,100,32;100,300,1,50"
 CHECK_TOLERANCE = 1e-8
@@ -98,7 +110,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bidirectional", action="store_true")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--backends", default=",".join(BACKENDS), help="comma list of fused,cudnn,reference")
+    p.add_argument("--backends", default=DEFAULT_BACKENDS,
+                   help="comma list of fused,cudnn,reference,onnxruntime (onnxruntime: forward only)")
+    p.add_argument("--mode", choices=MODES, default="interleaved",
+                   help="interleaved: medians of each backend; alternate: median of per-round "
+                        "ratios, training steps out.sum().backward() with fresh gradients")
+    p.add_argument("--vary-t", action="store_true",
+                   help="--mode alternate: each round's T drawn from [T/2, T]")
+    p.add_argument("--busy", type=int, default=0, metavar="N",
+                   help="measure quietly, then again with N processes burning a core each")
     p.add_argument("--reference-repeats", type=int, default=3,
                    help="repeats for the slow reference backend (at most --repeats; default 3)")
     p.add_argument("--reference-max-steps", type=int, default=None,
@@ -124,6 +144,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--layers, --repeats, --reference-repeats, --threads must be >= 1, --warmup >= 0")
     if not 0 <= args.recurrent_dropout < 1:
         p.error("--recurrent-dropout must lie in [0, 1)")
+    if args.busy < 0:
+        p.error("--busy must be >= 0")
+    if args.vary_t and args.mode != "alternate":
+        p.error("--vary-t needs --mode alternate")
+    if args.mode == "alternate" and "reference" in args.backends:
+        args.backends.remove("reference")  # tens of times slower: it has no place in turns
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch sees no CUDA device")
     if args.record and args.no_save:
@@ -146,15 +172,23 @@ def busy_refusal(force: bool) -> str | None:
 
 def build_modules(shape: Shape, args: argparse.Namespace, dtype: torch.dtype,
                   device: torch.device, backends: list[str]) -> dict[str, nn.Module]:
-    """One module per backend, all with the same weights; "cudnn" is a plain nn.GRU."""
+    """One module per backend, all with the same weights; "cudnn" is a plain nn.GRU and
+    "onnxruntime" an OrtGRU session (checked against nn.GRU on a sample input)."""
     def make(backend: str) -> GRU:
         return GRU(shape.I, shape.H, args.layers, bidirectional=args.bidirectional, device=device,
                    dtype=dtype, recurrent_dropout=args.recurrent_dropout, backend=backend)
 
     base = make("reference")
-    modules = {name: base.to_torch() if name == "cudnn" else make(name) for name in backends}
+    modules = {name: base.to_torch() if name == "cudnn" else make(name) for name in backends
+               if name != "onnxruntime"}
     for module in modules.values():  # to_torch() copied them already; the others need it
         module.load_state_dict(base.state_dict())
+    if "onnxruntime" in backends:
+        nn_gru = base.to_torch()
+        ort = bench_onnxruntime.OrtGRU(nn_gru, torch.get_num_threads())
+        sample = torch.randn(min(shape.T, 20), min(shape.B, 8), shape.I, dtype=dtype)
+        bench_onnxruntime.check(ort, nn_gru, sample)
+        modules["onnxruntime"] = ort
     return modules
 
 
@@ -206,6 +240,8 @@ def check_shape(shape: Shape, args: argparse.Namespace, device: torch.device) ->
 
 def make_step(module: nn.Module, pass_: str, x: Tensor, g_out: Tensor,
               g_h: Tensor) -> Callable[[], None]:
+    if isinstance(module, bench_onnxruntime.OrtGRU):
+        return lambda: module.run(x)
     if pass_ == "forward":
         module.eval()
 
@@ -260,6 +296,10 @@ def skip_reason(name: str, shape: Shape, args: argparse.Namespace, device: torch
         why = fused_unavailable(device, dtype)
         failed = None if why else ops.self_check_failure(device, dtype, True)
         return why or (f"the fused kernel failed its self-check: {failed}" if failed else None)
+    if name == "onnxruntime":
+        if args.recurrent_dropout:
+            return "onnxruntime times inference only"
+        return bench_onnxruntime.unavailable(args.layers, dtype, device)
     if name == "cudnn" and args.recurrent_dropout:
         return "nn.GRU has no recurrent dropout"
     if name == "reference" and args.reference_max_steps is not None and steps > args.reference_max_steps:
@@ -283,9 +323,11 @@ def bench_case(shape: Shape, dtype_name: str, args: argparse.Namespace,
     x, g_out, g_h = make_inputs(shape, args, dtype, device)
     repeats = {n: min(args.repeats, args.reference_repeats) if n == "reference" else args.repeats
                for n in backends}
+    rate = bench_modes.gemm_rate(shape, device) if device.type == "cpu" else None
     rows = []
     for pass_ in ["forward+backward"] if args.recurrent_dropout else ["forward", "forward+backward"]:
-        steps = {n: make_step(m, pass_, x, g_out, g_h) for n, m in modules.items()}
+        steps = {n: make_step(m, pass_, x, g_out, g_h) for n, m in modules.items()
+                 if pass_ == "forward" or n != "onnxruntime"}
         # fused and nn.GRU side by side; the reference, tens of times slower, on its own
         # afterwards: its many small allocations leave the allocator's heap warm, which
         # would make nn.GRU's next run look faster than it is in its own training loop.
@@ -303,6 +345,45 @@ def bench_case(shape: Shape, dtype_name: str, args: argparse.Namespace,
                          "median_ms": statistics.median(times),
                          "us_per_step": statistics.median(times) * 1e3 / shape.T, "repeats": len(times),
                          "recurrent_dropout": args.recurrent_dropout})
+            if name == "fused" and rate:
+                rows[-1]["gemm_floor_ms"] = bench_modes.floor_ms(pass_flops(shape, args, pass_), rate)
+    return rows
+
+
+def pass_flops(shape: Shape, args: argparse.Namespace, pass_: str, T: int | None = None) -> float:
+    """The GEMM FLOPs of one pass (forward+backward: 3x the forward's), at T steps."""
+    s = shape if T is None else Shape(shape.B, T, shape.I, shape.H)
+    return forward_flops(s, args.layers, 2 if args.bidirectional else 1)[2] * (
+        3 if "backward" in pass_ else 1)
+
+
+def bench_case_alternate(shape: Shape, dtype_name: str, args: argparse.Namespace,
+                         device: torch.device) -> list[dict]:
+    """--mode alternate for one (shape, dtype): JSON rows (see scripts/bench_modes.py)."""
+    dtype, backends = DTYPES[dtype_name], []
+    for name in args.backends:
+        why = skip_reason(name, shape, args, device, dtype)
+        if why:
+            print(f"  {shape} {dtype_name}: skipping {name}: {why}")
+        else:
+            backends.append(name)
+    if not backends:
+        return []
+    modules = build_modules(shape, args, dtype, device, backends)
+    ort = modules.pop("onnxruntime", None)
+    x = make_inputs(shape, args, dtype, device)[0]
+    rate = bench_modes.gemm_rate(shape, device)
+    lengths = bench_modes.round_lengths(shape.T, args.repeats, args.vary_t)
+    base = {**asdict(shape), "layers": args.layers, "bidirectional": args.bidirectional,
+            "dtype": dtype_name, "recurrent_dropout": args.recurrent_dropout}
+    rows = []
+    for pass_ in ["forward+backward"] if args.recurrent_dropout else ["forward", "forward+backward"]:
+        steps = bench_modes.alternate_steps(modules, ort, x, pass_)
+        times = bench_modes.alternate(steps, lengths, args.warmup, shape.T)
+        print(f"  {shape} {dtype_name} {pass_}: " + ", ".join(
+            f"{n} {statistics.median(t) * 1e3:.4g} ms" for n, t in times.items()), flush=True)
+        rows += bench_modes.alternate_rows(shape, pass_, times, lengths,
+                                           lambda T: pass_flops(shape, args, pass_, T), rate, base)
     return rows
 
 
@@ -337,20 +418,27 @@ def fmt(value: float | None, unit: str = "") -> str:
 
 def render_table(rows: list[dict]) -> str:
     cases: dict[tuple, dict[str, float]] = {}
+    floors: dict[tuple, float] = {}
     for row in rows:
         key = (Shape(row["B"], row["T"], row["I"], row["H"]), row["layers"],
                row["bidirectional"], row["dtype"], row["pass"])
         cases.setdefault(key, {})[row["backend"]] = row["median_ms"]
-    lines = ["| B,T,I,H | dtype | pass | fused ms | nn.GRU ms | reference ms | fused us/step "
-             "| fused GFLOP/s | fused vs nn.GRU | fused vs reference |", "|" + "---|" * 10]
-    for (shape, layers, bidi, dtype, pass_), ms in cases.items():
+        if "gemm_floor_ms" in row:
+            floors[key] = row["gemm_floor_ms"]
+    lines = ["| B,T,I,H | dtype | pass | fused ms | nn.GRU ms | reference ms | onnxruntime ms "
+             "| fused us/step | fused GFLOP/s | fused vs nn.GRU | fused vs reference "
+             "| fused vs onnxruntime | fused / GEMM floor |", "|" + "---|" * 13]
+    for key, ms in cases.items():
+        shape, layers, bidi, dtype, pass_ = key
         fused = ms.get("fused")
         flops = forward_flops(shape, layers, 2 if bidi else 1)[2] * (3 if "backward" in pass_ else 1)
         per_step, rate = (fused * 1e3 / shape.T, flops / fused / 1e6) if fused else (None, None)
-        speedups = [ms[n] / fused if fused and n in ms else None for n in ("cudnn", "reference")]
+        speedups = [ms[n] / fused if fused and n in ms else None
+                    for n in ("cudnn", "reference", "onnxruntime")]
+        floor = fused / floors[key] if fused and key in floors else None
         cells = [f"{shape.B},{shape.T},{shape.I},{shape.H}", dtype, pass_,
                  *(fmt(ms.get(n)) for n in BACKENDS), fmt(per_step), fmt(rate),
-                 *(fmt(v, "x") for v in speedups)]
+                 *(fmt(v, "x") for v in speedups), fmt(floor, "x")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -424,16 +512,33 @@ def main(argv: list[str] | None = None) -> int:
     print(", ".join(f"{k}: {v}" for k, v in env.items()))
     for shape in args.shapes:
         print(check_shape(shape, args, device), flush=True)
-    rows = [row for shape in args.shapes for dtype in args.dtype
-            for row in bench_case(shape, dtype, args, device)]
+    case = bench_case_alternate if args.mode == "alternate" else bench_case
+
+    def measure_all() -> list[dict]:
+        return [row for shape in args.shapes for dtype in args.dtype
+                for row in case(shape, dtype, args, device)]
+
+    rows = measure_all()
+    tables = [bench_modes.render_alternate(rows) if args.mode == "alternate" else render_table(rows)]
+    if args.busy:
+        print(f"again, with {args.busy} process(es) burning a core each:", flush=True)
+        with bench_modes.burning(args.busy):
+            busy = bench_modes.busy_rows(rows, measure_all(), args.busy)
+        rows += busy
+        tables += ["", f"With {args.busy} process(es) burning a core each (slowdown = busy ms / "
+                       "quiet ms, both measured in this run):", "", bench_modes.render_busy(busy)]
+    env["mode"] = args.mode
     directions = 2 if args.bidirectional else 1
     dropout = f", recurrent_dropout={args.recurrent_dropout}" if args.recurrent_dropout else ""
+    how = (f"median of {args.repeats} per-round ratios (alternating, fresh gradients"
+           f"{', T varying in [T/2, T]' if args.vary_t else ''})" if args.mode == "alternate"
+           else f"median ms of {args.repeats} repeats ({min(args.repeats, args.reference_repeats)} "
+                "for the reference)")
     report = "\n".join([
         f"# GRU benchmark: {env['device']}", "",
         f"torch {env['torch']}, cuDNN {env['cudnn']}, {env['threads']} threads, layers={args.layers}, "
-        f"bidirectional={args.bidirectional}{dropout}; median ms after {args.warmup} warm-up run(s), "
-        f"{args.repeats} repeats ({min(args.repeats, args.reference_repeats)} for the reference).", "",
-        render_table(rows), "", "Napkin math (GEMM FLOPs):",
+        f"bidirectional={args.bidirectional}{dropout}; {how}, after {args.warmup} warm-up run(s).", "",
+        *tables, "", "Napkin math (GEMM FLOPs):",
         *(f"- {napkin(shape, args.layers, directions)}" for shape in args.shapes), ""])
     print("\n" + report)
     if not args.no_save:

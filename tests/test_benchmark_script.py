@@ -105,3 +105,61 @@ def test_check_aborts_when_fused_disagrees(monkeypatch, bench):
     args = bench.parse_args(["--shapes", "3,5,2,4", "--no-save"])
     with pytest.raises(SystemExit, match="CHECK FAILED.*fused and reference differ in output"):
         bench.check_shape(args.shapes[0], args, torch.device("cpu"))
+
+
+def has_onnxruntime() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+
+
+@pytest.mark.skipif(not gru_torch.extension_status().loaded, reason="needs the fused op")
+def test_alternate_mode_reports_ratios_floor_and_busy_slowdown(tmp_path):
+    out = tmp_path / "alt.json"
+    backends = "fused,cudnn,onnxruntime" if has_onnxruntime() else "fused,cudnn"
+    proc = run_script("--shapes", "6,12,3,8", "--mode", "alternate", "--vary-t", "--repeats", "3",
+                      "--warmup", "1", "--backends", backends, "--busy", "1", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    assert data["mode"] == "alternate"
+    quiet = [r for r in data["rows"] if "busy" not in r]
+    busy = [r for r in data["rows"] if r.get("busy") == 1]
+    expected = {("fused", "forward"), ("fused", "forward+backward"), ("cudnn", "forward"),
+                ("cudnn", "forward+backward")}
+    if has_onnxruntime():
+        expected.add(("onnxruntime", "forward"))  # inference only
+    assert {(r["backend"], r["pass"]) for r in quiet} == expected
+    assert {(r["backend"], r["pass"]) for r in busy} == expected
+    for r in quiet:
+        assert r["mode"] == "alternate" and r["repeats"] == 3 and r["median_ms"] > 0
+        assert all(6 <= T <= 12 for T in r["lengths"] or [12])
+        if r["backend"] == "fused":
+            assert r["gemm_floor_ms"] > 0 and r["median_ratio_to_floor"] > 0
+        else:
+            assert r["median_ratio_to_fused"] > 0
+    for r in busy:
+        assert r["slowdown"] == pytest.approx(r["median_ms"] / r["quiet_ms"])
+    markdown = out.with_suffix(".md").read_text()
+    assert "| 6,12,3,8 | forward+backward |" in markdown and "slowdown" in markdown
+
+
+@pytest.mark.skipif(not has_onnxruntime(), reason="needs onnx and onnxruntime")
+def test_onnxruntime_backend_matches_nn_gru_and_times_forward_only(tmp_path):
+    import torch
+    sys.path.insert(0, str(SCRIPT.parent))
+    import bench_onnxruntime
+
+    for bidirectional, bias in ((False, True), (True, True), (False, False)):
+        gru = torch.nn.GRU(5, 7, bidirectional=bidirectional, bias=bias)
+        assert bench_onnxruntime.check(bench_onnxruntime.OrtGRU(gru, 1), gru,
+                                       torch.randn(9, 3, 5)) < 1e-5
+    out = tmp_path / "ort.json"
+    proc = run_script("--shapes", "4,6,3,5", "--repeats", "2", "--warmup", "0",
+                      "--backends", "cudnn,onnxruntime", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["backend"], r["pass"]) for r in rows} == {
+        ("cudnn", "forward"), ("cudnn", "forward+backward"), ("onnxruntime", "forward")}
+
+
+def test_vary_t_needs_alternate_mode():
+    proc = run_script("--vary-t", "--no-save")
+    assert proc.returncode == 2 and "--vary-t needs --mode alternate" in proc.stderr

@@ -196,3 +196,45 @@ def test_compile_matches_eager_and_saves_plain_checkpoints(tmp_path):
     state = train.load_checkpoint(out / "last.pt")
     assert not any(k.startswith("_orig_mod") for k in state["model"])
     train.model_from_checkpoint(state)  # strict load into an uncompiled model
+
+
+def test_backend_flag_overrides_the_preset_and_is_recorded(tmp_path, cache):
+    pick = lambda *a: cli.chosen_preset(cli._parse_train(list(a))).model.backend  # noqa: E731
+    assert pick("--preset", "gru128") == "auto"
+    assert pick("--preset", "gru128", "--backend", "cudnn") == "cudnn"
+    with pytest.raises(SystemExit):
+        cli._parse_train(["--backend", "cuda"])
+    out = tmp_path / "ref"
+    assert cli.train_main(["--data", "sample", "--out", str(out), "--epochs", "1",
+                           "--batch-size", "25", "--device", "cpu", "--backend", "reference"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["backend"] == "reference" and metrics["gru_backend"] == "reference"
+
+
+def test_backend_that_cannot_run_the_preset_stops_before_training(tmp_path, cache):
+    # gru100-recdrop is the Keras 2 cell (reset_after=False) with recurrent dropout
+    with pytest.raises(SystemExit, match="backend='cudnn' cannot run: nn.GRU has no reset_after"):
+        cli.train_main(["--preset", "gru100-recdrop", "--data", "sample", "--out",
+                        str(tmp_path / "x"), "--epochs", "1", "--device", "cpu", "--backend", "cudnn"])
+    assert not (tmp_path / "x" / "history.json").exists()
+
+
+def test_epoch_seconds_script_times_fused_against_the_right_baseline(tmp_path):
+    """scripts/epoch_seconds.py: gru100-recdrop (Keras 2 cell with recurrent dropout) is
+    timed against the reference loop, the others against nn.GRU; one run on the sample."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import epoch_seconds
+    assert {p: epoch_seconds.baseline(p) for p in epoch_seconds.PRESETS} == {
+        "gru128": "cudnn", "gru100-recdrop": "reference", "gru32x2": "cudnn"}
+    env = {**os.environ, "GRU_TORCH_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "epoch_seconds.py"), "--data", "sample",
+         "--only", "gru32x2", "--runs", str(tmp_path / "runs"),
+         "--results", str(tmp_path / "res"), "--machine", "test"],
+        capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (row,) = json.loads((tmp_path / "res" / "epoch-seconds-test.json").read_text())["rows"]
+    assert row["preset"] == "gru32x2" and row["baseline"] == "cudnn"
+    assert row["fused_epoch_s"] > 0 and row["baseline_epoch_s"] > 0
+    assert row["speedup"] == pytest.approx(row["baseline_epoch_s"] / row["fused_epoch_s"])
+    assert "| gru32x2 | nn.GRU |" in (tmp_path / "res" / "epoch-seconds-test.md").read_text()

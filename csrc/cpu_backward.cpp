@@ -1,0 +1,363 @@
+// The backward time loop of one layer direction on the CPU.
+//
+// Steps run in the reverse of the forward's order. A group of rows (a chunk, or the whole
+// batch when split by columns) runs each step as phases over panels of hidden units:
+// the recurrent GEMM of the step before (dh~ = dgh W_hh, the only sequential product)
+// for those units, then the cell's backward on them, which needs nothing else. The gate
+// gradients dgx, dgh of a block of steps collect in the group's buffers; after the block,
+// its share of the input gradient and the weight gradients are GEMMs over the block's
+// rows (ATen, single-threaded inside the loop's parallel region). A chunk accumulates
+// its own weight gradients, and the chunks' sums are added in chunk order afterwards,
+// so the result does not depend on which thread ran which chunk.
+#include <cstring>
+#include <optional>
+
+#include "cpu_cell.h"
+#include "cpu_gemm.h"
+#include "cpu_layer.h"
+#include "cpu_pool.h"
+
+namespace gru_torch::cpu {
+namespace {
+
+// Rows of a block of steps: enough for the block's weight-gradient GEMMs to run near
+// full speed, few enough for the block's buffers to stay in cache.
+constexpr int64_t kBlockRows = 512;
+
+template <typename scalar_t>
+struct Direction {
+  const LayerShape& s;
+  const BackwardArgs<scalar_t>& a;
+  int64_t d;
+  int64_t block_steps;  // steps per block, >= 2 so a step's dgh never overwrites the last one
+  std::optional<PackedB<scalar_t>> w_hh;  // reset_after: dh~ = dgh W_hh, K = G
+  std::optional<PackedB<scalar_t>> w_rz;  // reset_after=false: dh~ = dqr + dgh_rz W_rz, K = 2H
+  std::optional<PackedB<scalar_t>> w_n;   // reset_after=false: dq = dgh_n W_hn, K = H
+
+  static constexpr int64_t W = PackedB<scalar_t>::W;
+
+  Direction(const LayerShape& s_, const BackwardArgs<scalar_t>& a_, int64_t d_,
+            int64_t block_rows, int64_t rows)
+      : s(s_), a(a_), d(d_),
+        block_steps(std::max<int64_t>(2, std::min(s_.T, block_rows / std::max<int64_t>(rows, 1)))) {
+    const int64_t H = s.H;
+    if (s.reset_after) {
+      w_hh.emplace(PanelLayout::units(H, W), a.w_hh, H, 3 * H, false);
+    } else {
+      w_rz.emplace(PanelLayout::units(H, W), a.w_hh, H, 2 * H, false);
+      w_n.emplace(PanelLayout::units(H, W), a.w_hh + 2 * H * H, H, H, false);
+    }
+  }
+
+  int64_t phases() const { return s.reset_after ? 1 : 2; }
+  const PanelLayout& layout(int64_t phase) const {
+    return s.reset_after ? w_hh->layout() : (phase == 0 ? w_rz->layout() : w_n->layout());
+  }
+  int64_t panels() const { return layout(0).panels(); }
+  // The k-th step of the backward: the forward's steps in reverse.
+  int64_t time_of(int64_t k) const { return d == 0 ? s.T - 1 - k : k; }
+};
+
+// Buffers of one group of n rows; the block buffers hold block_steps steps of rows.
+template <typename scalar_t>
+struct Rows {
+  int64_t b0 = 0, n = 0, chunk = 0;
+  scalar_t *dhz, *dhh, *dqr;           // [n, H]
+  scalar_t *dgx, *dgh;                 // [block_steps * n, G]
+  scalar_t *xb, *dxb;                  // [block_steps * n, I]
+  scalar_t *hmb, *qb;                  // [block_steps * n, H]
+
+  static int64_t floats(const LayerShape& s, int64_t steps, int64_t n) {
+    return n * (3 * s.H + steps * (6 * s.H + 2 * s.I + 2 * s.H));
+  }
+
+  Rows(const LayerShape& s, int64_t steps, int64_t b0_, int64_t n_, int64_t chunk_,
+       scalar_t* mem)
+      : b0(b0_), n(n_), chunk(chunk_) {
+    auto take = [&](int64_t count) { scalar_t* p = mem; mem += n * count; return p; };
+    dhz = take(s.H), dhh = take(s.H), dqr = take(s.H);
+    dgx = take(steps * s.G()), dgh = take(steps * s.G());
+    xb = take(steps * s.I), dxb = take(steps * s.I);
+    hmb = take(steps * s.H), qb = take(steps * s.H);
+  }
+};
+
+// Per-chunk sums of the weight and bias gradients: [chunks, ...] each.
+struct Partials {
+  at::Tensor w_ih, w_hh, b_ih, b_hh;
+};
+
+// Backward step k of a group of rows (k == T: only the GEMM that carries the gradient to
+// the initial state): where each row reads and writes.
+template <typename scalar_t>
+struct Step {
+  const Direction<scalar_t>& f;
+  Rows<scalar_t>& r;
+  int64_t k, t;
+  scalar_t* dgx;             // this step's gate gradients, [n, G]
+  scalar_t* dgh;
+  const scalar_t* dgh_prev;  // the step before's (processed just before), or null
+
+  Step(const Direction<scalar_t>& f_, Rows<scalar_t>& r_, int64_t k_)
+      : f(f_), r(r_), k(k_), t(k_ < f_.s.T ? f_.time_of(k_) : -1),
+        dgx(r_.dgx + (k_ % f_.block_steps) * r_.n * f_.s.G()),
+        dgh(r_.dgh + (k_ % f_.block_steps) * r_.n * f_.s.G()),
+        dgh_prev(k_ > 0 ? r_.dgh + ((k_ - 1) % f_.block_steps) * r_.n * f_.s.G() : nullptr) {}
+
+  bool last() const { return k == f.s.T; }
+  C10_ALWAYS_INLINE bool active(int64_t i) const { return !f.a.len || t < f.a.len[r.b0 + i]; }
+
+  // Row i's pointers for the vector of units starting at u.
+  C10_ALWAYS_INLINE BackwardCell<scalar_t> cell(int64_t i, int64_t u) const {
+    const LayerShape& s = f.s;
+    const int64_t H = s.H, G = s.G(), b = r.b0 + i;
+    const int64_t* gs = f.a.gout_stride;
+    return {f.a.res + (t * s.B + b) * 5 * H + u,
+            f.a.gout + t * gs[0] + b * gs[1] + (f.d * H + u) * gs[2], gs[2] == 0,
+            f.a.mask ? f.a.mask + b * H + u : nullptr, r.dhz + i * H + u, dgx + i * G + u,
+            dgh + i * G + u};
+  }
+};
+
+// Phase 0, rows [i0, i0+R) by panel p (S vectors of units): dh~ = dgh_prev W_hh (plus
+// dqr, reset_after=false) in registers, then the cell's backward on those units.
+template <typename scalar_t, int R, int S>
+void tile_dh(const Step<scalar_t>& st, int64_t p, int64_t i0) {
+  const Direction<scalar_t>& f = st.f;
+  const int64_t H = f.s.H, G = f.s.G();
+  const bool after = f.s.reset_after;
+  const PackedB<scalar_t>& w = after ? *f.w_hh : *f.w_rz;
+  const int64_t* col = w.layout().cols(p);
+  const int* count = w.layout().counts(p);
+  Rows<scalar_t>& r = st.r;
+  Vec<scalar_t> acc[R][S];
+  for (int m = 0; m < R; ++m) {
+    for (int s = 0; s < S; ++s) {
+      acc[m][s] = !after && st.dgh_prev ? load(r.dqr + (i0 + m) * H + col[s], count[s])
+                                        : Vec<scalar_t>(scalar_t(0));
+    }
+  }
+  if (st.dgh_prev) accumulate_all(st.dgh_prev + i0 * G, G, w.K(), w.panel_data(p), acc);
+  for (int m = 0; m < R; ++m) {
+    const int64_t i = i0 + m;
+    for (int s = 0; s < S; ++s) {
+      const int c = count[s];
+      if (st.last()) {
+        acc[m][s].store(r.dhh + i * H + col[s], c);
+        continue;
+      }
+      const BackwardCell<scalar_t> cell = st.cell(i, col[s]);
+      if (!st.active(i)) backward_inactive(acc[m][s], cell, H, c);
+      else if (after) backward_after(acc[m][s], cell, H, c);
+      else backward_before_zn(acc[m][s], cell, H, c);
+    }
+  }
+}
+
+// reset_after=false, phase 1, rows [i0, i0+R) by panel p: dq = da_n W_hn in registers,
+// then the r gate.
+template <typename scalar_t, int R, int S>
+void tile_r(const Step<scalar_t>& st, int64_t p, int64_t i0) {
+  const Direction<scalar_t>& f = st.f;
+  const int64_t H = f.s.H, G = f.s.G();
+  const int64_t* col = f.w_n->layout().cols(p);
+  const int* count = f.w_n->layout().counts(p);
+  Rows<scalar_t>& r = st.r;
+  Vec<scalar_t> acc[R][S];
+  for (int m = 0; m < R; ++m) {
+    for (int s = 0; s < S; ++s) acc[m][s] = Vec<scalar_t>(scalar_t(0));
+  }
+  accumulate_all(st.dgh + i0 * G + 2 * H, G, H, f.w_n->panel_data(p), acc);
+  for (int m = 0; m < R; ++m) {
+    const int64_t i = i0 + m;
+    for (int s = 0; s < S; ++s) {
+      const int c = count[s];
+      scalar_t* dqr = r.dqr + i * H + col[s];
+      if (!st.active(i)) Vec<scalar_t>(scalar_t(0)).store(dqr, c);
+      else backward_before_r(acc[m][s], st.cell(i, col[s]), dqr, H, c);
+    }
+  }
+}
+
+// Phase `phase` of backward step k for rows r and panel p.
+template <typename scalar_t>
+void step_panel(const Direction<scalar_t>& f, Rows<scalar_t>& r, int64_t k, int64_t phase,
+                int64_t p) {
+  const Step<scalar_t> st(f, r, k);
+  with_slots(f.layout(phase).slots[p], [&](auto S) {
+    constexpr int kS = decltype(S)::value;
+    for_row_tiles<4>(r.n, [&](auto R, int64_t i0) {
+      constexpr int kR = decltype(R)::value;
+      if (phase == 0) tile_dh<scalar_t, kR, kS>(st, p, i0);
+      else tile_r<scalar_t, kR, kS>(st, p, i0);
+    });
+  });
+}
+
+template <typename scalar_t>
+at::Tensor matrix(scalar_t* p, int64_t rows, int64_t cols) {
+  return at::from_blob(p, {rows, cols},
+                       at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value));
+}
+
+// After steps [k0, k1) of a block: their share of the input gradient (into grad_x) and of
+// the weight and bias gradients (into the group's partial sums).
+template <typename scalar_t>
+void finish_block(const Direction<scalar_t>& f, Rows<scalar_t>& r, const Partials& sums,
+                  int64_t k0, int64_t k1) {
+  const LayerShape& s = f.s;
+  const BackwardArgs<scalar_t>& a = f.a;
+  const int64_t H = s.H, I = s.I, B = s.B, n = r.n, rows = (k1 - k0) * n;
+  for (int64_t j = 0; j < k1 - k0; ++j) {
+    const int64_t t = f.time_of(k0 + j);
+    for (int64_t i = 0; i < n; ++i) {
+      std::memcpy(r.xb + (j * n + i) * I, a.x + t * a.x_stride[0] + (r.b0 + i) * a.x_stride[1],
+                  sizeof(scalar_t) * I);
+      const scalar_t* res = a.res + (t * B + r.b0 + i) * 5 * H;
+      masked_copy(H, res + 4 * H, a.mask ? a.mask + (r.b0 + i) * H : nullptr,
+                  r.hmb + (j * n + i) * H);
+      if (!s.reset_after) std::memcpy(r.qb + (j * n + i) * H, res + 3 * H, sizeof(scalar_t) * H);
+    }
+  }
+  const at::Tensor dgx = matrix(r.dgx, rows, s.G()), dgh = matrix(r.dgh, rows, s.G());
+  const at::Tensor hm = matrix(r.hmb, rows, H);
+  at::Tensor gw_ih = sums.w_ih[r.chunk], gw_hh = sums.w_hh[r.chunk];
+  gw_ih.addmm_(dgx.t(), matrix(r.xb, rows, I));
+  sums.b_ih[r.chunk].add_(dgx.sum(0));
+  if (s.reset_after) {
+    gw_hh.addmm_(dgh.t(), hm);
+    sums.b_hh[r.chunk].narrow(0, 2 * H, H).add_(dgh.narrow(1, 2 * H, H).sum(0));
+  } else {
+    gw_hh.narrow(0, 0, 2 * H).addmm_(dgh.narrow(1, 0, 2 * H).t(), hm);
+    gw_hh.narrow(0, 2 * H, H).addmm_(dgh.narrow(1, 2 * H, H).t(), matrix(r.qb, rows, H));
+  }
+  at::Tensor dx = matrix(r.dxb, rows, I);
+  at::mm_out(dx, dgx, a.w_ih);
+  for (int64_t j = 0; j < k1 - k0; ++j) {
+    scalar_t* dst = a.grad_x + (f.time_of(k0 + j) * B + r.b0) * I;
+    const scalar_t* src = r.dxb + j * n * I;
+    if (f.d == 0) {
+      std::memcpy(dst, src, sizeof(scalar_t) * n * I);
+    } else {
+      for_chunks<scalar_t>(n * I, [&](int64_t q, int c) {
+        (load(dst + q, c) + load(src + q, c)).store(dst + q, c);
+      });
+    }
+  }
+}
+
+template <typename scalar_t>
+void load_grad_state(const Direction<scalar_t>& f, Rows<scalar_t>& r) {
+  std::memcpy(r.dhz, f.a.gh_n + r.b0 * f.s.H, sizeof(scalar_t) * r.n * f.s.H);
+}
+
+// dh_0 = what was carried + what came back through the recurrent GEMM (times the mask).
+template <typename scalar_t>
+void store_grad_state(const Direction<scalar_t>& f, const Rows<scalar_t>& r) {
+  const int64_t H = f.s.H;
+  for (int64_t i = 0; i < r.n; ++i) {
+    const int64_t b = r.b0 + i;
+    const scalar_t* m = f.a.mask ? f.a.mask + b * H : nullptr;
+    for_chunks<scalar_t>(H, [&](int64_t j, int c) {
+      total_dh(load(r.dhh + i * H + j, c), r.dhz + i * H + j, m ? m + j : nullptr, c)
+          .store(f.a.grad_hx + b * H + j, c);
+    });
+  }
+}
+
+// Rows [i0, i1) of backward step k's reserve and output gradient, into cache.
+template <typename scalar_t>
+void prefetch_rows(const Direction<scalar_t>& f, const Rows<scalar_t>& r, int64_t k,
+                   int64_t i0, int64_t i1) {
+  const LayerShape& s = f.s;
+  const int64_t t = f.time_of(k), H = s.H;
+  const int64_t* gs = f.a.gout_stride;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t b = r.b0 + i;
+    prefetch(f.a.res + (t * s.B + b) * 5 * H, 5 * H, false);
+    if (gs[2] == 1) prefetch(f.a.gout + t * gs[0] + b * gs[1] + f.d * H, H, false);
+  }
+}
+
+// Every step of one chunk of rows, on the calling thread. While a step computes, the
+// next step's reserve and gradient rows are fetched, a share before each panel: they
+// are spread too thin for the hardware prefetcher to follow.
+template <typename scalar_t>
+void run_rows(const Direction<scalar_t>& f, Rows<scalar_t>& r, const Partials& sums) {
+  load_grad_state(f, r);
+  for (int64_t k0 = 0; k0 < f.s.T; k0 += f.block_steps) {
+    const int64_t k1 = std::min(f.s.T, k0 + f.block_steps);
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t np = f.panels();
+      for (int64_t phase = 0; phase < f.phases(); ++phase) {
+        for (int64_t p = 0; p < np; ++p) {
+          if (phase == 0 && k + 1 < f.s.T) prefetch_rows(f, r, k + 1, p * r.n / np, (p + 1) * r.n / np);
+          step_panel(f, r, k, phase, p);
+        }
+      }
+    }
+    finish_block(f, r, sums, k0, k1);
+  }
+  for (int64_t p = 0; p < f.panels(); ++p) step_panel(f, r, f.s.T, 0, p);
+  store_grad_state(f, r);
+}
+
+}  // namespace
+
+template <typename scalar_t>
+void backward_direction(const LayerShape& s, int64_t d, const BackwardArgs<scalar_t>& a) {
+  const Split split = layer_split(s);
+  const int64_t chunks = split.by_rows ? split.chunks : 1;
+  const int64_t rows = split.by_rows ? split.chunk_rows : s.B;
+  // By columns, a block is also a parallel region: larger blocks, fewer regions.
+  const Direction<scalar_t> f(s, a, d, split.by_rows ? kBlockRows : 4 * kBlockRows, rows);
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
+  const int64_t G = s.G();
+  // One zeroed buffer for the four sums, [chunks, G * (I + H + 2)].
+  at::Tensor sums_mem = pooled_empty({chunks, G * (s.I + s.H + 2)}, opts).zero_();
+  auto slab = [&](int64_t offset, int64_t rows, int64_t cols) {
+    return sums_mem.narrow(1, offset, rows * cols).view({chunks, rows, cols});
+  };
+  const Partials sums{slab(0, G, s.I), slab(G * s.I, G, s.H),
+                      slab(G * (s.I + s.H), 1, G).select(1, 0),
+                      slab(G * (s.I + s.H + 1), 1, G).select(1, 0)};
+  const int64_t per_slot = Rows<scalar_t>::floats(s, f.block_steps, rows);
+
+  if (split.by_rows) {
+    at::Tensor ws = pooled_empty({split.threads, per_slot}, opts);
+    run_tasks(chunks, split.threads, [&](int64_t c, int64_t slot) {
+      Rows<scalar_t> r(s, f.block_steps, split.chunk_begin(c), split.chunk_size(c, s.B), c,
+                       ws.data_ptr<scalar_t>() + slot * per_slot);
+      run_rows(f, r, sums);
+    });
+  } else {
+    // By columns: one parallel region per block of steps, its GEMMs after it.
+    at::Tensor ws = pooled_empty({per_slot}, opts);
+    Rows<scalar_t> r(s, f.block_steps, 0, s.B, 0, ws.data_ptr<scalar_t>());
+    load_grad_state(f, r);
+    const int64_t phases = f.phases();
+    for (int64_t k0 = 0; k0 < s.T; k0 += f.block_steps) {
+      const int64_t k1 = std::min(s.T, k0 + f.block_steps);
+      run_groups(
+          (k1 - k0) * phases, split.threads, [&](int64_t) { return f.panels(); },
+          [&](int64_t g, int64_t p, int64_t) { step_panel(f, r, k0 + g / phases, g % phases, p); });
+      finish_block(f, r, sums, k0, k1);
+    }
+    for (int64_t p = 0; p < f.panels(); ++p) step_panel(f, r, s.T, 0, p);
+    store_grad_state(f, r);
+  }
+  // The chunks' sums, in chunk order (the same result whichever thread ran which chunk).
+  for (int64_t c = 0; c < chunks; ++c) {
+    a.grad_w_ih.add_(sums.w_ih[c]);
+    a.grad_w_hh.add_(sums.w_hh[c]);
+    a.grad_b_ih.add_(sums.b_ih[c]);
+    a.grad_b_hh.add_(sums.b_hh[c]);
+  }
+  // dgh and dgx agree on the r and z gates, and so do their bias gradients.
+  if (s.reset_after) a.grad_b_hh.narrow(0, 0, 2 * s.H).copy_(a.grad_b_ih.narrow(0, 0, 2 * s.H));
+}
+
+template void backward_direction<float>(const LayerShape&, int64_t, const BackwardArgs<float>&);
+template void backward_direction<double>(const LayerShape&, int64_t, const BackwardArgs<double>&);
+
+}  // namespace gru_torch::cpu

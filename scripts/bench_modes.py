@@ -1,0 +1,178 @@
+"""Timing modes of scripts/benchmark.py beyond its default interleaved medians.
+
+- alternate: nn.GRU, the fused op (and onnxruntime, forward only) take turns in one
+  process, one step each per round with the order rotating, every training step
+  `out.sum().backward()` with the input requiring grad and fresh gradients (as a training
+  loop has them). Each round gives ratios of the others' times to the fused op's; the
+  report is their median. --vary-t draws each round's T from [T/2, T] (the same for every
+  backend), as length-bucketed training batches vary.
+- busy: measure once quietly, then again while N processes each burn one core, and
+  report every backend's slowdown.
+- the GEMM floor: the op's GEMM FLOPs at the rate torch.mm reaches in this run on one
+  [T*B, H] x [H, 3H] product (the recurrent products of all steps as one large GEMM);
+  "fused / GEMM floor" is how far the fused op is from doing nothing but its GEMMs.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+ALTERNATE_BACKENDS = ("fused", "cudnn", "onnxruntime")
+NAMES = {"fused": "fused", "cudnn": "nn.GRU", "onnxruntime": "onnxruntime", "reference": "reference"}
+
+
+def gemm_rate(shape, device: torch.device, repeats: int = 5) -> float:
+    """GFLOP/s of torch.mm on [T*B, H] x [H, 3H] (the median of `repeats`)."""
+    a = torch.randn(shape.T * shape.B, shape.H, device=device)
+    w = torch.randn(shape.H, 3 * shape.H, device=device)
+    torch.mm(a, w)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, w)
+        times.append(time.perf_counter() - t0)
+    return 2 * a.shape[0] * shape.H * 3 * shape.H / statistics.median(times) / 1e9
+
+
+def floor_ms(gemm_flops: float, rate_gflops: float) -> float:
+    return gemm_flops / rate_gflops / 1e6
+
+
+def round_lengths(T: int, rounds: int, vary: bool, seed: int = 0) -> list[int]:
+    """Each round's T: the full T, or drawn from [T/2, T] (the same draw for every run)."""
+    if not vary:
+        return [T] * rounds
+    rng = random.Random(seed)
+    return [rng.randint(max(1, T // 2), T) for _ in range(rounds)]
+
+
+def alternate_steps(modules: dict[str, nn.Module], ort, x: Tensor,
+                    pass_: str) -> dict[str, Callable[[int], None]]:
+    """One step per backend, taking the round's T: forward under no_grad (eval), or a
+    training step with fresh gradients."""
+    steps: dict[str, Callable[[int], None]] = {}
+    for name, module in modules.items():
+        if pass_ == "forward":
+            module.eval()
+
+            def forward(T: int, m=module) -> None:
+                with torch.no_grad():
+                    m(x[:T])
+            steps[name] = forward
+        else:
+            module.train()
+
+            def train_step(T: int, m=module) -> None:
+                m.zero_grad(set_to_none=True)
+                xt = x[:T].detach().requires_grad_()
+                out, _ = m(xt)
+                out.sum().backward()
+            steps[name] = train_step
+    if ort is not None and pass_ == "forward":
+        steps["onnxruntime"] = lambda T: ort.run(x[:T])
+    return steps
+
+
+def alternate(steps: dict[str, Callable[[int], None]], lengths: list[int], warmup: int,
+              T: int) -> dict[str, list[float]]:
+    """Per-round seconds of every step, the order rotating by one each round."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step(T)
+    names, times = list(steps), {name: [] for name in steps}
+    for r, length in enumerate(lengths):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            t0 = time.perf_counter()
+            steps[name](length)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def alternate_rows(shape, pass_: str, times: dict[str, list[float]], lengths: list[int],
+                   flops_of: Callable[[int], float], rate: float, base: dict) -> list[dict]:
+    """JSON rows of one alternate case: each backend's median ms, and the median over
+    rounds of its time divided by the fused op's (and of the fused op's over the floor)."""
+    fused = times.get("fused")
+    rows = []
+    for name, ts in times.items():
+        row = {**base, "pass": pass_, "backend": name, "mode": "alternate",
+               "median_ms": statistics.median(ts) * 1e3, "repeats": len(ts),
+               "lengths": sorted(set(lengths)) if len(set(lengths)) > 1 else None}
+        if fused and name != "fused":
+            row["median_ratio_to_fused"] = statistics.median(t / f for t, f in zip(ts, fused))
+        if name == "fused":
+            row["gemm_floor_ms"] = statistics.median(floor_ms(flops_of(L), rate) for L in lengths)
+            row["median_ratio_to_floor"] = statistics.median(
+                f * 1e3 / floor_ms(flops_of(L), rate) for f, L in zip(ts, lengths))
+        rows.append(row)
+    return rows
+
+
+def fmt(value, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    return (f"{value:.2f}" if unit == "x" else f"{value:.0f}" if value >= 100 else f"{value:.3g}") + unit
+
+
+def render_alternate(rows: list[dict]) -> str:
+    cases: dict[tuple, dict[str, dict]] = {}
+    for row in rows:
+        key = (f"{row['B']},{row['T']},{row['I']},{row['H']}", row["pass"])
+        cases.setdefault(key, {})[row["backend"]] = row
+    lines = ["| B,T,I,H | pass | fused ms | nn.GRU ms | onnxruntime ms | fused vs nn.GRU "
+             "| fused vs onnxruntime | fused / GEMM floor |", "|" + "---|" * 8]
+    for (shape, pass_), by in cases.items():
+        get = lambda name, key: by.get(name, {}).get(key)  # noqa: E731
+        lines.append("| " + " | ".join([
+            shape, pass_, *(fmt(get(n, "median_ms")) for n in ALTERNATE_BACKENDS),
+            fmt(get("cudnn", "median_ratio_to_fused"), "x"),
+            fmt(get("onnxruntime", "median_ratio_to_fused"), "x"),
+            fmt(get("fused", "median_ratio_to_floor"), "x")]) + " |")
+    return "\n".join(lines)
+
+
+BURN = "while True:\n    pass\n"
+
+
+@contextlib.contextmanager
+def burning(n: int) -> Iterator[None]:
+    """n processes, each spinning on one core, for the duration of the block."""
+    procs = [subprocess.Popen([sys.executable, "-c", BURN]) for _ in range(n)]
+    try:
+        time.sleep(1.0)  # let them start and the scheduler spread them
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+
+
+def busy_rows(quiet: list[dict], busy: list[dict], n: int) -> list[dict]:
+    """Each backend's busy row with its quiet time and slowdown (busy ms / quiet ms)."""
+    key = lambda r: (r["B"], r["T"], r["I"], r["H"], r["pass"], r["backend"])  # noqa: E731
+    before = {key(r): r for r in quiet}
+    rows = []
+    for r in busy:
+        q = before.get(key(r))
+        if q:
+            rows.append({**r, "busy": n, "quiet_ms": q["median_ms"],
+                         "slowdown": r["median_ms"] / q["median_ms"]})
+    return rows
+
+
+def render_busy(rows: list[dict]) -> str:
+    lines = ["| B,T,I,H | pass | backend | quiet ms | busy ms | slowdown |", "|" + "---|" * 6]
+    for r in rows:
+        lines.append(f"| {r['B']},{r['T']},{r['I']},{r['H']} | {r['pass']} | "
+                     f"{NAMES.get(r['backend'], r['backend'])} | {fmt(r['quiet_ms'])} | "
+                     f"{fmt(r['median_ms'])} | {fmt(r['slowdown'], 'x')} |")
+    return "\n".join(lines)
