@@ -68,7 +68,8 @@ def test_short_training_run_loss_falls(tmp_path, cache):
     history = json.loads((out / "history.json").read_text())
     assert len(history) == 3 and history[-1]["loss"] < history[0]["loss"]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"test_accuracy", "test_loss", "epochs", "train_seconds"}
+    assert set(metrics) == {"test_accuracy", "test_loss", "epochs", "train_seconds", "backend",
+                            "gru_backend"}
     for name in ("best.pt", "last.pt", "history.csv", "history.png"):
         assert (out / name).is_file(), name
     state = torch.load(out / "last.pt", weights_only=True)
