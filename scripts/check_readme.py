@@ -66,6 +66,8 @@ def quick_line(line: str, skip_setup: bool = True) -> str | None:
     if not command:
         return None
     words = shlex.split(command)
+    while words and "=" in words[0] and not words[0].startswith("-"):
+        words = words[1:]  # VAR=value before the command
     setup = words[:2] == ["make", "test"] or "pip" in words[:3] or words[1:3] == ["-m", "venv"]
     if setup and skip_setup:
         return None  # CI sets up and runs the suite itself

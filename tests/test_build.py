@@ -59,3 +59,10 @@ def test_status_when_not_loaded():
     st = gru_torch._ext.ExtStatus(False, "none", False, "disabled by GRU_TORCH_DISABLE_EXT=1")
     assert st.devices == {"cpu": False, "cuda": False}
     assert "not loaded: disabled" in str(st)
+
+
+def test_debug_info_is_left_out_unless_asked(monkeypatch):
+    monkeypatch.delenv("GRU_TORCH_DEBUG_INFO", raising=False)
+    assert "-g0" in _build.cxx_flags()
+    monkeypatch.setenv("GRU_TORCH_DEBUG_INFO", "1")
+    assert "-g0" not in _build.cxx_flags()

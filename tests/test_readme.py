@@ -43,6 +43,8 @@ def test_quick_mode_shortens_runs_and_leaves_setup_to_ci(check):
     assert q("make bench").endswith(f'BENCH_ARGS="{check.QUICK_BENCH}"')
     assert q('python scripts/benchmark.py --shapes "8,20,4,8" --no-save') == \
         'python scripts/benchmark.py --shapes "8,20,4,8" --no-save'
+    assert q("GRU_TORCH_CPU_POOL_MB=0 python scripts/benchmark.py --mode alternate").endswith(
+        check.QUICK_BENCH), "an environment assignment before the command"
     assert q(". .venv/bin/activate") == ". .venv/bin/activate"
     assert q("pip install --no-build-isolation .", skip_setup=False) == \
         "pip install --no-build-isolation ."  # --short: a fresh clone's set-up, as written
