@@ -307,16 +307,24 @@ def skip_reason(name: str, shape: Shape, args: argparse.Namespace, device: torch
     return None
 
 
-def bench_case(shape: Shape, dtype_name: str, args: argparse.Namespace,
-               device: torch.device) -> list[dict]:
-    """Times every pass of one (shape, dtype) for the backends that can run it: JSON rows."""
-    dtype, backends = DTYPES[dtype_name], []
+def runnable_backends(shape: Shape, dtype_name: str, args: argparse.Namespace,
+                      device: torch.device) -> list[str]:
+    """The asked-for backends that can run this case; a line for each one left out."""
+    backends = []
     for name in args.backends:
-        why = skip_reason(name, shape, args, device, dtype)
+        why = skip_reason(name, shape, args, device, DTYPES[dtype_name])
         if why:
             print(f"  {shape} {dtype_name}: skipping {name}: {why}")
         else:
             backends.append(name)
+    return backends
+
+
+def bench_case(shape: Shape, dtype_name: str, args: argparse.Namespace,
+               device: torch.device) -> list[dict]:
+    """Times every pass of one (shape, dtype) for the backends that can run it: JSON rows."""
+    dtype = DTYPES[dtype_name]
+    backends = runnable_backends(shape, dtype_name, args, device)
     if not backends:
         return []
     modules = build_modules(shape, args, dtype, device, backends)
@@ -360,13 +368,8 @@ def pass_flops(shape: Shape, args: argparse.Namespace, pass_: str, T: int | None
 def bench_case_alternate(shape: Shape, dtype_name: str, args: argparse.Namespace,
                          device: torch.device) -> list[dict]:
     """--mode alternate for one (shape, dtype): JSON rows (see scripts/bench_modes.py)."""
-    dtype, backends = DTYPES[dtype_name], []
-    for name in args.backends:
-        why = skip_reason(name, shape, args, device, dtype)
-        if why:
-            print(f"  {shape} {dtype_name}: skipping {name}: {why}")
-        else:
-            backends.append(name)
+    dtype = DTYPES[dtype_name]
+    backends = runnable_backends(shape, dtype_name, args, device)
     if not backends:
         return []
     modules = build_modules(shape, args, dtype, device, backends)
