@@ -49,10 +49,13 @@ def _torch_uses_openmp() -> bool:
 
 def cxx_flags() -> list[str]:
     flags = ["-O3"]
-    if os.environ.get("GRU_TORCH_DEBUG_INFO") != "1":
+    debug = os.environ.get("GRU_TORCH_DEBUG_INFO", "0")
+    if debug not in ("0", "1"):
+        raise ValueError(f"GRU_TORCH_DEBUG_INFO must be '0' or '1', got {debug!r}")
+    if debug == "0":
         # Python's CFLAGS carry -g: debug info doubled the compile time of a source with
-        # torch's headers (44 s against 20 s for gru_cpu.cpp on one core of the development
-        # machine). GRU_TORCH_DEBUG_INFO=1 keeps it.
+        # torch's headers (gru_cpu.cpp compiled alone with the build's flags on the 2-core
+        # development machine: 44 s with -g, 20 s with -g0). GRU_TORCH_DEBUG_INFO=1 keeps it.
         flags.append("-g0")
     if _torch_uses_openmp() and sys.platform.startswith("linux"):
         # at::parallel_for is a header template: without -fopenmp it runs serially in our

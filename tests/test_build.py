@@ -66,3 +66,6 @@ def test_debug_info_is_left_out_unless_asked(monkeypatch):
     assert "-g0" in _build.cxx_flags()
     monkeypatch.setenv("GRU_TORCH_DEBUG_INFO", "1")
     assert "-g0" not in _build.cxx_flags()
+    monkeypatch.setenv("GRU_TORCH_DEBUG_INFO", "yes")
+    with pytest.raises(ValueError, match="GRU_TORCH_DEBUG_INFO must be '0' or '1', got 'yes'"):
+        _build.cxx_flags()
