@@ -72,7 +72,7 @@ def test_non_tty_training_run_shows_progress(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "train.py"), "--data", "sample", "--out", str(out),
          "--epochs", "2", "--batch-size", "4", "--limit-train", "40", "--limit-test", "20",
-         "--threads", "1", "--log-every", "0.2"],
+         "--threads", "1", "--log-every", "0.05"],  # an epoch here can take under 0.5 s
         capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     stdout = proc.stdout.splitlines()
