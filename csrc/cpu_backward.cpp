@@ -42,7 +42,7 @@ struct Direction {
         block_steps(std::max<int64_t>(2, std::min(s_.T, block_rows / std::max<int64_t>(rows, 1)))) {
     const int64_t H = s.H;
     if (s.reset_after) {
-      w_hh.emplace(PanelLayout::units(H, W), a.w_hh, H, 3 * H, false);
+      w_hh.emplace(PanelLayout::units(H, W, 2), a.w_hh, H, 3 * H, false);
     } else {
       w_rz.emplace(PanelLayout::units(H, W), a.w_hh, H, 2 * H, false);
       w_n.emplace(PanelLayout::units(H, W), a.w_hh + 2 * H * H, H, H, false);
@@ -186,11 +186,19 @@ void step_panel(const Direction<scalar_t>& f, Rows<scalar_t>& r, int64_t k, int6
   const Step<scalar_t> st(f, r, k);
   with_slots(f.layout(phase).slots[p], [&](auto S) {
     constexpr int kS = decltype(S)::value;
-    for_row_tiles<4>(r.n, [&](auto R, int64_t i0) {
-      constexpr int kR = decltype(R)::value;
-      if (phase == 0) tile_dh<scalar_t, kR, kS>(st, p, i0);
-      else tile_r<scalar_t, kR, kS>(st, p, i0);
-    });
+    if constexpr (kS <= 2) {
+      for_row_tiles<6>(r.n, [&](auto R, int64_t i0) {
+        constexpr int kR = decltype(R)::value;
+        if (phase == 0) tile_dh<scalar_t, kR, kS>(st, p, i0);
+        else tile_r<scalar_t, kR, kS>(st, p, i0);
+      });
+    } else {
+      for_row_tiles<4>(r.n, [&](auto R, int64_t i0) {
+        constexpr int kR = decltype(R)::value;
+        if (phase == 0) tile_dh<scalar_t, kR, kS>(st, p, i0);
+        else tile_r<scalar_t, kR, kS>(st, p, i0);
+      });
+    }
   });
 }
 
@@ -291,7 +299,7 @@ void run_rows(const Direction<scalar_t>& f, Rows<scalar_t>& r, const Partials& s
       const int64_t np = f.panels();
       for (int64_t phase = 0; phase < f.phases(); ++phase) {
         for (int64_t p = 0; p < np; ++p) {
-          if (phase == 0 && k + 1 < f.s.T) prefetch_rows(f, r, k + 1, p * r.n / np, (p + 1) * r.n / np);
+          if (phase == 0 && k + 2 < f.s.T) prefetch_rows(f, r, k + 2, p * r.n / np, (p + 1) * r.n / np);
           step_panel(f, r, k, phase, p);
         }
       }

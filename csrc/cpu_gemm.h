@@ -53,11 +53,11 @@ struct PanelLayout {
 
   // One panel per kMaxSlots*W consecutive columns (hidden units) of C, [rows, H]; the last
   // panel has only as many slots as units remain.
-  static PanelLayout units(int64_t H, int64_t W) {
+  static PanelLayout units(int64_t H, int64_t W, int64_t per_panel = kMaxSlots) {
     PanelLayout l;
     l.first.push_back(0);
-    for (int64_t u = 0; u < H; u += kMaxSlots * W) {
-      const int64_t end = std::min(H, u + kMaxSlots * W);
+    for (int64_t u = 0; u < H; u += per_panel * W) {
+      const int64_t end = std::min(H, u + per_panel * W);
       for (int64_t c = u; c < end; c += W) l.add_slot(c, std::min(W, end - c));
       l.close_panel(u, end);
     }
@@ -91,7 +91,8 @@ class PackedB {
   PackedB(PanelLayout layout, const scalar_t* src, int64_t ld, int64_t K, bool transposed)
       : layout_(std::move(layout)), K_(K),
         data_(at::zeros({static_cast<int64_t>(layout_.col.size()) * K * W},
-                        at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value))) {
+                        at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value))),
+        base_(data_.data_ptr<scalar_t>()) {
     for (int64_t p = 0; p < layout_.panels(); ++p) {
       scalar_t* panel = panel_data(p);
       const int64_t S = layout_.slots[p];
@@ -111,15 +112,16 @@ class PackedB {
   int64_t panels() const { return layout_.panels(); }
   // Panel p: [K][slots of p][W].
   const scalar_t* panel_data(int64_t p) const {
-    return data_.const_data_ptr<scalar_t>() + layout_.first[p] * K_ * W;
+    return base_ + layout_.first[p] * K_ * W;
   }
 
  private:
-  scalar_t* panel_data(int64_t p) { return data_.data_ptr<scalar_t>() + layout_.first[p] * K_ * W; }
+  scalar_t* panel_data(int64_t p) { return base_ + layout_.first[p] * K_ * W; }
 
   PanelLayout layout_;
   int64_t K_;
   at::Tensor data_;  // 64-byte aligned by ATen's allocator
+  scalar_t* base_;   // data_'s first value (the tiles ask for panels in their inner loops)
 };
 
 // acc[m][Slots[s]] += A[m, :K] B[:K, slot s] for m < R: the micro-kernel's loop over one
@@ -159,15 +161,21 @@ template <int N>
 using Const = std::integral_constant<int, N>;
 
 // f(Const<R>{}, i) for the tiles [i, i + R) covering [0, n), R = RMAX but at the end.
+// f(Const<R>{}, i) for the last `rest` (< R + 1) rows, starting at row i.
+template <int R, typename F>
+inline void row_tail(int64_t rest, int64_t i, const F& f) {
+  if constexpr (R >= 1) {
+    if (rest == R) return f(Const<R>{}, i);
+    row_tail<R - 1>(rest, i, f);
+  }
+}
+
 template <int RMAX, typename F>
 inline void for_row_tiles(int64_t n, const F& f) {
-  static_assert(RMAX >= 1 && RMAX <= 4, "tiles of 1 to 4 rows");
+  static_assert(RMAX >= 1 && RMAX <= 6, "tiles of 1 to 6 rows");
   int64_t i = 0;
   for (; i + RMAX <= n; i += RMAX) f(Const<RMAX>{}, i);
-  const int64_t rest = n - i;
-  if constexpr (RMAX > 3) if (rest == 3) return f(Const<3>{}, i);
-  if constexpr (RMAX > 2) if (rest == 2) return f(Const<2>{}, i);
-  if constexpr (RMAX > 1) if (rest == 1) return f(Const<1>{}, i);
+  row_tail<RMAX - 1>(n - i, i, f);
 }
 
 // f(Const<S>{}) for a panel layout's S slots (1 to kMaxSlots).

@@ -3,7 +3,14 @@
 The graph is a single ONNX GRU node built with onnx.helper: nn.GRU's weights as W, R and B
 initializers in ONNX's z, r, h gate order, and linear_before_reset=1, which is nn.GRU's
 cell (the reset gate scales h W_hn^T + b_hn). It runs in an InferenceSession with as
-many intra-op threads as torch uses, with ONNX Runtime's default settings otherwise.
+many intra-op threads as torch uses, with ONNX Runtime's default settings otherwise but
+one: its intra-op threads do not spin-wait after a run (session.intra_op.allow_spinning
+= 0). By default they keep spinning on their cores for a while after each run, and in a
+benchmark that alternates backends in one process that spinning runs during the next
+backend's timed call and takes its cores: at 32,200,128,128 on the 2-core development
+machine the fused forward measured 21.8 ms after ONNX Runtime's spinning runs and
+10.4 ms after non-spinning ones, while ONNX Runtime timed alone took 13.8 ms spinning
+and 14.2 ms not. `scripts/benchmark.py --ort-spinning` keeps ONNX Runtime's default.
 check() compares its output with nn.GRU's before anything is timed.
 """
 from __future__ import annotations
@@ -68,12 +75,13 @@ class OrtGRU:
     """Runs a one-layer nn.GRU's weights through ONNX Runtime: __call__(x [T, B, I]) gives
     (output [T, B, D*H], h_n [D, B, H]) as nn.GRU does."""
 
-    def __init__(self, gru: nn.GRU, threads: int):
+    def __init__(self, gru: nn.GRU, threads: int, spinning: bool = False):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(gru_model(gru).SerializeToString(), options,
                                             providers=["CPUExecutionProvider"])

@@ -125,6 +125,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="skip the reference where T*layers*directions exceeds this (default: never)")
     p.add_argument("--recurrent-dropout", type=float, default=0.0,
                    help="P>0: time training with recurrent dropout P, fused vs reference only")
+    p.add_argument("--ort-spinning", action="store_true",
+                   help="let ONNX Runtime's threads spin-wait after each run, its default "
+                        "(off here: the spinning takes the cores of the backend timed next)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads(N) first (default: torch's choice)")
     p.add_argument("--out", type=Path, help="JSON path (default runs/bench/<device>.json, or "
                                             "benchmarks/results/<device>.json with --record)")
@@ -185,7 +188,7 @@ def build_modules(shape: Shape, args: argparse.Namespace, dtype: torch.dtype,
         module.load_state_dict(base.state_dict())
     if "onnxruntime" in backends:
         nn_gru = base.to_torch()
-        ort = bench_onnxruntime.OrtGRU(nn_gru, torch.get_num_threads())
+        ort = bench_onnxruntime.OrtGRU(nn_gru, torch.get_num_threads(), args.ort_spinning)
         sample = torch.randn(min(shape.T, 20), min(shape.B, 8), shape.I, dtype=dtype)
         bench_onnxruntime.check(ort, nn_gru, sample)
         modules["onnxruntime"] = ort
@@ -512,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
     env = {"device": device_name(device), "torch": torch.__version__,
            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
            "threads": torch.get_num_threads()}
+    if "onnxruntime" in args.backends:
+        env["ort_spinning"] = args.ort_spinning
     print(", ".join(f"{k}: {v}" for k, v in env.items()))
     for shape in args.shapes:
         print(check_shape(shape, args, device), flush=True)
@@ -540,7 +545,10 @@ def main(argv: list[str] | None = None) -> int:
     report = "\n".join([
         f"# GRU benchmark: {env['device']}", "",
         f"torch {env['torch']}, cuDNN {env['cudnn']}, {env['threads']} threads, layers={args.layers}, "
-        f"bidirectional={args.bidirectional}{dropout}; {how}, after {args.warmup} warm-up run(s).", "",
+        f"bidirectional={args.bidirectional}{dropout}; {how}, after {args.warmup} warm-up run(s)."
+        + ("" if "ort_spinning" not in env else " ONNX Runtime's threads "
+           + ("spin-wait after each run (its default)." if args.ort_spinning
+              else "do not spin-wait after a run (scripts/bench_onnxruntime.py says why).")), "",
         *tables, "", "Napkin math (GEMM FLOPs):",
         *(f"- {napkin(shape, args.layers, directions)}" for shape in args.shapes), ""])
     print("\n" + report)
