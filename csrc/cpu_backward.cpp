@@ -66,19 +66,23 @@ struct Rows {
   scalar_t *dgx, *dgh;                 // [block_steps * n, G]
   scalar_t *xb, *dxb;                  // [block_steps * n, I]
   scalar_t *hmb, *qb;                  // [block_steps * n, H]
+  scalar_t* stage;                     // [n, 5H] this step's reserve rows, or null
 
-  static int64_t floats(const LayerShape& s, int64_t steps, int64_t n) {
-    return n * (3 * s.H + steps * (6 * s.H + 2 * s.I + 2 * s.H));
+  // staged: the group copies each step's reserve rows to `stage` (a chunk, run by one
+  // thread) rather than reading them where they lie (the whole batch, split by columns).
+  static int64_t floats(const LayerShape& s, int64_t steps, int64_t n, bool staged) {
+    return n * (3 * s.H + steps * (6 * s.H + 2 * s.I + 2 * s.H) + (staged ? 5 * s.H : 0));
   }
 
   Rows(const LayerShape& s, int64_t steps, int64_t b0_, int64_t n_, int64_t chunk_,
-       scalar_t* mem)
+       bool staged, scalar_t* mem)
       : b0(b0_), n(n_), chunk(chunk_) {
     auto take = [&](int64_t count) { scalar_t* p = mem; mem += n * count; return p; };
     dhz = take(s.H), dhh = take(s.H), dqr = take(s.H);
     dgx = take(steps * s.G()), dgh = take(steps * s.G());
     xb = take(steps * s.I), dxb = take(steps * s.I);
     hmb = take(steps * s.H), qb = take(steps * s.H);
+    stage = staged ? take(5 * s.H) : nullptr;
   }
 };
 
@@ -112,7 +116,7 @@ struct Step {
     const LayerShape& s = f.s;
     const int64_t H = s.H, G = s.G(), b = r.b0 + i;
     const int64_t* gs = f.a.gout_stride;
-    return {f.a.res + (t * s.B + b) * 5 * H + u,
+    return {(r.stage ? r.stage + i * 5 * H : f.a.res + (t * s.B + b) * 5 * H) + u,
             f.a.gout + t * gs[0] + b * gs[1] + (f.d * H + u) * gs[2], gs[2] == 0,
             f.a.mask ? f.a.mask + b * H + u : nullptr, r.dhz + i * H + u, dgx + i * G + u,
             dgh + i * G + u};
@@ -208,6 +212,29 @@ at::Tensor matrix(scalar_t* p, int64_t rows, int64_t cols) {
                        at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value));
 }
 
+// The weight gradients' operands of the block's j-th step, from the reserve rows of the
+// group (`res`, n rows of 5H): h~ = h_prev * mask, and q (reset_after=false).
+template <typename scalar_t>
+void keep_operands(const Direction<scalar_t>& f, Rows<scalar_t>& r, const scalar_t* res, int64_t j) {
+  const int64_t H = f.s.H, n = r.n;
+  for (int64_t i = 0; i < n; ++i) {
+    const scalar_t* row = res + i * 5 * H;
+    masked_copy(H, row + 4 * H, f.a.mask ? f.a.mask + (r.b0 + i) * H : nullptr,
+                r.hmb + (j * n + i) * H);
+    if (!f.s.reset_after) std::memcpy(r.qb + (j * n + i) * H, row + 3 * H, sizeof(scalar_t) * H);
+  }
+}
+
+// Backward step k's reserve rows of a chunk, copied to its stage in one sequential pass
+// (which the hardware prefetcher follows, where the tiles' reads jump between gates and
+// rows), and the weight gradients' operands taken from there.
+template <typename scalar_t>
+void stage_step(const Direction<scalar_t>& f, Rows<scalar_t>& r, int64_t k) {
+  const int64_t t = f.time_of(k);
+  std::memcpy(r.stage, f.a.res + (t * f.s.B + r.b0) * 5 * f.s.H, sizeof(scalar_t) * r.n * 5 * f.s.H);
+  keep_operands(f, r, r.stage, k % f.block_steps);
+}
+
 // After steps [k0, k1) of a block: their share of the input gradient (into grad_x) and of
 // the weight and bias gradients (into the group's partial sums).
 template <typename scalar_t>
@@ -221,11 +248,8 @@ void finish_block(const Direction<scalar_t>& f, Rows<scalar_t>& r, const Partial
     for (int64_t i = 0; i < n; ++i) {
       std::memcpy(r.xb + (j * n + i) * I, a.x + t * a.x_stride[0] + (r.b0 + i) * a.x_stride[1],
                   sizeof(scalar_t) * I);
-      const scalar_t* res = a.res + (t * B + r.b0 + i) * 5 * H;
-      masked_copy(H, res + 4 * H, a.mask ? a.mask + (r.b0 + i) * H : nullptr,
-                  r.hmb + (j * n + i) * H);
-      if (!s.reset_after) std::memcpy(r.qb + (j * n + i) * H, res + 3 * H, sizeof(scalar_t) * H);
     }
+    if (!r.stage) keep_operands(f, r, a.res + (t * B + r.b0) * 5 * H, j);
   }
   const at::Tensor dgx = matrix(r.dgx, rows, s.G()), dgh = matrix(r.dgh, rows, s.G());
   const at::Tensor hm = matrix(r.hmb, rows, H);
@@ -282,7 +306,7 @@ void prefetch_rows(const Direction<scalar_t>& f, const Rows<scalar_t>& r, int64_
   const int64_t* gs = f.a.gout_stride;
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t b = r.b0 + i;
-    prefetch(f.a.res + (t * s.B + b) * 5 * H, 5 * H, false);
+    if (!r.stage) prefetch(f.a.res + (t * s.B + b) * 5 * H, 5 * H, false);
     if (gs[2] == 1) prefetch(f.a.gout + t * gs[0] + b * gs[1] + f.d * H, H, false);
   }
 }
@@ -296,10 +320,11 @@ void run_rows(const Direction<scalar_t>& f, Rows<scalar_t>& r, const Partials& s
   for (int64_t k0 = 0; k0 < f.s.T; k0 += f.block_steps) {
     const int64_t k1 = std::min(f.s.T, k0 + f.block_steps);
     for (int64_t k = k0; k < k1; ++k) {
+      stage_step(f, r, k);
       const int64_t np = f.panels();
       for (int64_t phase = 0; phase < f.phases(); ++phase) {
         for (int64_t p = 0; p < np; ++p) {
-          if (phase == 0 && k + 2 < f.s.T) prefetch_rows(f, r, k + 2, p * r.n / np, (p + 1) * r.n / np);
+          if (phase == 0 && k + 1 < f.s.T) prefetch_rows(f, r, k + 1, p * r.n / np, (p + 1) * r.n / np);
           step_panel(f, r, k, phase, p);
         }
       }
@@ -329,19 +354,19 @@ void backward_direction(const LayerShape& s, int64_t d, const BackwardArgs<scala
   const Partials sums{slab(0, G, s.I), slab(G * s.I, G, s.H),
                       slab(G * (s.I + s.H), 1, G).select(1, 0),
                       slab(G * (s.I + s.H + 1), 1, G).select(1, 0)};
-  const int64_t per_slot = Rows<scalar_t>::floats(s, f.block_steps, rows);
+  const int64_t per_slot = Rows<scalar_t>::floats(s, f.block_steps, rows, split.by_rows);
 
   if (split.by_rows) {
     at::Tensor ws = pooled_empty({split.threads, per_slot}, opts);
     run_tasks(chunks, split.threads, [&](int64_t c, int64_t slot) {
       Rows<scalar_t> r(s, f.block_steps, split.chunk_begin(c), split.chunk_size(c, s.B), c,
-                       ws.data_ptr<scalar_t>() + slot * per_slot);
+                       true, ws.data_ptr<scalar_t>() + slot * per_slot);
       run_rows(f, r, sums);
     });
   } else {
     // By columns: one parallel region per block of steps, its GEMMs after it.
     at::Tensor ws = pooled_empty({per_slot}, opts);
-    Rows<scalar_t> r(s, f.block_steps, 0, s.B, 0, ws.data_ptr<scalar_t>());
+    Rows<scalar_t> r(s, f.block_steps, 0, s.B, 0, false, ws.data_ptr<scalar_t>());
     load_grad_state(f, r);
     const int64_t phases = f.phases();
     for (int64_t k0 = 0; k0 < s.T; k0 += f.block_steps) {

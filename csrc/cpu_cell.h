@@ -10,7 +10,12 @@
 #include <ATen/cpu/vec/vec.h>
 #include <c10/macros/Macros.h>
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 namespace gru_torch::cpu {
 
@@ -231,6 +236,30 @@ inline void prefetch(const scalar_t* p, int64_t count, bool write) {
     if (write) __builtin_prefetch(b, 1, 2);
     else __builtin_prefetch(b, 0, 2);
   }
+}
+
+// Copies n values to memory that will not be read again soon (the reserve: read by the
+// backward, after the whole forward), with non-temporal stores where the CPU has them:
+// the lines are written whole, without first being read into the cache or evicting what
+// the loop still needs from it.
+template <typename scalar_t>
+inline void stream_copy(scalar_t* dst, const scalar_t* src, int64_t n) {
+#if defined(__AVX2__)
+  char* d = reinterpret_cast<char*>(dst);
+  const char* s = reinterpret_cast<const char*>(src);
+  size_t bytes = sizeof(scalar_t) * static_cast<size_t>(n);
+  const size_t head = std::min(bytes, (32 - reinterpret_cast<uintptr_t>(d) % 32) % 32);
+  std::memcpy(d, s, head);
+  d += head, s += head, bytes -= head;
+  for (; bytes >= 32; d += 32, s += 32, bytes -= 32) {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(d),
+                        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s)));
+  }
+  std::memcpy(d, s, bytes);
+  _mm_sfence();
+#else
+  std::memcpy(dst, src, sizeof(scalar_t) * n);
+#endif
 }
 
 // dst = src * mask (src itself without a mask), n values.

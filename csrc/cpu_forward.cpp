@@ -53,13 +53,19 @@ struct Rows {
   scalar_t* gx_n;     // [n, H] reset_after=false: the input part of n, for phase 1
   scalar_t* q;        // [n, H] reset_after=false: r * h~
   scalar_t* scratch;  // [n, 5H] reset_after=false without a reserve: r, z between phases
+  scalar_t* stage;    // [n, 5H] with a reserve, split by rows: this step's reserve rows
 
-  static int64_t floats_per_row(const LayerShape& s, bool mask, bool reserve) {
+  // staged: a chunk run by one thread writes each step's reserve rows to `stage`, then
+  // copies them to the reserve in one sequential pass; the whole batch, split by columns,
+  // writes them where they lie.
+  static int64_t floats_per_row(const LayerShape& s, bool mask, bool reserve, bool staged) {
     const bool before = !s.reset_after;
-    return s.H * (2 + (mask ? 2 : 0) + (before ? 2 : 0) + (before && !reserve ? 5 : 0));
+    return s.H * (2 + (mask ? 2 : 0) + (before ? 2 : 0) + (before && !reserve ? 5 : 0) +
+                  (reserve && staged ? 5 : 0));
   }
 
-  Rows(const LayerShape& s, bool mask, bool reserve, int64_t b0_, int64_t n_, scalar_t* mem)
+  Rows(const LayerShape& s, bool mask, bool reserve, bool staged, int64_t b0_, int64_t n_,
+       scalar_t* mem)
       : b0(b0_), n(n_) {
     const int64_t H = s.H;
     const bool before = !s.reset_after;
@@ -69,6 +75,7 @@ struct Rows {
     gx_n = before ? take(H) : nullptr;
     q = before ? take(H) : nullptr;
     scratch = before && !reserve ? take(5 * H) : nullptr;
+    stage = reserve && staged ? take(5 * H) : nullptr;
   }
 };
 
@@ -111,8 +118,9 @@ struct Step {
   C10_ALWAYS_INLINE ForwardCell<scalar_t> cell(int64_t i, int64_t u) const {
     const LayerShape& s = f.s;
     const int64_t H = s.H, b = r.b0 + i;
-    scalar_t* res = f.a.res ? f.a.res + (t * s.B + b) * 5 * H
-                            : (r.scratch ? r.scratch + i * 5 * H : nullptr);
+    scalar_t* res = r.stage ? r.stage + i * 5 * H
+                  : f.a.res ? f.a.res + (t * s.B + b) * 5 * H
+                  : (r.scratch ? r.scratch + i * 5 * H : nullptr);
     return {f.a.mask ? f.a.mask + b * H + u : nullptr, r.h[cur] + i * H + u,
             r.h[nxt] + i * H + u, r.hm[nxt] + i * H + u,
             f.a.out + ((t * s.B + b) * s.D + f.d) * H + u, res ? res + u : nullptr};
@@ -238,7 +246,7 @@ void prefetch_rows(const Direction<scalar_t>& f, const Rows<scalar_t>& r, int64_
     const int64_t b = r.b0 + i;
     prefetch(f.a.x + t * f.a.x_stride[0] + b * f.a.x_stride[1], s.I, false);
     prefetch(f.a.out + ((t * s.B + b) * s.D + f.d) * s.H, s.H, true);
-    if (f.a.res) prefetch(f.a.res + (t * s.B + b) * 5 * s.H, 5 * s.H, true);
+    if (f.a.res && !r.stage) prefetch(f.a.res + (t * s.B + b) * 5 * s.H, 5 * s.H, true);
   }
 }
 
@@ -256,6 +264,10 @@ void run_rows(const Direction<scalar_t>& f, Rows<scalar_t>& r) {
         step_panel(f, r, k, phase, p);
       }
     }
+    if (r.stage) {
+      const int64_t H = f.s.H;
+      stream_copy(f.a.res + (f.time_of(k) * f.s.B + r.b0) * 5 * H, r.stage, r.n * 5 * H);
+    }
   }
   store_state(f, r);
 }
@@ -267,8 +279,8 @@ void forward_layer(const LayerShape& s, const ForwardArgs<scalar_t>* args) {
   std::vector<std::optional<Direction<scalar_t>>> dirs(s.D);
   for (int64_t d = 0; d < s.D; ++d) dirs[d].emplace(s, args[d], d);
   const bool mask = args[0].mask != nullptr, reserve = args[0].res != nullptr;
-  const int64_t per_row = Rows<scalar_t>::floats_per_row(s, mask, reserve);
   const Split split = layer_split(s);
+  const int64_t per_row = Rows<scalar_t>::floats_per_row(s, mask, reserve, split.by_rows);
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
 
   if (split.by_rows) {
@@ -277,7 +289,7 @@ void forward_layer(const LayerShape& s, const ForwardArgs<scalar_t>* args) {
     at::Tensor ws = pooled_empty({split.threads, chunk * per_row}, opts);
     run_tasks(s.D * split.chunks, split.threads, [&](int64_t task, int64_t slot) {
       const int64_t d = task / split.chunks, c = task % split.chunks;
-      Rows<scalar_t> r(s, mask, reserve, split.chunk_begin(c), split.chunk_size(c, s.B),
+      Rows<scalar_t> r(s, mask, reserve, true, split.chunk_begin(c), split.chunk_size(c, s.B),
                        ws.data_ptr<scalar_t>() + slot * chunk * per_row);
       run_rows(*dirs[d], r);
     });
@@ -287,7 +299,7 @@ void forward_layer(const LayerShape& s, const ForwardArgs<scalar_t>* args) {
   at::Tensor ws = pooled_empty({s.B * per_row}, opts);
   for (int64_t d = 0; d < s.D; ++d) {
     const Direction<scalar_t>& f = *dirs[d];
-    Rows<scalar_t> r(s, mask, reserve, 0, s.B, ws.data_ptr<scalar_t>());
+    Rows<scalar_t> r(s, mask, reserve, false, 0, s.B, ws.data_ptr<scalar_t>());
     load_state(f, r);
     const int64_t phases = f.phases();
     run_groups(
