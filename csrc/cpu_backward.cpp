@@ -338,6 +338,14 @@ void run_rows(const Direction<scalar_t>& f, Rows<scalar_t>& r, const Partials& s
 
 }  // namespace
 
+// dst [G, n] += src^T (src [n, G]).
+template <typename scalar_t>
+void add_transposed(scalar_t* dst, const scalar_t* src, int64_t n, int64_t G) {
+  for (int64_t g = 0; g < G; ++g) {
+    for (int64_t i = 0; i < n; ++i) dst[g * n + i] += src[i * G + g];
+  }
+}
+
 template <typename scalar_t>
 void backward_direction(const LayerShape& s, int64_t d, const BackwardArgs<scalar_t>& a) {
   const Split split = layer_split(s);
@@ -348,7 +356,7 @@ void backward_direction(const LayerShape& s, int64_t d, const BackwardArgs<scala
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
   const int64_t G = s.G();
   // One zeroed buffer for the four sums, [chunks, G * (I + H + 2)].
-  at::Tensor sums_mem = pooled_empty({chunks, G * (s.I + s.H + 2)}, opts).zero_();
+  at::Tensor sums_mem = serial_zeros({chunks, G * (s.I + s.H + 2)}, opts);
   auto slab = [&](int64_t offset, int64_t rows, int64_t cols) {
     return sums_mem.narrow(1, offset, rows * cols).view({chunks, rows, cols});
   };
@@ -380,15 +388,19 @@ void backward_direction(const LayerShape& s, int64_t d, const BackwardArgs<scala
     for (int64_t p = 0; p < f.panels(); ++p) step_panel(f, r, s.T, 0, p);
     store_grad_state(f, r);
   }
-  // The chunks' sums, in chunk order (the same result whichever thread ran which chunk).
+  // The chunks' sums, in chunk order (the same result whichever thread ran which chunk),
+  // added on this thread alone (no parallel region; serial_zeros says why).
+  auto ptr = [](const at::Tensor& t) { return static_cast<scalar_t*>(t.data_ptr()); };
+  scalar_t *gw_ih = ptr(a.grad_w_ih), *gw_hh = ptr(a.grad_w_hh);
+  scalar_t *gb_ih = ptr(a.grad_b_ih), *gb_hh = ptr(a.grad_b_hh);
   for (int64_t c = 0; c < chunks; ++c) {
-    a.grad_w_ih.add_(sums.w_ih[c].t());
-    a.grad_w_hh.add_(sums.w_hh[c].t());
-    a.grad_b_ih.add_(sums.b_ih[c]);
-    a.grad_b_hh.add_(sums.b_hh[c]);
+    add_transposed(gw_ih, ptr(sums.w_ih[c]), s.I, G);
+    add_transposed(gw_hh, ptr(sums.w_hh[c]), s.H, G);
+    const scalar_t *b_ih = ptr(sums.b_ih[c]), *b_hh = ptr(sums.b_hh[c]);
+    for (int64_t g = 0; g < G; ++g) gb_ih[g] += b_ih[g], gb_hh[g] += b_hh[g];
   }
   // dgh and dgx agree on the r and z gates, and so do their bias gradients.
-  if (s.reset_after) a.grad_b_hh.narrow(0, 0, 2 * s.H).copy_(a.grad_b_ih.narrow(0, 0, 2 * s.H));
+  if (s.reset_after) std::copy(gb_ih, gb_ih + 2 * s.H, gb_hh);
 }
 
 template void backward_direction<float>(const LayerShape&, int64_t, const BackwardArgs<float>&);

@@ -23,6 +23,8 @@
 #include <utility>
 #include <vector>
 
+#include "cpu_pool.h"
+
 namespace gru_torch::cpu {
 
 constexpr int kMaxSlots = 3;
@@ -90,7 +92,7 @@ class PackedB {
 
   PackedB(PanelLayout layout, const scalar_t* src, int64_t ld, int64_t K, bool transposed)
       : layout_(std::move(layout)), K_(K),
-        data_(at::zeros({static_cast<int64_t>(layout_.col.size()) * K * W},
+        data_(serial_zeros({static_cast<int64_t>(layout_.col.size()) * K * W},
                         at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value))),
         base_(data_.data_ptr<scalar_t>()) {
     for (int64_t p = 0; p < layout_.panels(); ++p) {

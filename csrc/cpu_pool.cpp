@@ -1,6 +1,7 @@
 #include "cpu_pool.h"
 
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <string>
@@ -100,6 +101,12 @@ Pool& pool() {
 }
 
 }  // namespace
+
+at::Tensor serial_zeros(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor t = pooled_empty(sizes, options);
+  std::memset(t.data_ptr(), 0, t.nbytes());
+  return t;
+}
 
 at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
   const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) *

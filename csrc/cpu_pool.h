@@ -19,4 +19,10 @@ namespace gru_torch::cpu {
 // at::empty, served from the cache when the buffer is large.
 at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options);
 
+// Zeros, written by the calling thread alone. at::zeros of more than 32768 values opens a
+// parallel region, and a region ends only when every thread has run its share: on a busy
+// machine a thread of it may wait a whole scheduler time slice for its core. The op's
+// own small buffers (packed weights, gradient sums) take a few microseconds to clear.
+at::Tensor serial_zeros(at::IntArrayRef sizes, const at::TensorOptions& options);
+
 }  // namespace gru_torch::cpu

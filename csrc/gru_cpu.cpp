@@ -156,10 +156,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward_cp
 
   Tensor grad_input = cpu::pooled_empty({T, B, I}, opts);
   Tensor grad_hx = at::empty({D, B, H}, opts);
-  Tensor grad_w_ih = at::zeros({D, G, I}, opts);
-  Tensor grad_w_hh = at::zeros({D, G, H}, opts);
-  Tensor grad_b_ih = at::zeros({D, G}, opts);
-  Tensor grad_b_hh = at::zeros({D, G}, opts);
+  Tensor grad_w_ih = cpu::serial_zeros({D, G, I}, opts);
+  Tensor grad_w_hh = cpu::serial_zeros({D, G, H}, opts);
+  Tensor grad_b_ih = cpu::serial_zeros({D, G}, opts);
+  Tensor grad_b_hh = cpu::serial_zeros({D, G}, opts);
   if (B == 0) {
     grad_input.zero_();
     grad_hx.zero_();
