@@ -14,6 +14,10 @@ namespace gru_torch::cpu {
 namespace {
 
 constexpr size_t kMinPooled = size_t(1) << 20;  // smaller buffers: plain at::empty
+// glibc's largest mmap threshold: with nothing kept here, buffers up to this size come
+// from at::empty, whose allocator keeps freed ones in its heap once its threshold has
+// grown past their size (fresh huge pages would cost their zeroing on every call).
+constexpr size_t kHeapMax = size_t(32) << 20;
 constexpr size_t kGranule = size_t(2) << 20;    // one huge page
 
 // Maps `bytes` (a multiple of kGranule) aligned to a huge page, asking for huge pages.
@@ -75,6 +79,8 @@ class Pool {
     return map_buffer(bytes);
   }
 
+  bool keeps_nothing() const { return limit_ == 0; }
+
   void give(void* p, size_t bytes) {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -111,7 +117,9 @@ at::Tensor serial_zeros(at::IntArrayRef sizes, const at::TensorOptions& options)
 at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
   const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) *
                        c10::elementSize(c10::typeMetaToScalarType(options.dtype()));
-  if (bytes < kMinPooled) return at::empty(sizes, options);
+  if (bytes < kMinPooled || (pool().keeps_nothing() && bytes <= kHeapMax)) {
+    return at::empty(sizes, options);
+  }
   size_t size = 0;
   void* p = pool().take((bytes + kGranule - 1) / kGranule * kGranule, &size);
   return at::from_blob(p, sizes, [size](void* q) { pool().give(q, size); }, options);
