@@ -298,7 +298,8 @@ void store_grad_state(const Direction<scalar_t>& f, const Rows<scalar_t>& r) {
   }
 }
 
-// Rows [i0, i1) of backward step k's reserve and output gradient, into cache.
+// Rows [i0, i1) of backward step k's output gradient, into cache (its reserve rows come
+// in through the stage).
 template <typename scalar_t>
 void prefetch_rows(const Direction<scalar_t>& f, const Rows<scalar_t>& r, int64_t k,
                    int64_t i0, int64_t i1) {
@@ -307,14 +308,13 @@ void prefetch_rows(const Direction<scalar_t>& f, const Rows<scalar_t>& r, int64_
   const int64_t* gs = f.a.gout_stride;
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t b = r.b0 + i;
-    if (!r.stage) prefetch(f.a.res + (t * s.B + b) * 5 * H, 5 * H, false);
     if (gs[2] == 1) prefetch(f.a.gout + t * gs[0] + b * gs[1] + f.d * H, H, false);
   }
 }
 
-// Every step of one chunk of rows, on the calling thread. While a step computes, the
-// next step's reserve and gradient rows are fetched, a share before each panel: they
-// are spread too thin for the hardware prefetcher to follow.
+// Every step of one chunk of rows, on the calling thread. A step first stages its reserve
+// rows; while it computes, the next step's output-gradient rows are fetched, a share
+// before each panel: they are spread too thin for the hardware prefetcher to follow.
 template <typename scalar_t>
 void run_rows(const Direction<scalar_t>& f, Rows<scalar_t>& r, const Partials& sums) {
   load_grad_state(f, r);

@@ -236,7 +236,8 @@ void step_panel(const Direction<scalar_t>& f, Rows<scalar_t>& r, int64_t k, int6
   }
 }
 
-// Rows [i0, i1) of step k's input, output and reserve, into cache.
+// Rows [i0, i1) of step k's input and output, into cache (the reserve rows are written
+// to the stage, then streamed out).
 template <typename scalar_t>
 void prefetch_rows(const Direction<scalar_t>& f, const Rows<scalar_t>& r, int64_t k,
                    int64_t i0, int64_t i1) {
@@ -246,13 +247,13 @@ void prefetch_rows(const Direction<scalar_t>& f, const Rows<scalar_t>& r, int64_
     const int64_t b = r.b0 + i;
     prefetch(f.a.x + t * f.a.x_stride[0] + b * f.a.x_stride[1], s.I, false);
     prefetch(f.a.out + ((t * s.B + b) * s.D + f.d) * s.H, s.H, true);
-    if (f.a.res && !r.stage) prefetch(f.a.res + (t * s.B + b) * 5 * s.H, 5 * s.H, true);
   }
 }
 
 // Every step of one group of rows, on the calling thread. While a step computes, the
-// next step's rows are fetched, a share before each panel: its input, output and
-// reserve rows are spread too thin for the hardware prefetcher to follow.
+// next step's rows are fetched, a share before each panel: its input and output rows are
+// spread too thin for the hardware prefetcher to follow. With a reserve, the step's
+// reserve rows go from the stage to the reserve in one pass at its end.
 template <typename scalar_t>
 void run_rows(const Direction<scalar_t>& f, Rows<scalar_t>& r) {
   load_state(f, r);

@@ -158,6 +158,20 @@ def test_onnxruntime_backend_matches_nn_gru_and_times_forward_only(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert {(r["backend"], r["pass"]) for r in rows} == {
         ("cudnn", "forward"), ("cudnn", "forward+backward"), ("onnxruntime", "forward")}
+    assert json.loads(out.read_text())["ort_spinning"] is False
+
+
+@pytest.mark.skipif(not has_onnxruntime(), reason="needs onnx and onnxruntime")
+def test_onnxruntime_threads_spin_only_when_asked():
+    """Spinning ONNX Runtime threads would take the cores of the backend timed after them."""
+    import torch
+    sys.path.insert(0, str(SCRIPT.parent))
+    import bench_onnxruntime
+
+    gru = torch.nn.GRU(5, 7)
+    for spinning, want in ((False, "0"), (True, "1")):
+        options = bench_onnxruntime.OrtGRU(gru, 1, spinning).session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == want
 
 
 def test_vary_t_needs_alternate_mode():
