@@ -190,19 +190,13 @@ void step_panel(const Direction<scalar_t>& f, Rows<scalar_t>& r, int64_t k, int6
   const Step<scalar_t> st(f, r, k);
   with_slots(f.layout(phase).slots[p], [&](auto S) {
     constexpr int kS = decltype(S)::value;
-    if constexpr (kS <= 2) {
-      for_row_tiles<6>(r.n, [&](auto R, int64_t i0) {
-        constexpr int kR = decltype(R)::value;
-        if (phase == 0) tile_dh<scalar_t, kR, kS>(st, p, i0);
-        else tile_r<scalar_t, kR, kS>(st, p, i0);
-      });
-    } else {
-      for_row_tiles<4>(r.n, [&](auto R, int64_t i0) {
-        constexpr int kR = decltype(R)::value;
-        if (phase == 0) tile_dh<scalar_t, kR, kS>(st, p, i0);
-        else tile_r<scalar_t, kR, kS>(st, p, i0);
-      });
-    }
+    // 12 accumulators: 6 rows by 2 vectors, or 4 rows by 3.
+    constexpr int kRows = kS <= 2 ? 6 : 4;
+    for_row_tiles<kRows>(r.n, [&](auto R, int64_t i0) {
+      constexpr int kR = decltype(R)::value;
+      if (phase == 0) tile_dh<scalar_t, kR, kS>(st, p, i0);
+      else tile_r<scalar_t, kR, kS>(st, p, i0);
+    });
   });
 }
 
