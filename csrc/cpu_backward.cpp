@@ -247,7 +247,7 @@ void finish_block(const Direction<scalar_t>& f, Rows<scalar_t>& r, const Partial
   }
   const at::Tensor dgx = matrix(r.dgx, rows, s.G()), dgh = matrix(r.dgh, rows, s.G());
   const at::Tensor hm = matrix(r.hmb, rows, H);
-  // The weight gradients transposed ([I, G], [H, G]): MKL runs these shapes faster.
+  // The weight gradients, kept transposed ([I, G], [H, G]).
   at::Tensor gw_ih = sums.w_ih[r.chunk], gw_hh = sums.w_hh[r.chunk];
   gw_ih.addmm_(matrix(r.xb, rows, I).t(), dgx);
   sums.b_ih[r.chunk].add_(dgx.sum(0));

@@ -8,9 +8,10 @@ one: its intra-op threads do not spin-wait after a run (session.intra_op.allow_s
 = 0). By default they keep spinning on their cores for a while after each run, and in a
 benchmark that alternates backends in one process that spinning runs during the next
 backend's timed call and takes its cores: at 32,200,128,128 on the 2-core development
-machine the fused forward measured 21.8 ms after ONNX Runtime's spinning runs and
-10.4 ms after non-spinning ones, while ONNX Runtime timed alone took 13.8 ms spinning
-and 14.2 ms not. `scripts/benchmark.py --ort-spinning` keeps ONNX Runtime's default.
+machine, `--mode alternate --backends fused,onnxruntime` timed the fused forward at
+22.4 ms after ONNX Runtime's spinning runs and 10.2 ms after non-spinning ones, while
+`--backends onnxruntime` alone timed ONNX Runtime at 13.3 ms spinning and 13.4 ms not.
+`scripts/benchmark.py --ort-spinning` keeps ONNX Runtime's default.
 check() compares its output with nn.GRU's before anything is timed.
 """
 from __future__ import annotations
