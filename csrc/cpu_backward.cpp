@@ -264,7 +264,7 @@ void finish_block(const Direction<scalar_t>& f, Rows<scalar_t>& r, const Partial
     scalar_t* dst = a.grad_x + (f.time_of(k0 + j) * B + r.b0) * I;
     const scalar_t* src = r.dxb + j * n * I;
     if (f.d == 0) {
-      std::memcpy(dst, src, sizeof(scalar_t) * n * I);
+      stream_copy(dst, src, n * I);  // not read again in this call
     } else {
       for_chunks<scalar_t>(n * I, [&](int64_t q, int c) {
         (load(dst + q, c) + load(src + q, c)).store(dst + q, c);

@@ -68,7 +68,7 @@ struct ForwardCell {
   const scalar_t* h_prev;  // the state read at this step
   scalar_t* h_next;        // the state written
   scalar_t* hm_next;       // h_next * mask, the next recurrent GEMM's operand (with a mask)
-  scalar_t* out;
+  scalar_t* out;           // the output row; null when the caller writes it after the step
   scalar_t* res;           // the reserve row; null when none is kept (reset_after=true)
 };
 
@@ -79,7 +79,7 @@ C10_ALWAYS_INLINE void new_state(Vec<scalar_t> z, Vec<scalar_t> n, Vec<scalar_t>
                                  const ForwardCell<scalar_t>& p, int c) {
   auto hn = (Vec<scalar_t>(scalar_t(1)) - z) * n + z * hp;
   hn.store(p.h_next, c);
-  hn.store(p.out, c);
+  if (p.out) hn.store(p.out, c);
   if (p.mask) masked(hn, p.mask, c).store(p.hm_next, c);
 }
 
@@ -134,7 +134,7 @@ C10_ALWAYS_INLINE void forward_inactive(const ForwardCell<scalar_t>& p, const sc
                              int64_t H, int c) {
   load(p.h_prev, c).store(p.h_next, c);
   if (p.mask) load(hm_prev, c).store(p.hm_next, c);
-  Vec<scalar_t>(scalar_t(0)).store(p.out, c);
+  if (p.out) Vec<scalar_t>(scalar_t(0)).store(p.out, c);
   if (p.res) zero_gates(H, 5, p.res, c);
 }
 

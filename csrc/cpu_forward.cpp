@@ -54,19 +54,20 @@ struct Rows {
   scalar_t* q;        // [n, H] reset_after=false: r * h~
   scalar_t* scratch;  // [n, 5H] reset_after=false without a reserve: r, z between phases
   scalar_t* stage;    // [n, 5H] with a reserve, split by rows: this step's reserve rows
+  bool staged = false;
 
   // staged: a chunk run by one thread writes each step's reserve rows to `stage`, then
-  // copies them to the reserve in one sequential pass; the whole batch, split by columns,
-  // writes them where they lie.
+  // copies them to the reserve in one sequential pass, and its output rows after the step
+  // from the new state; the whole batch, split by columns, writes both where they lie.
   static int64_t floats_per_row(const LayerShape& s, bool mask, bool reserve, bool staged) {
     const bool before = !s.reset_after;
     return s.H * (2 + (mask ? 2 : 0) + (before ? 2 : 0) + (before && !reserve ? 5 : 0) +
                   (reserve && staged ? 5 : 0));
   }
 
-  Rows(const LayerShape& s, bool mask, bool reserve, bool staged, int64_t b0_, int64_t n_,
+  Rows(const LayerShape& s, bool mask, bool reserve, bool staged_, int64_t b0_, int64_t n_,
        scalar_t* mem)
-      : b0(b0_), n(n_) {
+      : b0(b0_), n(n_), staged(staged_) {
     const int64_t H = s.H;
     const bool before = !s.reset_after;
     auto take = [&](int64_t count) { scalar_t* p = mem; mem += n * count; return p; };
@@ -75,7 +76,7 @@ struct Rows {
     gx_n = before ? take(H) : nullptr;
     q = before ? take(H) : nullptr;
     scratch = before && !reserve ? take(5 * H) : nullptr;
-    stage = reserve && staged ? take(5 * H) : nullptr;
+    stage = reserve && staged_ ? take(5 * H) : nullptr;
   }
 };
 
@@ -123,7 +124,8 @@ struct Step {
                   : (r.scratch ? r.scratch + i * 5 * H : nullptr);
     return {f.a.mask ? f.a.mask + b * H + u : nullptr, r.h[cur] + i * H + u,
             r.h[nxt] + i * H + u, r.hm[nxt] + i * H + u,
-            f.a.out + ((t * s.B + b) * s.D + f.d) * H + u, res ? res + u : nullptr};
+            r.staged ? nullptr : f.a.out + ((t * s.B + b) * s.D + f.d) * H + u,
+            res ? res + u : nullptr};
   }
 };
 
@@ -236,24 +238,38 @@ void step_panel(const Direction<scalar_t>& f, Rows<scalar_t>& r, int64_t k, int6
   }
 }
 
-// Rows [i0, i1) of step k's input and output, into cache (the reserve rows are written
-// to the stage, then streamed out).
+// Rows [i0, i1) of step k's input, into cache (the output and reserve rows are written
+// after the step, streamed out).
 template <typename scalar_t>
 void prefetch_rows(const Direction<scalar_t>& f, const Rows<scalar_t>& r, int64_t k,
                    int64_t i0, int64_t i1) {
-  const LayerShape& s = f.s;
   const int64_t t = f.time_of(k);
   for (int64_t i = i0; i < i1; ++i) {
-    const int64_t b = r.b0 + i;
-    prefetch(f.a.x + t * f.a.x_stride[0] + b * f.a.x_stride[1], s.I, false);
-    prefetch(f.a.out + ((t * s.B + b) * s.D + f.d) * s.H, s.H, true);
+    prefetch(f.a.x + t * f.a.x_stride[0] + (r.b0 + i) * f.a.x_stride[1], f.s.I, false);
+  }
+}
+
+// Step k's output rows of a chunk, from the new state (0 past a row's length), with
+// non-temporal stores: the output is read again only after the whole loop, and the
+// stores of the cells, spread over rows and units, would first read every line in.
+template <typename scalar_t>
+void write_outputs(const Direction<scalar_t>& f, const Rows<scalar_t>& r, int64_t k) {
+  const LayerShape& s = f.s;
+  const int64_t t = f.time_of(k), H = s.H;
+  const scalar_t* h = r.h[(k & 1) ^ 1];
+  scalar_t* out = f.a.out + ((t * s.B + r.b0) * s.D + f.d) * H;
+  if (s.D == 1 && !f.a.len) return stream_copy(out, h, r.n * H);
+  for (int64_t i = 0; i < r.n; ++i) {
+    scalar_t* row = out + i * s.D * H;
+    if (!f.a.len || t < f.a.len[r.b0 + i]) stream_copy(row, h + i * H, H);
+    else std::fill(row, row + H, scalar_t(0));
   }
 }
 
 // Every step of one group of rows, on the calling thread. While a step computes, the
-// next step's rows are fetched, a share before each panel: its input and output rows are
-// spread too thin for the hardware prefetcher to follow. With a reserve, the step's
-// reserve rows go from the stage to the reserve in one pass at its end.
+// next step's input rows are fetched, a share before each panel: they are spread too thin
+// for the hardware prefetcher to follow. At the step's end, its output rows and (with a
+// reserve) its reserve rows go out in one pass each.
 template <typename scalar_t>
 void run_rows(const Direction<scalar_t>& f, Rows<scalar_t>& r) {
   load_state(f, r);
@@ -265,6 +281,7 @@ void run_rows(const Direction<scalar_t>& f, Rows<scalar_t>& r) {
         step_panel(f, r, k, phase, p);
       }
     }
+    write_outputs(f, r, k);
     if (r.stage) {
       const int64_t H = f.s.H;
       stream_copy(f.a.res + (f.time_of(k) * f.s.B + r.b0) * 5 * H, r.stage, r.n * 5 * H);
