@@ -53,15 +53,21 @@ struct PanelLayout {
     return l;
   }
 
-  // One panel per kMaxSlots*W consecutive columns (hidden units) of C, [rows, H]; the last
-  // panel has only as many slots as units remain.
+  // Panels of about per_panel consecutive vectors of columns (hidden units) of C, [rows, H].
+  // The vectors are shared out evenly, so that no panel is left with one: with 13 vectors
+  // and per_panel 2, five panels of 2 and one of 3 (not six of 2 and one of 1, whose tile
+  // runs its FMAs at a fraction of the others' rate). The last vector may be short.
   static PanelLayout units(int64_t H, int64_t W, int64_t per_panel = kMaxSlots) {
+    const int64_t vectors = (H + W - 1) / W;
+    int64_t panels = std::max<int64_t>(1, vectors / per_panel);
+    if ((vectors + panels - 1) / panels > kMaxSlots) panels = (vectors + per_panel - 1) / per_panel;
     PanelLayout l;
     l.first.push_back(0);
-    for (int64_t u = 0; u < H; u += per_panel * W) {
-      const int64_t end = std::min(H, u + per_panel * W);
-      for (int64_t c = u; c < end; c += W) l.add_slot(c, std::min(W, end - c));
-      l.close_panel(u, end);
+    for (int64_t p = 0, v = 0; p < panels; ++p) {
+      const int64_t n = vectors / panels + (p < vectors % panels ? 1 : 0);
+      for (int64_t j = v; j < v + n; ++j) l.add_slot(j * W, std::min(W, H - j * W));
+      l.close_panel(v * W, std::min(H, (v + n) * W));
+      v += n;
     }
     return l;
   }
