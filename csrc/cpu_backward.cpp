@@ -229,6 +229,29 @@ void stage_step(const Direction<scalar_t>& f, Rows<scalar_t>& r, int64_t k) {
   keep_operands(f, r, r.stage, k % f.block_steps);
 }
 
+// dst[j] += the sum over `rows` rows of src (row i at src + i * ld) of column j, for
+// j < cols: a group of columns at a time, its sums kept in registers.
+template <typename scalar_t>
+void add_column_sums(scalar_t* dst, const scalar_t* src, int64_t rows, int64_t cols, int64_t ld) {
+  constexpr int kGroup = 8;
+  constexpr int64_t W = Vec<scalar_t>::size();
+  for (int64_t j0 = 0; j0 < cols; j0 += kGroup * W) {
+    int count[kGroup];
+    for (int v = 0; v < kGroup; ++v) {
+      count[v] = static_cast<int>(std::clamp<int64_t>(cols - j0 - v * W, 0, W));
+    }
+    Vec<scalar_t> acc[kGroup];
+    for (int v = 0; v < kGroup; ++v) acc[v] = Vec<scalar_t>(scalar_t(0));
+    for (int64_t i = 0; i < rows; ++i) {
+      const scalar_t* row = src + i * ld + j0;
+      for (int v = 0; v < kGroup && count[v] > 0; ++v) acc[v] = acc[v] + load(row + v * W, count[v]);
+    }
+    for (int v = 0; v < kGroup && count[v] > 0; ++v) {
+      (load(dst + j0 + v * W, count[v]) + acc[v]).store(dst + j0 + v * W, count[v]);
+    }
+  }
+}
+
 // After steps [k0, k1) of a block: their share of the input gradient (into grad_x) and of
 // the weight and bias gradients (into the group's partial sums).
 template <typename scalar_t>
@@ -250,10 +273,11 @@ void finish_block(const Direction<scalar_t>& f, Rows<scalar_t>& r, const Partial
   // The weight gradients, kept transposed ([I, G], [H, G]).
   at::Tensor gw_ih = sums.w_ih[r.chunk], gw_hh = sums.w_hh[r.chunk];
   gw_ih.addmm_(matrix(r.xb, rows, I).t(), dgx);
-  sums.b_ih[r.chunk].add_(dgx.sum(0));
+  auto ptr = [](const at::Tensor& t) { return static_cast<scalar_t*>(t.data_ptr()); };
+  add_column_sums(ptr(sums.b_ih[r.chunk]), r.dgx, rows, s.G(), s.G());
   if (s.reset_after) {
     gw_hh.addmm_(hm.t(), dgh);
-    sums.b_hh[r.chunk].narrow(0, 2 * H, H).add_(dgh.narrow(1, 2 * H, H).sum(0));
+    add_column_sums(ptr(sums.b_hh[r.chunk]) + 2 * H, r.dgh + 2 * H, rows, H, s.G());
   } else {
     gw_hh.narrow(1, 0, 2 * H).addmm_(hm.t(), dgh.narrow(1, 0, 2 * H));
     gw_hh.narrow(1, 2 * H, H).addmm_(matrix(r.qb, rows, H).t(), dgh.narrow(1, 2 * H, H));
