@@ -14,10 +14,12 @@ namespace gru_torch::cpu {
 namespace {
 
 constexpr size_t kMinPooled = size_t(1) << 20;  // smaller buffers: plain at::empty
-// glibc's largest mmap threshold: with nothing kept here, buffers up to this size come
-// from at::empty, whose allocator keeps freed ones in its heap once its threshold has
-// grown past their size (fresh huge pages would cost their zeroing on every call).
-constexpr size_t kHeapMax = size_t(32) << 20;
+// With nothing kept here, buffers up to this size come from at::empty: glibc keeps freed
+// ones in its heap once its mmap threshold (at most 32 MiB) has grown past their size, so
+// a fixed shape costs no faults, where fresh huge pages would cost their zeroing on every
+// call. But each time a request is larger than any before, glibc maps fresh 4 KiB pages,
+// and with T varying that happens often; larger buffers are therefore always huge pages.
+constexpr size_t kHeapMax = size_t(16) << 20;
 constexpr size_t kGranule = size_t(2) << 20;    // one huge page
 
 // Maps `bytes` (a multiple of kGranule) aligned to a huge page, asking for huge pages.

@@ -9,7 +9,7 @@
 // length changes from call to call reuse them as well as fixed shapes do.
 //
 // At most GRU_TORCH_CPU_POOL_MB (default 1024) of idle memory is kept; 0 keeps none:
-// then buffers up to 32 MiB come from at::empty (glibc keeps freed ones in its heap once
+// then buffers up to 16 MiB come from at::empty (glibc keeps freed ones in its heap once
 // its mmap threshold has grown past their size, so they cost no faults), and larger ones
 // are still mapped with huge pages and unmapped when freed.
 #pragma once
