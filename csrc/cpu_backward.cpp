@@ -200,6 +200,12 @@ void step_panel(const Direction<scalar_t>& f, Rows<scalar_t>& r, int64_t k, int6
   });
 }
 
+// The first value of one of the op's own float buffers (a gradient, a chunk's sums).
+template <typename scalar_t>
+scalar_t* values(const at::Tensor& t) {
+  return static_cast<scalar_t*>(t.data_ptr());
+}
+
 template <typename scalar_t>
 at::Tensor matrix(scalar_t* p, int64_t rows, int64_t cols) {
   return at::from_blob(p, {rows, cols},
@@ -273,11 +279,10 @@ void finish_block(const Direction<scalar_t>& f, Rows<scalar_t>& r, const Partial
   // The weight gradients, kept transposed ([I, G], [H, G]).
   at::Tensor gw_ih = sums.w_ih[r.chunk], gw_hh = sums.w_hh[r.chunk];
   gw_ih.addmm_(matrix(r.xb, rows, I).t(), dgx);
-  auto ptr = [](const at::Tensor& t) { return static_cast<scalar_t*>(t.data_ptr()); };
-  add_column_sums(ptr(sums.b_ih[r.chunk]), r.dgx, rows, s.G(), s.G());
+  add_column_sums(values<scalar_t>(sums.b_ih[r.chunk]), r.dgx, rows, s.G(), s.G());
   if (s.reset_after) {
     gw_hh.addmm_(hm.t(), dgh);
-    add_column_sums(ptr(sums.b_hh[r.chunk]) + 2 * H, r.dgh + 2 * H, rows, H, s.G());
+    add_column_sums(values<scalar_t>(sums.b_hh[r.chunk]) + 2 * H, r.dgh + 2 * H, rows, H, s.G());
   } else {
     gw_hh.narrow(1, 0, 2 * H).addmm_(hm.t(), dgh.narrow(1, 0, 2 * H));
     gw_hh.narrow(1, 2 * H, H).addmm_(matrix(r.qb, rows, H).t(), dgh.narrow(1, 2 * H, H));
@@ -408,7 +413,7 @@ void backward_direction(const LayerShape& s, int64_t d, const BackwardArgs<scala
   }
   // The chunks' sums, in chunk order (the same result whichever thread ran which chunk),
   // added on this thread alone (no parallel region; serial_zeros says why).
-  auto ptr = [](const at::Tensor& t) { return static_cast<scalar_t*>(t.data_ptr()); };
+  auto* ptr = &values<scalar_t>;
   scalar_t *gw_ih = ptr(a.grad_w_ih), *gw_hh = ptr(a.grad_w_hh);
   scalar_t *gb_ih = ptr(a.grad_b_ih), *gb_hh = ptr(a.grad_b_hh);
   for (int64_t c = 0; c < chunks; ++c) {
