@@ -66,12 +66,13 @@ struct Rows {
   scalar_t *dgx, *dgh;                 // [block_steps * n, G]
   scalar_t *xb, *dxb;                  // [block_steps * n, I]
   scalar_t *hmb, *qb;                  // [block_steps * n, H]
-  scalar_t* stage;                     // [n, 5H] this step's reserve rows, or null
+  scalar_t* stage[2];                  // [n, kSlots * H] step k's reserve rows in
+                                       // stage[k % 2] (the step before's h is in the other)
 
-  // staged: the group copies each step's reserve rows to `stage` (a chunk, run by one
+  // staged: the group copies each step's reserve rows to a stage (a chunk, run by one
   // thread) rather than reading them where they lie (the whole batch, split by columns).
   static int64_t floats(const LayerShape& s, int64_t steps, int64_t n, bool staged) {
-    return n * (3 * s.H + steps * (6 * s.H + 2 * s.I + 2 * s.H) + (staged ? 5 * s.H : 0));
+    return n * (3 * s.H + steps * (6 * s.H + 2 * s.I + 2 * s.H) + (staged ? 2 * kSlots * s.H : 0));
   }
 
   Rows(const LayerShape& s, int64_t steps, int64_t b0_, int64_t n_, int64_t chunk_,
@@ -82,7 +83,8 @@ struct Rows {
     dgx = take(steps * s.G()), dgh = take(steps * s.G());
     xb = take(steps * s.I), dxb = take(steps * s.I);
     hmb = take(steps * s.H), qb = take(steps * s.H);
-    stage = staged ? take(5 * s.H) : nullptr;
+    stage[0] = staged ? take(kSlots * s.H) : nullptr;
+    stage[1] = staged ? take(kSlots * s.H) : nullptr;
   }
 };
 
@@ -101,12 +103,23 @@ struct Step {
   scalar_t* dgx;             // this step's gate gradients, [n, G]
   scalar_t* dgh;
   const scalar_t* dgh_prev;  // the step before's (processed just before), or null
+  // Row i's reserve row at res + i * kSlots * H, and the state its step wrote at h + the
+  // same: the h_prev slot of the step processed before (the forward's next), or row T.
+  const scalar_t* res = nullptr;
+  const scalar_t* h = nullptr;
 
   Step(const Direction<scalar_t>& f_, Rows<scalar_t>& r_, int64_t k_)
       : f(f_), r(r_), k(k_), t(k_ < f_.s.T ? f_.time_of(k_) : -1),
         dgx(r_.dgx + (k_ % f_.block_steps) * r_.n * f_.s.G()),
         dgh(r_.dgh + (k_ % f_.block_steps) * r_.n * f_.s.G()),
-        dgh_prev(k_ > 0 ? r_.dgh + ((k_ - 1) % f_.block_steps) * r_.n * f_.s.G() : nullptr) {}
+        dgh_prev(k_ > 0 ? r_.dgh + ((k_ - 1) % f_.block_steps) * r_.n * f_.s.G() : nullptr) {
+    if (last()) return;
+    const LayerShape& s = f.s;
+    auto rows_at = [&](int64_t time) { return f.a.res + (time * s.B + r.b0) * kSlots * s.H; };
+    res = r.stage[0] ? r.stage[k % 2] : rows_at(t);
+    h = (k == 0 ? rows_at(s.T) : r.stage[0] ? r.stage[(k - 1) % 2] : rows_at(f.time_of(k - 1))) +
+        kSlotHp * s.H;
+  }
 
   bool last() const { return k == f.s.T; }
   C10_ALWAYS_INLINE bool active(int64_t i) const { return !f.a.len || t < f.a.len[r.b0 + i]; }
@@ -116,7 +129,7 @@ struct Step {
     const LayerShape& s = f.s;
     const int64_t H = s.H, G = s.G(), b = r.b0 + i;
     const int64_t* gs = f.a.gout_stride;
-    return {(r.stage ? r.stage + i * 5 * H : f.a.res + (t * s.B + b) * 5 * H) + u,
+    return {res + i * kSlots * H + u, h + i * kSlots * H + u,
             f.a.gout + t * gs[0] + b * gs[1] + (f.d * H + u) * gs[2], gs[2] == 0,
             f.a.mask ? f.a.mask + b * H + u : nullptr, r.dhz + i * H + u, dgx + i * G + u,
             dgh + i * G + u};
@@ -213,15 +226,17 @@ at::Tensor matrix(scalar_t* p, int64_t rows, int64_t cols) {
 }
 
 // The weight gradients' operands of the block's j-th step, from the reserve rows of the
-// group (`res`, n rows of 5H): h~ = h_prev * mask, and q (reset_after=false).
+// group (`res`, n rows of kSlots * H): h~ = h_prev * mask, and q (reset_after=false).
 template <typename scalar_t>
 void keep_operands(const Direction<scalar_t>& f, Rows<scalar_t>& r, const scalar_t* res, int64_t j) {
   const int64_t H = f.s.H, n = r.n;
   for (int64_t i = 0; i < n; ++i) {
-    const scalar_t* row = res + i * 5 * H;
-    masked_copy(H, row + 4 * H, f.a.mask ? f.a.mask + (r.b0 + i) * H : nullptr,
+    const scalar_t* row = res + i * kSlots * H;
+    masked_copy(H, row + kSlotHp * H, f.a.mask ? f.a.mask + (r.b0 + i) * H : nullptr,
                 r.hmb + (j * n + i) * H);
-    if (!f.s.reset_after) std::memcpy(r.qb + (j * n + i) * H, row + 3 * H, sizeof(scalar_t) * H);
+    if (!f.s.reset_after) {
+      std::memcpy(r.qb + (j * n + i) * H, row + kSlotAux * H, sizeof(scalar_t) * H);
+    }
   }
 }
 
@@ -230,9 +245,10 @@ void keep_operands(const Direction<scalar_t>& f, Rows<scalar_t>& r, const scalar
 // rows), and the weight gradients' operands taken from there.
 template <typename scalar_t>
 void stage_step(const Direction<scalar_t>& f, Rows<scalar_t>& r, int64_t k) {
-  const int64_t t = f.time_of(k);
-  std::memcpy(r.stage, f.a.res + (t * f.s.B + r.b0) * 5 * f.s.H, sizeof(scalar_t) * r.n * 5 * f.s.H);
-  keep_operands(f, r, r.stage, k % f.block_steps);
+  const int64_t t = f.time_of(k), H = f.s.H;
+  scalar_t* stage = r.stage[k % 2];
+  std::memcpy(stage, f.a.res + (t * f.s.B + r.b0) * kSlots * H, sizeof(scalar_t) * r.n * kSlots * H);
+  keep_operands(f, r, stage, k % f.block_steps);
 }
 
 // dst[j] += the sum over `rows` rows of src (row i at src + i * ld) of column j, for
@@ -272,7 +288,7 @@ void finish_block(const Direction<scalar_t>& f, Rows<scalar_t>& r, const Partial
       std::memcpy(r.xb + (j * n + i) * I, a.x + t * a.x_stride[0] + (r.b0 + i) * a.x_stride[1],
                   sizeof(scalar_t) * I);
     }
-    if (!r.stage) keep_operands(f, r, a.res + (t * B + r.b0) * 5 * H, j);
+    if (!r.stage[0]) keep_operands(f, r, a.res + (t * B + r.b0) * kSlots * H, j);
   }
   const at::Tensor dgx = matrix(r.dgx, rows, s.G()), dgh = matrix(r.dgh, rows, s.G());
   const at::Tensor hm = matrix(r.hmb, rows, H);

@@ -1,7 +1,7 @@
 // The GRU cell's pointwise math on the CPU, one vector of hidden units of one batch row
 // at a time (at::vec), taking the recurrent product straight from the GEMM's registers.
 // Every pointer is offset to the vector's first unit; gate-major rows (the reserve row
-// res: r, z, n, aux, h_prev; dgx, dgh: r, z, n) step H between gates. `c` is the number
+// res: slots as in cpu_layer.h; dgx, dgh: r, z, n) step H between gates. `c` is the number
 // of units in the vector (the last vector of a row may be short).
 // Derivative helpers take the activation's *output* (d_sigmoid(y) = y (1 - y)).
 // Everything is forced inline, so that the cells of a GEMM tile's rows interleave.
@@ -12,6 +12,9 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
+
+#include "cpu_layer.h"
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -95,11 +98,10 @@ C10_ALWAYS_INLINE void forward_after(Vec<scalar_t> r, Vec<scalar_t> z, Vec<scala
                                      int64_t H, int c) {
   auto hp = load(p.h_prev, c);
   if (p.res) {
-    r.store(p.res, c);
-    z.store(p.res + H, c);
-    n.store(p.res + 2 * H, c);
-    gh_n.store(p.res + 3 * H, c);
-    hp.store(p.res + 4 * H, c);
+    r.store(p.res + kSlotR * H, c);
+    z.store(p.res + kSlotZ * H, c);
+    gh_n.store(p.res + kSlotAux * H, c);
+    hp.store(p.res + kSlotHp * H, c);
   }
   new_state(z, n, hp, p, c);
 }
@@ -111,9 +113,9 @@ C10_ALWAYS_INLINE void forward_before_rz(Vec<scalar_t> r, Vec<scalar_t> z,
                                          const scalar_t* hm_prev, scalar_t* q, scalar_t* res,
                                          int64_t H, int c) {
   auto qv = r * load(hm_prev, c);
-  r.store(res, c);
-  z.store(res + H, c);
-  qv.store(res + 3 * H, c);
+  r.store(res + kSlotR * H, c);
+  z.store(res + kSlotZ * H, c);
+  qv.store(res + kSlotAux * H, c);
   qv.store(q, c);
 }
 
@@ -121,27 +123,33 @@ C10_ALWAYS_INLINE void forward_before_rz(Vec<scalar_t> r, Vec<scalar_t> z,
 template <typename scalar_t>
 C10_ALWAYS_INLINE void forward_before_n(Vec<scalar_t> n, const ForwardCell<scalar_t>& p,
                                         int64_t H, int c) {
-  auto z = load(p.res + H, c);
+  auto z = load(p.res + kSlotZ * H, c);
   auto hp = load(p.h_prev, c);
-  n.store(p.res + 2 * H, c);
-  hp.store(p.res + 4 * H, c);
+  hp.store(p.res + kSlotHp * H, c);
   new_state(z, n, hp, p, c);
 }
 
-// A row past its length: its state (and h~) carries over, its output and reserve are 0.
+// A row past its length: its state (and h~) carries over, its output and gates are 0,
+// and its reserve row keeps the carried state (the h of the step before, for the
+// backward's recover_n).
 template <typename scalar_t>
 C10_ALWAYS_INLINE void forward_inactive(const ForwardCell<scalar_t>& p, const scalar_t* hm_prev,
                              int64_t H, int c) {
-  load(p.h_prev, c).store(p.h_next, c);
+  auto hp = load(p.h_prev, c);
+  hp.store(p.h_next, c);
   if (p.mask) load(hm_prev, c).store(p.hm_next, c);
   if (p.out) Vec<scalar_t>(scalar_t(0)).store(p.out, c);
-  if (p.res) zero_gates(H, 5, p.res, c);
+  if (p.res) {
+    zero_gates(H, kSlotHp, p.res, c);
+    hp.store(p.res + kSlotHp * H, c);
+  }
 }
 
 // Where one backward step of one vector of units reads and writes.
 template <typename scalar_t>
 struct BackwardCell {
   const scalar_t* res;   // the reserve row
+  const scalar_t* h;     // the state this step wrote (the next step's h_prev slot)
   const scalar_t* gout;  // the output's gradient
   bool gout_broadcast;   // gout holds one value for every unit (an expanded gradient)
   const scalar_t* mask;  // or null
@@ -165,6 +173,18 @@ C10_ALWAYS_INLINE Vec<scalar_t> total_dh(Vec<scalar_t> dhh, const BackwardCell<s
   return total_dh(dhh, p.dhz, p.mask, c) + gout;
 }
 
+// n from h = (1-z) n + z h_prev. Where z rounded to 1, n is lost, but then it does not
+// matter: the backward uses n only in da_n = dh (1-z) (1-n^2) and da_z = dh (h_prev-n)
+// z (1-z), both scaled by 1-z, which also scales the error of the division where 1-z is
+// small (the clamp to tanh's range bounds it further).
+template <typename scalar_t>
+C10_ALWAYS_INLINE Vec<scalar_t> recover_n(Vec<scalar_t> h, Vec<scalar_t> z, Vec<scalar_t> hp) {
+  const Vec<scalar_t> one(scalar_t(1));
+  const Vec<scalar_t> tiny(std::numeric_limits<scalar_t>::min());
+  auto n = (h - z * hp) / at::vec::maximum(one - z, tiny);
+  return at::vec::clamp(n, Vec<scalar_t>(scalar_t(-1)), one);
+}
+
 // reset_after=true backward of one step. Writes dgx = [da_r, da_z, da_n],
 // dgh = [da_r, da_z, da_n * r] and dhz = dh * z.
 template <typename scalar_t>
@@ -172,8 +192,9 @@ C10_ALWAYS_INLINE void backward_after(Vec<scalar_t> dhh, const BackwardCell<scal
                            int c) {
   const Vec<scalar_t> one(scalar_t(1));
   auto dh = total_dh(dhh, p, c);
-  auto r = load(p.res, c), z = load(p.res + H, c), n = load(p.res + 2 * H, c);
-  auto gh_n = load(p.res + 3 * H, c), hp = load(p.res + 4 * H, c);
+  auto r = load(p.res + kSlotR * H, c), z = load(p.res + kSlotZ * H, c);
+  auto gh_n = load(p.res + kSlotAux * H, c), hp = load(p.res + kSlotHp * H, c);
+  auto n = recover_n(load(p.h, c), z, hp);
   auto da_n = dh * (one - z) * (one - n * n);
   auto da_z = dh * (hp - n) * z * (one - z);
   auto da_r = da_n * gh_n * r * (one - r);
@@ -193,7 +214,8 @@ C10_ALWAYS_INLINE void backward_before_zn(Vec<scalar_t> dhh, const BackwardCell<
                                int c) {
   const Vec<scalar_t> one(scalar_t(1));
   auto dh = total_dh(dhh, p, c);
-  auto z = load(p.res + H, c), n = load(p.res + 2 * H, c), hp = load(p.res + 4 * H, c);
+  auto z = load(p.res + kSlotZ * H, c), hp = load(p.res + kSlotHp * H, c);
+  auto n = recover_n(load(p.h, c), z, hp);
   auto da_n = dh * (one - z) * (one - n * n);
   auto da_z = dh * (hp - n) * z * (one - z);
   da_z.store(p.dgx + H, c);
@@ -209,8 +231,8 @@ template <typename scalar_t>
 C10_ALWAYS_INLINE void backward_before_r(Vec<scalar_t> dq, const BackwardCell<scalar_t>& p,
                               scalar_t* dqr, int64_t H, int c) {
   const Vec<scalar_t> one(scalar_t(1));
-  auto r = load(p.res, c);
-  auto hm = masked(load(p.res + 4 * H, c), p.mask, c);
+  auto r = load(p.res + kSlotR * H, c);
+  auto hm = masked(load(p.res + kSlotHp * H, c), p.mask, c);
   auto da_r = dq * hm * r * (one - r);
   da_r.store(p.dgx, c);
   da_r.store(p.dgh, c);

@@ -52,8 +52,8 @@ struct Rows {
   scalar_t* hm[2];    // h * mask, the recurrent GEMM's operand (== h without a mask)
   scalar_t* gx_n;     // [n, H] reset_after=false: the input part of n, for phase 1
   scalar_t* q;        // [n, H] reset_after=false: r * h~
-  scalar_t* scratch;  // [n, 5H] reset_after=false without a reserve: r, z between phases
-  scalar_t* stage;    // [n, 5H] with a reserve, split by rows: this step's reserve rows
+  scalar_t* scratch;  // [n, kSlots * H] reset_after=false without a reserve: r, z between phases
+  scalar_t* stage;    // [n, kSlots * H] with a reserve, split by rows: this step's reserve rows
   bool staged = false;
 
   // staged: a chunk run by one thread writes each step's reserve rows to `stage`, then
@@ -61,8 +61,8 @@ struct Rows {
   // from the new state; the whole batch, split by columns, writes both where they lie.
   static int64_t floats_per_row(const LayerShape& s, bool mask, bool reserve, bool staged) {
     const bool before = !s.reset_after;
-    return s.H * (2 + (mask ? 2 : 0) + (before ? 2 : 0) + (before && !reserve ? 5 : 0) +
-                  (reserve && staged ? 5 : 0));
+    return s.H * (2 + (mask ? 2 : 0) + (before ? 2 : 0) + (before && !reserve ? kSlots : 0) +
+                  (reserve && staged ? kSlots : 0));
   }
 
   Rows(const LayerShape& s, bool mask, bool reserve, bool staged_, int64_t b0_, int64_t n_,
@@ -75,8 +75,8 @@ struct Rows {
     hm[0] = mask ? take(H) : h[0], hm[1] = mask ? take(H) : h[1];
     gx_n = before ? take(H) : nullptr;
     q = before ? take(H) : nullptr;
-    scratch = before && !reserve ? take(5 * H) : nullptr;
-    stage = reserve && staged_ ? take(5 * H) : nullptr;
+    scratch = before && !reserve ? take(kSlots * H) : nullptr;
+    stage = reserve && staged_ ? take(kSlots * H) : nullptr;
   }
 };
 
@@ -91,9 +91,21 @@ void load_state(const Direction<scalar_t>& f, Rows<scalar_t>& r) {
   }
 }
 
+// The final state to h_n, and to the reserve's row T (the h the backward's first step
+// recovers n from; h_n itself may be changed in place before the backward), whose other
+// slots are zeroed so that the reserve is the same on every run.
 template <typename scalar_t>
 void store_state(const Direction<scalar_t>& f, const Rows<scalar_t>& r) {
-  std::memcpy(f.a.h + r.b0 * f.s.H, r.h[f.s.T % 2], sizeof(scalar_t) * r.n * f.s.H);
+  const int64_t H = f.s.H;
+  const scalar_t* h = r.h[f.s.T % 2];
+  std::memcpy(f.a.h + r.b0 * H, h, sizeof(scalar_t) * r.n * H);
+  if (!f.a.res) return;
+  for (int64_t i = 0; i < r.n; ++i) {
+    scalar_t* row = f.a.res + (f.s.T * f.s.B + r.b0 + i) * kSlots * H;
+    static_assert(kSlotHp == kSlots - 1, "h_prev is the last slot");
+    std::fill(row, row + kSlotHp * H, scalar_t(0));
+    std::memcpy(row + kSlotHp * H, h + i * H, sizeof(scalar_t) * H);
+  }
 }
 
 // One step k (the k-th in the direction's order) of a group of rows: where each row
@@ -119,9 +131,9 @@ struct Step {
   C10_ALWAYS_INLINE ForwardCell<scalar_t> cell(int64_t i, int64_t u) const {
     const LayerShape& s = f.s;
     const int64_t H = s.H, b = r.b0 + i;
-    scalar_t* res = r.stage ? r.stage + i * 5 * H
-                  : f.a.res ? f.a.res + (t * s.B + b) * 5 * H
-                  : (r.scratch ? r.scratch + i * 5 * H : nullptr);
+    scalar_t* res = r.stage ? r.stage + i * kSlots * H
+                  : f.a.res ? f.a.res + (t * s.B + b) * kSlots * H
+                  : (r.scratch ? r.scratch + i * kSlots * H : nullptr);
     return {f.a.mask ? f.a.mask + b * H + u : nullptr, r.h[cur] + i * H + u,
             r.h[nxt] + i * H + u, r.hm[nxt] + i * H + u,
             r.staged ? nullptr : f.a.out + ((t * s.B + b) * s.D + f.d) * H + u,
@@ -284,7 +296,7 @@ void run_rows(const Direction<scalar_t>& f, Rows<scalar_t>& r) {
     write_outputs(f, r, k);
     if (r.stage) {
       const int64_t H = f.s.H;
-      stream_copy(f.a.res + (f.time_of(k) * f.s.B + r.b0) * 5 * H, r.stage, r.n * 5 * H);
+      stream_copy(f.a.res + (f.time_of(k) * f.s.B + r.b0) * kSlots * H, r.stage, r.n * kSlots * H);
     }
   }
   store_state(f, r);

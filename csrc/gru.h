@@ -19,7 +19,8 @@
 //            when need_reserve=false): r, z, n, aux, h_prev with
 //            aux = gh_n (reset_after=true), aux = q = r * (h_prev*mask) (false).
 //            h_prev is kept here, not read back from output, so that a caller
-//            may modify the output in place, as nn.GRU allows.
+//            may modify the output in place, as nn.GRU allows. The CPU op keeps
+//            [D, T + 1, B, 4H] instead, without n (cpu_layer.h says how).
 //
 // reset_after=true  (nn.GRU):  n = tanh(gx_n + r * (h~ W_hn^T + b_hn))
 // reset_after=false (Keras 2): n = tanh(gx_n + (r * h~) W_hn^T)

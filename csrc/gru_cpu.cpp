@@ -91,7 +91,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_layer_cpu(const Tensor& input_, const Ten
 
   Tensor output = cpu::pooled_empty({T, B, D * H}, opts);
   Tensor h_n = hx_.clone(at::MemoryFormat::Contiguous);
-  Tensor reserve = need_reserve ? cpu::pooled_empty({D, T, B, kReserveSlots * H}, opts)
+  Tensor reserve = need_reserve ? cpu::pooled_empty({D, T + 1, B, cpu::kSlots * H}, opts)
                                 : at::empty({0}, opts);
   if (B == 0) return {output, h_n, reserve};
   // The r and z parts of b_hh add to the pre-activation like b_ih does, so they join it
@@ -138,7 +138,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward_cp
               ", got ", grad_output_.sizes());
   TORCH_CHECK(grad_h_n_.sizes() == hx.sizes(), "gru_layer_backward: grad_h_n must have shape ",
               hx.sizes(), ", got ", grad_h_n_.sizes());
-  TORCH_CHECK(reserve_.sizes() == at::IntArrayRef({D, T, B, kReserveSlots * H}),
+  TORCH_CHECK(reserve_.sizes() == at::IntArrayRef({D, T + 1, B, cpu::kSlots * H}),
               "gru_layer_backward: reserve has shape ", reserve_.sizes(),
               "; it must be the one gru_layer returned with need_reserve=True");
   check_lengths_values(lengths_, T);

@@ -24,6 +24,15 @@ FUSED_DTYPES = {"cpu": (torch.float32, torch.float64),
                 "cuda": (torch.float32, torch.float64, torch.bfloat16, torch.float16)}
 
 RESERVE_SLOTS = 5  # r, z, n, aux, h_prev per step and row (csrc/gru.h)
+CPU_RESERVE_SLOTS = 4  # the C++ CPU op's: r, z, aux, h_prev, and a row T (csrc/cpu_layer.h)
+
+
+def reserve_shape(device: torch.device, emulated: bool, D: int, T: int, B: int,
+                  H: int) -> tuple[int, ...]:
+    """The reserve gru_layer returns on `device` (the emulated CUDA kernels keep the CUDA one)."""
+    if device.type == "cpu" and not emulated:
+        return (D, T + 1, B, CPU_RESERVE_SLOTS * H)
+    return (D, T, B, RESERVE_SLOTS * H)
 
 _registered = False
 
@@ -107,13 +116,13 @@ def _backward(ctx, grad_out, grad_h_n, _grad_reserve):
             d_b_hh if ctx.has_b_hh else None, None, None, None, None)
 
 
-def _fake_forward(input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, reset_after, need_reserve):
+def _fake_forward(input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, reset_after, need_reserve,
+                  *, emulated: bool):
     T, B, _ = input.shape
     D, G, _ = w_ih.shape
     H = G // 3
-    reserve_shape = (D, T, B, RESERVE_SLOTS * H) if need_reserve else (0,)
-    return (input.new_empty((T, B, D * H)), hx.new_empty(hx.shape),
-            input.new_empty(reserve_shape))
+    shape = reserve_shape(input.device, emulated, D, T, B, H) if need_reserve else (0,)
+    return (input.new_empty((T, B, D * H)), hx.new_empty(hx.shape), input.new_empty(shape))
 
 
 def _fake_backward(grad_output, grad_h_n, input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths,
@@ -128,7 +137,8 @@ def _register() -> None:
     if _registered:
         return
     for suffix, emulated in (("", False), ("_emulated", True)):
-        torch.library.register_fake(f"gru_torch::gru_layer{suffix}")(_fake_forward)
+        torch.library.register_fake(f"gru_torch::gru_layer{suffix}")(
+            functools.partial(_fake_forward, emulated=emulated))
         torch.library.register_fake(f"gru_torch::gru_layer_backward{suffix}")(_fake_backward)
         torch.library.register_autograd(
             f"gru_torch::gru_layer{suffix}", _backward,

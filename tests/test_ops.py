@@ -150,3 +150,38 @@ def test_float32_error_like_nn_gru(reset_after):
             out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=x.shape[0])
         nn_err = (out.double() - exact[..., :hx.shape[2]]).abs().max().item()
     assert err < max(2 * nn_err, 5e-6), (err, nn_err)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_float32_gradients_where_the_update_gate_saturates(reset_after):
+    """The CPU op's backward recovers n from h = (1-z) n + z h_prev rather than keeping it.
+    Where z rounds to 1 in float32 (n is lost) or nearly (a division by a tiny 1-z), the
+    gradients must stay finite and as close to float64's as a float32 autograd run of the
+    reference, which keeps n."""
+    H = 16
+    args64 = make_args(T=40, B=8, I=5, H=H, D=2, reset_after=reset_after, lengths=True)
+    b_ih = args64[4].detach().clone()
+    b_ih[:, H:H + 6] += 40.0         # z == 1 in float32
+    b_ih[:, H + 6:H + 12] += 12.0    # 1 - z about 1e-5 to 1e-4
+    args64 = tuple(a.detach().requires_grad_() if isinstance(a, torch.Tensor)
+                   and a.is_floating_point() else a
+                   for a in args64[:4] + (b_ih,) + args64[5:])
+    args32 = tuple(a.detach().float().requires_grad_() if isinstance(a, torch.Tensor)
+                   and a.is_floating_point() and a.requires_grad else a for a in args64)
+    g = torch.Generator().manual_seed(1)
+    go = torch.randn(40, 8, 2 * H, generator=g, dtype=torch.float64)
+    gh = torch.randn(2, 8, H, generator=g, dtype=torch.float64)
+
+    def grads(layer, args):
+        out, h_n = layer(*args)
+        leaves = [a for a in args[:6] if a is not None]
+        loss = (out * go.to(out.dtype)).sum() + (h_n * gh.to(out.dtype)).sum()
+        return torch.autograd.grad(loss, leaves)
+
+    exact = grads(gru_layer_reference, args64)
+    fused = grads(ops.gru_layer, args32)
+    ref32 = grads(gru_layer_reference, args32)
+    for name, e, f, r in zip(["x", "hx", "w_ih", "w_hh", "b_ih", "b_hh"], exact, fused, ref32):
+        assert torch.isfinite(f).all(), name
+        err, ref_err = (f.double() - e).abs().max().item(), (r.double() - e).abs().max().item()
+        assert err <= 2 * ref_err + 1e-6 * e.abs().max().item(), (name, err, ref_err)
