@@ -152,8 +152,9 @@ void init_from(Vec<scalar_t> (&acc)[R][S], const scalar_t* row0, int64_t ld, con
   }
 }
 
-// reset_after=true, rows [i0, i0+R) by panel p: r, z and both parts of n in registers
-// (4 per row, so 3 rows fill 12 registers), then the cell.
+// reset_after=true, rows [i0, i0+R) by panel p: r, z and both parts of n, then the cell.
+// Each of the two GEMM loops updates 3 of a row's 4 sums (r, z and its own part of n), so
+// 4 rows take 12 registers, and the panel's 3 vectors and the broadcast the other 4.
 template <typename scalar_t, int R>
 void tile_after(const Step<scalar_t>& st, int64_t p, int64_t i0) {
   const Direction<scalar_t>& f = st.f;
@@ -238,7 +239,7 @@ void step_panel(const Direction<scalar_t>& f, Rows<scalar_t>& r, int64_t k, int6
                 int64_t p) {
   const Step<scalar_t> st(f, r, k);
   if (f.s.reset_after) {
-    for_row_tiles<3>(r.n, [&](auto R, int64_t i0) { tile_after<scalar_t, decltype(R)::value>(st, p, i0); });
+    for_row_tiles<4>(r.n, [&](auto R, int64_t i0) { tile_after<scalar_t, decltype(R)::value>(st, p, i0); });
   } else if (phase == 0) {
     for_row_tiles<4>(r.n, [&](auto R, int64_t i0) { tile_before_rz<scalar_t, decltype(R)::value>(st, p, i0); });
   } else {
