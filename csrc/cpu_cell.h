@@ -25,19 +25,47 @@ namespace gru_torch::cpu {
 template <typename scalar_t>
 using Vec = at::vec::Vectorized<scalar_t>;
 
-// exp_u20 is at::vec's fast exp (a polynomial, <= 20 ulp in float32; the exact exp
-// in float64). sigmoid and tanh both go through it: one exp and one division each.
+// e^x: at::vec's exp_u20 (a polynomial, <= 20 ulp in float32; the exact exp in float64).
+template <typename scalar_t>
+C10_ALWAYS_INLINE Vec<scalar_t> exp_fast(Vec<scalar_t> x) {
+  return x.exp_u20();
+}
+
+#if defined(CPU_CAPABILITY_AVX2)
+// float32 with AVX2: exp_u20's reduction and polynomial (x = k ln2 + f, e^f of degree 5,
+// times 2^k), with x clamped to [-87, 88] in place of its masks for under- and overflow:
+// 14 operations instead of 18 (the activations call it 3 times per value, beside the
+// GEMM's FMAs). The clamp keeps 2^k a normal float; e^-87 and e^88 are already 0 and inf
+// to sigmoid and tanh. The max and min take x second, so that a NaN goes through.
+template <>
+C10_ALWAYS_INLINE Vec<float> exp_fast(Vec<float> v) {
+  const __m256 x = _mm256_min_ps(_mm256_set1_ps(88.f), _mm256_max_ps(_mm256_set1_ps(-87.f), v));
+  const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 f = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693147181f), x);
+  __m256 p = _mm256_fmadd_ps(f, _mm256_set1_ps(0.00828929059f), _mm256_set1_ps(0.0418978221f));
+  p = _mm256_fmadd_ps(f, p, _mm256_set1_ps(0.166676521f));
+  p = _mm256_fmadd_ps(f, p, _mm256_set1_ps(0.499991506f));
+  p = _mm256_fmadd_ps(f, p, _mm256_set1_ps(0.999999701f));
+  p = _mm256_fmadd_ps(f, p, _mm256_set1_ps(1.f));
+  const __m256i two_k = _mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(two_k));
+}
+#endif
+
+// sigmoid and tanh: one exp and one division each.
 template <typename scalar_t>
 C10_ALWAYS_INLINE Vec<scalar_t> sigmoid(Vec<scalar_t> x) {
   const Vec<scalar_t> one(scalar_t(1));
-  return one / (one + x.neg().exp_u20());
+  return one / (one + exp_fast(x.neg()));
 }
 
 // tanh(x) = 2 sigmoid(2x) - 1; saturates to +-1 where exp over- or underflows.
 template <typename scalar_t>
 C10_ALWAYS_INLINE Vec<scalar_t> tanh(Vec<scalar_t> x) {
   const Vec<scalar_t> one(scalar_t(1)), two(scalar_t(2));
-  return two / (one + (x * Vec<scalar_t>(scalar_t(-2))).exp_u20()) - one;
+  return two / (one + exp_fast(x * Vec<scalar_t>(scalar_t(-2)))) - one;
 }
 
 template <typename scalar_t>
