@@ -347,7 +347,7 @@ void prefetch_rows(const Direction<scalar_t>& f, const Rows<scalar_t>& r, int64_
   const int64_t* gs = f.a.gout_stride;
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t b = r.b0 + i;
-    if (gs[2] == 1) prefetch(f.a.gout + t * gs[0] + b * gs[1] + f.d * H, H, false);
+    if (gs[2] == 1) prefetch(f.a.gout + t * gs[0] + b * gs[1] + f.d * H, H);
   }
 }
 

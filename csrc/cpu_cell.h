@@ -276,20 +276,17 @@ C10_ALWAYS_INLINE void backward_inactive(Vec<scalar_t> dhh, const BackwardCell<s
   zero_gates(H, 3, p.dgh, c);
 }
 
-// Asks for `count` values from p to be brought into cache (for writing, when `write`):
-// the rows of a step to come, fetched while the current step computes.
+// Asks for `count` values from p to be brought into cache for reading: the rows of a
+// step to come, fetched while the current step computes.
 template <typename scalar_t>
-inline void prefetch(const scalar_t* p, int64_t count, bool write) {
+inline void prefetch(const scalar_t* p, int64_t count) {
   const char* b = reinterpret_cast<const char*>(p);
   const char* e = reinterpret_cast<const char*>(p + count);
-  for (; b < e; b += 64) {
-    if (write) __builtin_prefetch(b, 1, 2);
-    else __builtin_prefetch(b, 0, 2);
-  }
+  for (; b < e; b += 64) __builtin_prefetch(b, 0, 2);
 }
 
-// Copies n values to memory that will not be read again soon (the reserve: read by the
-// backward, after the whole forward), with non-temporal stores where the CPU has them:
+// Copies n values to memory that will not be read again soon (the reserve, the output,
+// the input gradient: read after the whole loop), with non-temporal stores where the CPU has them:
 // the lines are written whole, without first being read into the cache or evicting what
 // the loop still needs from it.
 template <typename scalar_t>

@@ -258,7 +258,7 @@ void prefetch_rows(const Direction<scalar_t>& f, const Rows<scalar_t>& r, int64_
                    int64_t i0, int64_t i1) {
   const int64_t t = f.time_of(k);
   for (int64_t i = i0; i < i1; ++i) {
-    prefetch(f.a.x + t * f.a.x_stride[0] + (r.b0 + i) * f.a.x_stride[1], f.s.I, false);
+    prefetch(f.a.x + t * f.a.x_stride[0] + (r.b0 + i) * f.a.x_stride[1], f.s.I);
   }
 }
 
