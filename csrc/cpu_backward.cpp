@@ -56,6 +56,22 @@ struct Direction {
   int64_t panels() const { return layout(0).panels(); }
   // The k-th step of the backward: the forward's steps in reverse.
   int64_t time_of(int64_t k) const { return d == 0 ? s.T - 1 - k : k; }
+
+  // Batch row b's state after the forward's step `time`: its output row there (a step
+  // the row is active in).
+  const scalar_t* state_at(int64_t time, int64_t b) const {
+    return a.out + (time * s.B + b) * s.D * s.H + d * s.H;
+  }
+  // Batch row b's h_prev at backward step k: the state of the forward's step before, or
+  // hx where there is none or the row was not yet active there (the reverse direction
+  // of a row shorter than T starts at its last step).
+  const scalar_t* h_prev(int64_t k, int64_t b) const {
+    if (k + 1 < s.T) {
+      const int64_t before = time_of(k + 1);
+      if (!a.len || before < a.len[b]) return state_at(before, b);
+    }
+    return a.hx + b * s.H;
+  }
 };
 
 // Buffers of one group of n rows; the block buffers hold block_steps steps of rows.
@@ -66,13 +82,14 @@ struct Rows {
   scalar_t *dgx, *dgh;                 // [block_steps * n, G]
   scalar_t *xb, *dxb;                  // [block_steps * n, I]
   scalar_t *hmb, *qb;                  // [block_steps * n, H]
-  scalar_t* stage[2];                  // [n, kSlots * H] step k's reserve rows in
-                                       // stage[k % 2] (the step before's h is in the other)
+  scalar_t* stage;                     // [n, kSlots * H] the step's reserve rows
+  scalar_t* hstage[2];                 // [n, H] step k's h_prev rows in hstage[k % 2]
+                                       // (the step before's, its h, in the other)
 
   // staged: the group copies each step's reserve rows to a stage (a chunk, run by one
   // thread) rather than reading them where they lie (the whole batch, split by columns).
   static int64_t floats(const LayerShape& s, int64_t steps, int64_t n, bool staged) {
-    return n * (3 * s.H + steps * (6 * s.H + 2 * s.I + 2 * s.H) + (staged ? 2 * kSlots * s.H : 0));
+    return n * (3 * s.H + steps * (6 * s.H + 2 * s.I + 2 * s.H) + (staged ? (kSlots + 2) * s.H : 0));
   }
 
   Rows(const LayerShape& s, int64_t steps, int64_t b0_, int64_t n_, int64_t chunk_,
@@ -83,8 +100,9 @@ struct Rows {
     dgx = take(steps * s.G()), dgh = take(steps * s.G());
     xb = take(steps * s.I), dxb = take(steps * s.I);
     hmb = take(steps * s.H), qb = take(steps * s.H);
-    stage[0] = staged ? take(kSlots * s.H) : nullptr;
-    stage[1] = staged ? take(kSlots * s.H) : nullptr;
+    stage = staged ? take(kSlots * s.H) : nullptr;
+    hstage[0] = staged ? take(s.H) : nullptr;
+    hstage[1] = staged ? take(s.H) : nullptr;
   }
 };
 
@@ -103,10 +121,7 @@ struct Step {
   scalar_t* dgx;             // this step's gate gradients, [n, G]
   scalar_t* dgh;
   const scalar_t* dgh_prev;  // the step before's (processed just before), or null
-  // Row i's reserve row at res + i * kSlots * H, and the state its step wrote at h + the
-  // same: the h_prev slot of the step processed before (the forward's next), or row T.
-  const scalar_t* res = nullptr;
-  const scalar_t* h = nullptr;
+  const scalar_t* res = nullptr;  // row i's reserve row at res + i * kSlots * H
 
   Step(const Direction<scalar_t>& f_, Rows<scalar_t>& r_, int64_t k_)
       : f(f_), r(r_), k(k_), t(k_ < f_.s.T ? f_.time_of(k_) : -1),
@@ -114,22 +129,26 @@ struct Step {
         dgh(r_.dgh + (k_ % f_.block_steps) * r_.n * f_.s.G()),
         dgh_prev(k_ > 0 ? r_.dgh + ((k_ - 1) % f_.block_steps) * r_.n * f_.s.G() : nullptr) {
     if (last()) return;
-    const LayerShape& s = f.s;
-    auto rows_at = [&](int64_t time) { return f.a.res + (time * s.B + r.b0) * kSlots * s.H; };
-    res = r.stage[0] ? r.stage[k % 2] : rows_at(t);
-    h = (k == 0 ? rows_at(s.T) : r.stage[0] ? r.stage[(k - 1) % 2] : rows_at(f.time_of(k - 1))) +
-        kSlotHp * s.H;
+    res = r.stage ? r.stage : f.a.res + (t * f.s.B + r.b0) * kSlots * f.s.H;
   }
 
   bool last() const { return k == f.s.T; }
   C10_ALWAYS_INLINE bool active(int64_t i) const { return !f.a.len || t < f.a.len[r.b0 + i]; }
+  // Row i's h_prev and h (at an active step): from the stage, the h being the h_prev of
+  // the step processed before; else from the output and hx.
+  C10_ALWAYS_INLINE const scalar_t* hp_row(int64_t i) const {
+    return r.hstage[0] ? r.hstage[k % 2] + i * f.s.H : f.h_prev(k, r.b0 + i);
+  }
+  C10_ALWAYS_INLINE const scalar_t* h_row(int64_t i) const {
+    return r.hstage[0] && k > 0 ? r.hstage[(k - 1) % 2] + i * f.s.H : f.state_at(t, r.b0 + i);
+  }
 
   // Row i's pointers for the vector of units starting at u.
   C10_ALWAYS_INLINE BackwardCell<scalar_t> cell(int64_t i, int64_t u) const {
     const LayerShape& s = f.s;
     const int64_t H = s.H, G = s.G(), b = r.b0 + i;
     const int64_t* gs = f.a.gout_stride;
-    return {res + i * kSlots * H + u, h + i * kSlots * H + u,
+    return {res + i * kSlots * H + u, hp_row(i) + u, h_row(i) + u,
             f.a.gout + t * gs[0] + b * gs[1] + (f.d * H + u) * gs[2], gs[2] == 0,
             f.a.mask ? f.a.mask + b * H + u : nullptr, r.dhz + i * H + u, dgx + i * G + u,
             dgh + i * G + u};
@@ -225,30 +244,36 @@ at::Tensor matrix(scalar_t* p, int64_t rows, int64_t cols) {
                        at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value));
 }
 
-// The weight gradients' operands of the block's j-th step, from the reserve rows of the
-// group (`res`, n rows of kSlots * H): h~ = h_prev * mask, and q (reset_after=false).
+// The weight gradients' operands of backward step k, the block's j-th: h~ = h_prev *
+// mask, and q (reset_after=false) from the group's reserve rows (`res`, n rows of
+// kSlots * H); h_prev from `hp` (n rows of H) if given, else from the output and hx.
 template <typename scalar_t>
-void keep_operands(const Direction<scalar_t>& f, Rows<scalar_t>& r, const scalar_t* res, int64_t j) {
+void keep_operands(const Direction<scalar_t>& f, Rows<scalar_t>& r, const scalar_t* res,
+                   const scalar_t* hp, int64_t k, int64_t j) {
   const int64_t H = f.s.H, n = r.n;
   for (int64_t i = 0; i < n; ++i) {
-    const scalar_t* row = res + i * kSlots * H;
-    masked_copy(H, row + kSlotHp * H, f.a.mask ? f.a.mask + (r.b0 + i) * H : nullptr,
+    const int64_t b = r.b0 + i;
+    masked_copy(H, hp ? hp + i * H : f.h_prev(k, b), f.a.mask ? f.a.mask + b * H : nullptr,
                 r.hmb + (j * n + i) * H);
     if (!f.s.reset_after) {
-      std::memcpy(r.qb + (j * n + i) * H, row + kSlotAux * H, sizeof(scalar_t) * H);
+      std::memcpy(r.qb + (j * n + i) * H, res + i * kSlots * H + kSlotAux * H,
+                  sizeof(scalar_t) * H);
     }
   }
 }
 
-// Backward step k's reserve rows of a chunk, copied to its stage in one sequential pass
-// (which the hardware prefetcher follows, where the tiles' reads jump between gates and
-// rows), and the weight gradients' operands taken from there.
+// Backward step k's reserve rows and h_prev rows of a chunk, copied to its stages in
+// sequential passes (which the hardware prefetcher follows, where the tiles' reads jump
+// between gates and rows), and the weight gradients' operands taken from there.
 template <typename scalar_t>
 void stage_step(const Direction<scalar_t>& f, Rows<scalar_t>& r, int64_t k) {
   const int64_t t = f.time_of(k), H = f.s.H;
-  scalar_t* stage = r.stage[k % 2];
-  std::memcpy(stage, f.a.res + (t * f.s.B + r.b0) * kSlots * H, sizeof(scalar_t) * r.n * kSlots * H);
-  keep_operands(f, r, stage, k % f.block_steps);
+  std::memcpy(r.stage, f.a.res + (t * f.s.B + r.b0) * kSlots * H, sizeof(scalar_t) * r.n * kSlots * H);
+  scalar_t* hp = r.hstage[k % 2];
+  for (int64_t i = 0; i < r.n; ++i) {
+    std::memcpy(hp + i * H, f.h_prev(k, r.b0 + i), sizeof(scalar_t) * H);
+  }
+  keep_operands(f, r, r.stage, hp, k, k % f.block_steps);
 }
 
 // dst[j] += the sum over `rows` rows of src (row i at src + i * ld) of column j, for
@@ -275,7 +300,8 @@ void add_column_sums(scalar_t* dst, const scalar_t* src, int64_t rows, int64_t c
 }
 
 // After steps [k0, k1) of a block: their share of the input gradient (into grad_x) and of
-// the weight and bias gradients (into the group's partial sums).
+// the weight and bias gradients (into the group's partial sums, which the first block
+// writes rather than adds to).
 template <typename scalar_t>
 void finish_block(const Direction<scalar_t>& f, Rows<scalar_t>& r, const Partials& sums,
                   int64_t k0, int64_t k1) {
@@ -288,20 +314,24 @@ void finish_block(const Direction<scalar_t>& f, Rows<scalar_t>& r, const Partial
       std::memcpy(r.xb + (j * n + i) * I, a.x + t * a.x_stride[0] + (r.b0 + i) * a.x_stride[1],
                   sizeof(scalar_t) * I);
     }
-    if (!r.stage[0]) keep_operands(f, r, a.res + (t * B + r.b0) * kSlots * H, j);
+    if (!r.stage) keep_operands(f, r, a.res + (t * B + r.b0) * kSlots * H, static_cast<const scalar_t*>(nullptr), k0 + j, j);
   }
   const at::Tensor dgx = matrix(r.dgx, rows, s.G()), dgh = matrix(r.dgh, rows, s.G());
   const at::Tensor hm = matrix(r.hmb, rows, H);
   // The weight gradients, kept transposed ([I, G], [H, G]).
   at::Tensor gw_ih = sums.w_ih[r.chunk], gw_hh = sums.w_hh[r.chunk];
-  gw_ih.addmm_(matrix(r.xb, rows, I).t(), dgx);
+  auto add_product = [first = k0 == 0](at::Tensor c, const at::Tensor& a, const at::Tensor& b) {
+    if (first) at::mm_out(c, a, b);
+    else c.addmm_(a, b);
+  };
+  add_product(gw_ih, matrix(r.xb, rows, I).t(), dgx);
   add_column_sums(values<scalar_t>(sums.b_ih[r.chunk]), r.dgx, rows, s.G(), s.G());
   if (s.reset_after) {
-    gw_hh.addmm_(hm.t(), dgh);
+    add_product(gw_hh, hm.t(), dgh);
     add_column_sums(values<scalar_t>(sums.b_hh[r.chunk]) + 2 * H, r.dgh + 2 * H, rows, H, s.G());
   } else {
-    gw_hh.narrow(1, 0, 2 * H).addmm_(hm.t(), dgh.narrow(1, 0, 2 * H));
-    gw_hh.narrow(1, 2 * H, H).addmm_(matrix(r.qb, rows, H).t(), dgh.narrow(1, 2 * H, H));
+    add_product(gw_hh.narrow(1, 0, 2 * H), hm.t(), dgh.narrow(1, 0, 2 * H));
+    add_product(gw_hh.narrow(1, 2 * H, H), matrix(r.qb, rows, H).t(), dgh.narrow(1, 2 * H, H));
   }
   at::Tensor dx = matrix(r.dxb, rows, I);
   at::mm_out(dx, dgx, a.w_ih);
@@ -337,8 +367,8 @@ void store_grad_state(const Direction<scalar_t>& f, const Rows<scalar_t>& r) {
   }
 }
 
-// Rows [i0, i1) of backward step k's output gradient, into cache (its reserve rows come
-// in through the stage).
+// Rows [i0, i1) of backward step k's output gradient and h_prev, into cache (its reserve
+// rows come in through the stage; its h is the step before's h_prev).
 template <typename scalar_t>
 void prefetch_rows(const Direction<scalar_t>& f, const Rows<scalar_t>& r, int64_t k,
                    int64_t i0, int64_t i1) {
@@ -348,6 +378,7 @@ void prefetch_rows(const Direction<scalar_t>& f, const Rows<scalar_t>& r, int64_
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t b = r.b0 + i;
     if (gs[2] == 1) prefetch(f.a.gout + t * gs[0] + b * gs[1] + f.d * H, H);
+    prefetch(f.h_prev(k, b), H);
   }
 }
 
@@ -394,8 +425,13 @@ void backward_direction(const LayerShape& s, int64_t d, const BackwardArgs<scala
   const Direction<scalar_t> f(s, a, d, split.by_rows ? kBlockRows : 4 * kBlockRows, rows);
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
   const int64_t G = s.G();
-  // One zeroed buffer for the four sums, [chunks, G * (I + H + 2)].
-  at::Tensor sums_mem = serial_zeros({chunks, G * (s.I + s.H + 2)}, opts);
+  // One buffer for the four sums, [chunks, G * (I + H + 2)]: the weights' are written by
+  // each chunk's first block, the biases' zeroed here.
+  at::Tensor sums_mem = pooled_empty({chunks, G * (s.I + s.H + 2)}, opts);
+  for (int64_t c = 0; c < chunks; ++c) {
+    scalar_t* bias_sums = values<scalar_t>(sums_mem) + c * sums_mem.size(1) + G * (s.I + s.H);
+    std::fill(bias_sums, bias_sums + 2 * G, scalar_t(0));
+  }
   auto slab = [&](int64_t offset, int64_t rows, int64_t cols) {
     return sums_mem.narrow(1, offset, rows * cols).view({chunks, rows, cols});
   };
@@ -428,16 +464,22 @@ void backward_direction(const LayerShape& s, int64_t d, const BackwardArgs<scala
     store_grad_state(f, r);
   }
   // The chunks' sums, in chunk order (the same result whichever thread ran which chunk),
-  // added on this thread alone (no parallel region; serial_zeros says why).
-  auto* ptr = &values<scalar_t>;
-  scalar_t *gw_ih = ptr(a.grad_w_ih), *gw_hh = ptr(a.grad_w_hh);
-  scalar_t *gb_ih = ptr(a.grad_b_ih), *gb_hh = ptr(a.grad_b_hh);
-  for (int64_t c = 0; c < chunks; ++c) {
-    add_transposed(gw_ih, ptr(sums.w_ih[c]), s.I, G);
-    add_transposed(gw_hh, ptr(sums.w_hh[c]), s.H, G);
-    const scalar_t *b_ih = ptr(sums.b_ih[c]), *b_hh = ptr(sums.b_hh[c]);
-    for (int64_t g = 0; g < G; ++g) gb_ih[g] += b_ih[g], gb_hh[g] += b_hh[g];
+  // added on this thread alone (no parallel region; serial_zeros says why): into chunk
+  // 0's, a row of the buffer at a time, then transposed into the gradients once.
+  scalar_t* total = values<scalar_t>(sums_mem);
+  const int64_t width = sums_mem.size(1);
+  for (int64_t c = 1; c < chunks; ++c) {
+    const scalar_t* part = total + c * width;
+    for_chunks<scalar_t>(width, [&](int64_t j, int n) {
+      (load(total + j, n) + load(part + j, n)).store(total + j, n);
+    });
   }
+  auto* ptr = &values<scalar_t>;
+  add_transposed(ptr(a.grad_w_ih), ptr(sums.w_ih[0]), s.I, G);
+  add_transposed(ptr(a.grad_w_hh), ptr(sums.w_hh[0]), s.H, G);
+  scalar_t *gb_ih = ptr(a.grad_b_ih), *gb_hh = ptr(a.grad_b_hh);
+  const scalar_t *b_ih = ptr(sums.b_ih[0]), *b_hh = ptr(sums.b_hh[0]);
+  for (int64_t g = 0; g < G; ++g) gb_ih[g] += b_ih[g], gb_hh[g] += b_hh[g];
   // dgh and dgx agree on the r and z gates, and so do their bias gradients.
   if (s.reset_after) std::copy(gb_ih, gb_ih + 2 * s.H, gb_hh);
 }

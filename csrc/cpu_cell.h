@@ -129,7 +129,6 @@ C10_ALWAYS_INLINE void forward_after(Vec<scalar_t> r, Vec<scalar_t> z, Vec<scala
     r.store(p.res + kSlotR * H, c);
     z.store(p.res + kSlotZ * H, c);
     gh_n.store(p.res + kSlotAux * H, c);
-    hp.store(p.res + kSlotHp * H, c);
   }
   new_state(z, n, hp, p, c);
 }
@@ -151,33 +150,25 @@ C10_ALWAYS_INLINE void forward_before_rz(Vec<scalar_t> r, Vec<scalar_t> z,
 template <typename scalar_t>
 C10_ALWAYS_INLINE void forward_before_n(Vec<scalar_t> n, const ForwardCell<scalar_t>& p,
                                         int64_t H, int c) {
-  auto z = load(p.res + kSlotZ * H, c);
-  auto hp = load(p.h_prev, c);
-  hp.store(p.res + kSlotHp * H, c);
-  new_state(z, n, hp, p, c);
+  new_state(load(p.res + kSlotZ * H, c), n, load(p.h_prev, c), p, c);
 }
 
-// A row past its length: its state (and h~) carries over, its output and gates are 0,
-// and its reserve row keeps the carried state (the h of the step before, for the
-// backward's recover_n).
+// A row past its length: its state (and h~) carries over, its output and gates are 0.
 template <typename scalar_t>
 C10_ALWAYS_INLINE void forward_inactive(const ForwardCell<scalar_t>& p, const scalar_t* hm_prev,
                              int64_t H, int c) {
-  auto hp = load(p.h_prev, c);
-  hp.store(p.h_next, c);
+  load(p.h_prev, c).store(p.h_next, c);
   if (p.mask) load(hm_prev, c).store(p.hm_next, c);
   if (p.out) Vec<scalar_t>(scalar_t(0)).store(p.out, c);
-  if (p.res) {
-    zero_gates(H, kSlotHp, p.res, c);
-    hp.store(p.res + kSlotHp * H, c);
-  }
+  if (p.res) zero_gates(H, kSlots, p.res, c);
 }
 
 // Where one backward step of one vector of units reads and writes.
 template <typename scalar_t>
 struct BackwardCell {
   const scalar_t* res;   // the reserve row
-  const scalar_t* h;     // the state this step wrote (the next step's h_prev slot)
+  const scalar_t* hp;    // the state this step read (h_prev)
+  const scalar_t* h;     // the state this step wrote
   const scalar_t* gout;  // the output's gradient
   bool gout_broadcast;   // gout holds one value for every unit (an expanded gradient)
   const scalar_t* mask;  // or null
@@ -221,7 +212,7 @@ C10_ALWAYS_INLINE void backward_after(Vec<scalar_t> dhh, const BackwardCell<scal
   const Vec<scalar_t> one(scalar_t(1));
   auto dh = total_dh(dhh, p, c);
   auto r = load(p.res + kSlotR * H, c), z = load(p.res + kSlotZ * H, c);
-  auto gh_n = load(p.res + kSlotAux * H, c), hp = load(p.res + kSlotHp * H, c);
+  auto gh_n = load(p.res + kSlotAux * H, c), hp = load(p.hp, c);
   auto n = recover_n(load(p.h, c), z, hp);
   auto da_n = dh * (one - z) * (one - n * n);
   auto da_z = dh * (hp - n) * z * (one - z);
@@ -242,7 +233,7 @@ C10_ALWAYS_INLINE void backward_before_zn(Vec<scalar_t> dhh, const BackwardCell<
                                int c) {
   const Vec<scalar_t> one(scalar_t(1));
   auto dh = total_dh(dhh, p, c);
-  auto z = load(p.res + kSlotZ * H, c), hp = load(p.res + kSlotHp * H, c);
+  auto z = load(p.res + kSlotZ * H, c), hp = load(p.hp, c);
   auto n = recover_n(load(p.h, c), z, hp);
   auto da_n = dh * (one - z) * (one - n * n);
   auto da_z = dh * (hp - n) * z * (one - z);
@@ -260,7 +251,7 @@ C10_ALWAYS_INLINE void backward_before_r(Vec<scalar_t> dq, const BackwardCell<sc
                               scalar_t* dqr, int64_t H, int c) {
   const Vec<scalar_t> one(scalar_t(1));
   auto r = load(p.res + kSlotR * H, c);
-  auto hm = masked(load(p.res + kSlotHp * H, c), p.mask, c);
+  auto hm = masked(load(p.hp, c), p.mask, c);
   auto da_r = dq * hm * r * (one - r);
   da_r.store(p.dgx, c);
   da_r.store(p.dgh, c);

@@ -91,21 +91,9 @@ void load_state(const Direction<scalar_t>& f, Rows<scalar_t>& r) {
   }
 }
 
-// The final state to h_n, and to the reserve's row T (the h the backward's first step
-// recovers n from; h_n itself may be changed in place before the backward), whose other
-// slots are zeroed so that the reserve is the same on every run.
 template <typename scalar_t>
 void store_state(const Direction<scalar_t>& f, const Rows<scalar_t>& r) {
-  const int64_t H = f.s.H;
-  const scalar_t* h = r.h[f.s.T % 2];
-  std::memcpy(f.a.h + r.b0 * H, h, sizeof(scalar_t) * r.n * H);
-  if (!f.a.res) return;
-  for (int64_t i = 0; i < r.n; ++i) {
-    scalar_t* row = f.a.res + (f.s.T * f.s.B + r.b0 + i) * kSlots * H;
-    static_assert(kSlotHp == kSlots - 1, "h_prev is the last slot");
-    std::fill(row, row + kSlotHp * H, scalar_t(0));
-    std::memcpy(row + kSlotHp * H, h + i * H, sizeof(scalar_t) * H);
-  }
+  std::memcpy(f.a.h + r.b0 * f.s.H, r.h[f.s.T % 2], sizeof(scalar_t) * r.n * f.s.H);
 }
 
 // One step k (the k-th in the direction's order) of a group of rows: where each row

@@ -10,15 +10,15 @@
 
 namespace gru_torch::cpu {
 
-// The reserve of one direction, [T + 1, B, kSlots * H]. Step t's row for batch row b holds,
-// H values each: r, z, aux (gh_n = h~ W_hn^T + b_hn, or q = r * h~ with reset_after=false)
-// and h_prev; row T holds the final state in its h_prev slot (its other slots are unused).
-// n is not kept: the backward recovers it from h = (1-z) n + z h_prev, h being the h_prev
-// slot of the step that follows in the direction's order (or row T after the last), and
-// every use of n in the backward is scaled by 1-z (cpu_cell.h, recover_n). A step past a
-// row's length keeps 0 in r, z, aux and the carried state in h_prev.
-constexpr int64_t kSlots = 4;
-constexpr int64_t kSlotR = 0, kSlotZ = 1, kSlotAux = 2, kSlotHp = 3;
+// The reserve of one direction, [T, B, kSlots * H]. Step t's row for batch row b holds,
+// H values each: r, z and aux (gh_n = h~ W_hn^T + b_hn, or q = r * h~ with
+// reset_after=false). The states are not kept: a row's output at a step it is active in
+// is the state that step wrote, so the backward reads h_prev and h from the output (h_prev
+// from hx at a row's first step), which the op saves for it. n is not kept either: the
+// backward recovers it from h = (1-z) n + z h_prev, and every use of n there is scaled by
+// 1-z (cpu_cell.h, recover_n). A step past a row's length keeps 0 in every slot.
+constexpr int64_t kSlots = 3;
+constexpr int64_t kSlotR = 0, kSlotZ = 1, kSlotAux = 2;
 
 struct LayerShape {
   int64_t T, B, I, H, D;
@@ -41,7 +41,7 @@ struct ForwardArgs {
   const scalar_t* mask;   // [B, H] or null
   const int64_t* len;     // [B] or null
   scalar_t* out;          // output [T, B, D*H]
-  scalar_t* res;          // reserve [T + 1, B, kSlots * H] of this direction, or null
+  scalar_t* res;          // reserve [T, B, kSlots * H] of this direction, or null
   scalar_t* h;            // [B, H]: hx on entry, h_n on return
 };
 
@@ -57,7 +57,9 @@ struct BackwardArgs {
   const scalar_t* w_hh;   // [G, H]
   const scalar_t* mask;   // [B, H] or null
   const int64_t* len;     // [B] or null
-  const scalar_t* res;    // reserve [T + 1, B, kSlots * H] of this direction
+  const scalar_t* res;    // reserve [T, B, kSlots * H] of this direction
+  const scalar_t* out;    // the forward's output [T, B, D*H]: the states, at active steps
+  const scalar_t* hx;     // [B, H]: the initial state of this direction
   const scalar_t* gout;   // grad of output [T, B, D*H], with strides gout_stride
   int64_t gout_stride[3];  // the unit stride is 1, or 0 for a gradient expanded along it
   const scalar_t* gh_n;   // grad of h_n [B, H] of this direction

@@ -87,7 +87,8 @@ gru_layer_backward_emulated(const at::Tensor& grad_output, const at::Tensor& gra
                             const std::optional<at::Tensor>& b_hh,
                             const std::optional<at::Tensor>& mask,
                             const std::optional<at::Tensor>& lengths, bool reset_after,
-                            const at::Tensor& reserve) {
+                            const at::Tensor& reserve,
+                            const at::Tensor& /*output: the reserve keeps the states*/) {
   return device_op::backward<Emulated>(grad_output, grad_h_n, input, hx, w_ih, w_hh, b_ih, b_hh,
                                        mask, lengths, reset_after, reserve);
 }

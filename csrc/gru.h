@@ -20,7 +20,9 @@
 //            aux = gh_n (reset_after=true), aux = q = r * (h_prev*mask) (false).
 //            h_prev is kept here, not read back from output, so that a caller
 //            may modify the output in place, as nn.GRU allows. The CPU op keeps
-//            [D, T + 1, B, 4H] instead, without n (cpu_layer.h says how).
+//            [D, T, B, 3H] instead, r, z and aux: its backward reads the states
+//            from `output` (cpu_layer.h says how), and the autograd formula
+//            (gru_torch/ops.py) recomputes them if the output was modified.
 //
 // reset_after=true  (nn.GRU):  n = tanh(gx_n + r * (h~ W_hn^T + b_hn))
 // reset_after=false (Keras 2): n = tanh(gx_n + (r * h~) W_hn^T)

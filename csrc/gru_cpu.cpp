@@ -91,7 +91,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_layer_cpu(const Tensor& input_, const Ten
 
   Tensor output = cpu::pooled_empty({T, B, D * H}, opts);
   Tensor h_n = hx_.clone(at::MemoryFormat::Contiguous);
-  Tensor reserve = need_reserve ? cpu::pooled_empty({D, T + 1, B, cpu::kSlots * H}, opts)
+  Tensor reserve = need_reserve ? cpu::pooled_empty({D, T, B, cpu::kSlots * H}, opts)
                                 : at::empty({0}, opts);
   if (B == 0) return {output, h_n, reserve};
   // The r and z parts of b_hh add to the pre-activation like b_ih does, so they join it
@@ -127,7 +127,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward_cp
     const Tensor& grad_output_, const Tensor& grad_h_n_, const Tensor& input_,
     const Tensor& hx, const Tensor& w_ih_, const Tensor& w_hh_, const OptTensor& b_ih,
     const OptTensor& b_hh, const OptTensor& mask_, const OptTensor& lengths_,
-    bool reset_after, const Tensor& reserve_) {
+    bool reset_after, const Tensor& reserve_, const Tensor& output_) {
   check_layer_args(input_, hx, w_ih_, w_hh_, b_ih, b_hh, mask_, lengths_, reset_after,
                    "gru_layer_backward");
   const int64_t T = input_.size(0), B = input_.size(1), I = input_.size(2);
@@ -138,13 +138,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward_cp
               ", got ", grad_output_.sizes());
   TORCH_CHECK(grad_h_n_.sizes() == hx.sizes(), "gru_layer_backward: grad_h_n must have shape ",
               hx.sizes(), ", got ", grad_h_n_.sizes());
-  TORCH_CHECK(reserve_.sizes() == at::IntArrayRef({D, T + 1, B, cpu::kSlots * H}),
+  TORCH_CHECK(reserve_.sizes() == at::IntArrayRef({D, T, B, cpu::kSlots * H}),
               "gru_layer_backward: reserve has shape ", reserve_.sizes(),
               "; it must be the one gru_layer returned with need_reserve=True");
+  TORCH_CHECK(output_.sizes() == at::IntArrayRef(out_shape) &&
+                  output_.scalar_type() == input_.scalar_type() &&
+                  output_.device() == input_.device(),
+              "gru_layer_backward: output must be the forward's output, ", at::IntArrayRef(out_shape),
+              " ", input_.scalar_type(), " on ", input_.device(), "; got ", output_.sizes(), " ",
+              output_.scalar_type(), " on ", output_.device());
   check_lengths_values(lengths_, T);
   const Tensor input = rows_in_place(input_), w_ih = w_ih_.contiguous(),
                w_hh = w_hh_.contiguous(), reserve = reserve_.contiguous(),
-               grad_h_n = grad_h_n_.contiguous();
+               grad_h_n = grad_h_n_.contiguous(), output = output_.contiguous(),
+               h0 = hx.contiguous();
   // The output's gradient is read in place when its units are contiguous or expanded (as
   // loss = out.sum() gives), which spares materializing a [T, B, D*H] tensor.
   const int64_t unit_stride = grad_output_.stride(2);
@@ -174,7 +181,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward_cp
           w_hh[d].const_data_ptr<scalar_t>(),
           ptr_or_null<scalar_t>(mask, d),
           lengths ? lengths->const_data_ptr<int64_t>() : nullptr,
-          reserve[d].const_data_ptr<scalar_t>(), grad_output.const_data_ptr<scalar_t>(),
+          reserve[d].const_data_ptr<scalar_t>(), output.const_data_ptr<scalar_t>(),
+          h0[d].const_data_ptr<scalar_t>(), grad_output.const_data_ptr<scalar_t>(),
           {grad_output.stride(0), grad_output.stride(1), grad_output.stride(2)},
           grad_h_n[d].const_data_ptr<scalar_t>(), grad_input.data_ptr<scalar_t>(),
           grad_hx[d].data_ptr<scalar_t>(), grad_w_ih[d], grad_w_hh[d], grad_b_ih[d],

@@ -85,7 +85,8 @@ gru_layer_backward_cuda(const at::Tensor& grad_output, const at::Tensor& grad_h_
                         const std::optional<at::Tensor>& b_hh,
                         const std::optional<at::Tensor>& mask,
                         const std::optional<at::Tensor>& lengths, bool reset_after,
-                        const at::Tensor& reserve) {
+                        const at::Tensor& reserve,
+                        const at::Tensor& /*output: the reserve keeps the states*/) {
   const c10::cuda::CUDAGuard guard(input.device());
   return device_op::backward<Cuda>(grad_output, grad_h_n, input, hx, w_ih, w_hh, b_ih, b_hh, mask,
                                    lengths, reset_after, reserve);

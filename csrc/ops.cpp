@@ -67,7 +67,7 @@ TORCH_LIBRARY(gru_torch, m) {
   m.def(
       "gru_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor hx, "
       "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? mask, "
-      "Tensor? lengths, bool reset_after, Tensor reserve) "
+      "Tensor? lengths, bool reset_after, Tensor reserve, Tensor output) "
       "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, "
       "Tensor grad_b_ih, Tensor grad_b_hh)");
   // The same ops on CPU tensors, run by the CUDA kernels under the emulator
@@ -79,7 +79,7 @@ TORCH_LIBRARY(gru_torch, m) {
   m.def(
       "gru_layer_backward_emulated(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor hx, "
       "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? mask, "
-      "Tensor? lengths, bool reset_after, Tensor reserve) "
+      "Tensor? lengths, bool reset_after, Tensor reserve, Tensor output) "
       "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, "
       "Tensor grad_b_ih, Tensor grad_b_hh)");
   // The device self-tests (csrc/device/selftest_kernels.cuh): on CPU tensors through

@@ -17,13 +17,14 @@ from torch import Tensor
 from .reference import gru_layer_reference
 
 # gru_layer_backward's inputs: grad_output, grad_h_n, then the layer's six tensors
-# (input, hx, w_ih, w_hh, b_ih, b_hh), mask, lengths, reset_after, reserve.
-_N_INPUTS = 12
+# (input, hx, w_ih, w_hh, b_ih, b_hh), mask, lengths, reset_after, reserve, output (the
+# last two functions of the layer's tensors, not independent inputs: no gradient).
+_N_INPUTS = 13
 _LAYER_TENSORS = slice(2, 8)
 
 
 def setup_context(ctx, inputs, output) -> None:
-    grad_output, grad_h_n, input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, reset_after, _ = inputs
+    grad_output, grad_h_n, input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, reset_after = inputs[:11]
     ctx.reset_after = reset_after
     ctx.save_for_backward(grad_output, grad_h_n, input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths)
 

@@ -24,14 +24,15 @@ FUSED_DTYPES = {"cpu": (torch.float32, torch.float64),
                 "cuda": (torch.float32, torch.float64, torch.bfloat16, torch.float16)}
 
 RESERVE_SLOTS = 5  # r, z, n, aux, h_prev per step and row (csrc/gru.h)
-CPU_RESERVE_SLOTS = 4  # the C++ CPU op's: r, z, aux, h_prev, and a row T (csrc/cpu_layer.h)
+CPU_RESERVE_SLOTS = 3  # the C++ CPU op's: r, z, aux; the states are read from the output
+                       # (csrc/cpu_layer.h)
 
 
 def reserve_shape(device: torch.device, emulated: bool, D: int, T: int, B: int,
                   H: int) -> tuple[int, ...]:
     """The reserve gru_layer returns on `device` (the emulated CUDA kernels keep the CUDA one)."""
     if device.type == "cpu" and not emulated:
-        return (D, T + 1, B, CPU_RESERVE_SLOTS * H)
+        return (D, T, B, CPU_RESERVE_SLOTS * H)
     return (D, T, B, RESERVE_SLOTS * H)
 
 _registered = False
@@ -97,10 +98,28 @@ def _setup_context(ctx, inputs, output, emulated=False):
     # Otherwise autograd would fill a zero gradient as large as the reserve.
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, reserve)
+    # The CPU op's backward reads the states from the output. It is not saved like the
+    # rest, since autograd would then refuse a backward after the output was modified in
+    # place, which nn.GRU allows: an alias (sharing the output's version counter, not its
+    # history) tells whether it was, and then the backward recomputes the states.
+    ctx.output = out.detach()
+    ctx.output_version = ctx.output._version
+
+
+def _states(ctx, layer_args: tuple, reserve: Tensor) -> tuple[Tensor, Tensor]:
+    """The forward's output and reserve as the backward needs them: as kept, or run
+    again where the output was modified in place and the op reads its states from it."""
+    output = ctx.output
+    if output._version == ctx.output_version or ctx.emulated or output.device.type != "cpu":
+        return output, reserve  # (the CUDA kernels' reserve keeps the states)
+    with torch.no_grad():
+        output, _, reserve = torch.ops.gru_torch.gru_layer(*layer_args, ctx.reset_after, True)
+    return output, reserve
 
 
 def _backward(ctx, grad_out, grad_h_n, _grad_reserve):
     input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, reserve = ctx.saved_tensors
+    output, reserve = _states(ctx, (input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths), reserve)
     if grad_out is None:  # expanded, not allocated: the kernels read any strides
         T, B = input.shape[:2]
         grad_out = input.new_zeros(()).expand(T, B, w_hh.shape[0] * w_hh.shape[2])
@@ -110,7 +129,7 @@ def _backward(ctx, grad_out, grad_h_n, _grad_reserve):
                    else torch.ops.gru_torch.gru_layer_backward)
     grads = backward_op(
         grad_out, grad_h_n.contiguous(), input, hx, w_ih, w_hh, b_ih, b_hh,
-        mask, lengths, ctx.reset_after, reserve)
+        mask, lengths, ctx.reset_after, reserve, output)
     d_input, d_hx, d_w_ih, d_w_hh, d_b_ih, d_b_hh = grads
     return (d_input, d_hx, d_w_ih, d_w_hh, d_b_ih if ctx.has_b_ih else None,
             d_b_hh if ctx.has_b_hh else None, None, None, None, None)
@@ -126,7 +145,7 @@ def _fake_forward(input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, reset_after,
 
 
 def _fake_backward(grad_output, grad_h_n, input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths,
-                   reset_after, reserve):
+                   reset_after, reserve, output):
     D, G, _ = w_ih.shape
     return (input.new_empty(input.shape), hx.new_empty(hx.shape), w_ih.new_empty(w_ih.shape),
             w_hh.new_empty(w_hh.shape), w_ih.new_empty((D, G)), w_ih.new_empty((D, G)))

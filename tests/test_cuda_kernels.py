@@ -129,8 +129,8 @@ def test_output_gradient_starting_at_an_odd_element(kind):
         big = torch.randn(out.numel() + 1, dtype=out.dtype, device=device)
         g = big[1:].view(out.shape)  # contiguous, at an odd element offset
         assert g.data_ptr() % 4 == 2
-        grads = backward(g, torch.zeros_like(h_n), *args[:8], p.reset_after, reserve)
-        expected = backward(g.clone(), torch.zeros_like(h_n), *args[:8], p.reset_after, reserve)
+        grads = backward(g, torch.zeros_like(h_n), *args[:8], p.reset_after, reserve, out)
+        expected = backward(g.clone(), torch.zeros_like(h_n), *args[:8], p.reset_after, reserve, out)
     for got, want in zip(grads, expected):
         assert torch.equal(got, want)
 

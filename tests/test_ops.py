@@ -109,15 +109,44 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(gx, ref_gx)
 
 
-def test_output_may_be_modified_in_place():
-    """nn.GRU lets a caller scale its output in place before backward; so must the op."""
-    args = make_args(T=6, B=3, D=2, lengths=True)
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_output_may_be_modified_in_place(reset_after):
+    """nn.GRU lets a caller scale its output and h_n in place before backward; so must
+    the op (whose CPU backward reads the states from the output: it runs the forward
+    again when the output was modified)."""
+    args = make_args(T=6, B=3, D=2, reset_after=reset_after, mask=True, lengths=True)
     out, h_n = ops.gru_layer(*args)
     out.mul_(2)
-    grads = torch.autograd.grad(out.sum() + h_n.sum(), args[0])
+    h_n[:, 0].mul_(3)
+    grads = torch.autograd.grad(out.sum() + h_n.sum(), args[:4])
     ref_out, ref_h = gru_layer_reference(*args)
-    ref_grads = torch.autograd.grad(2 * ref_out.sum() + ref_h.sum(), args[0])
-    torch.testing.assert_close(grads[0], ref_grads[0], rtol=0, atol=1e-11)
+    ref_h = torch.cat([3 * ref_h[:, :1], ref_h[:, 1:]], dim=1)
+    ref_grads = torch.autograd.grad(2 * ref_out.sum() + ref_h.sum(), args[:4])
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-11)
+
+
+def test_backward_reads_the_states_from_the_output():
+    """The CPU op's reserve keeps no states: its backward reads them from the output it
+    is given. The right one gives the reference's gradients, another one other gradients,
+    and one of the wrong shape an error naming it."""
+    args = make_args(T=6, B=3, D=2, lengths=True)
+    layer = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args[:8])
+    out, h_n, reserve = torch.ops.gru_torch.gru_layer(*layer, args[8], True)
+    assert tuple(reserve.shape) == ops.reserve_shape(out.device, False, 2, 6, 3, 6) == (2, 6, 3, 18)
+    g = torch.Generator().manual_seed(2)
+    go = torch.randn(out.shape, generator=g, dtype=out.dtype)
+    gh = torch.randn(h_n.shape, generator=g, dtype=out.dtype)
+    backward = torch.ops.gru_torch.gru_layer_backward
+    grads = backward(go, gh, *layer, args[8], reserve, out)
+    ref_out, ref_h = gru_layer_reference(*args)
+    ref_grads = torch.autograd.grad((ref_out * go).sum() + (ref_h * gh).sum(), args[:4])
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-11)
+    other = backward(go, gh, *layer, args[8], reserve, out * 0.5)
+    assert not torch.allclose(other[0], grads[0])
+    with pytest.raises(RuntimeError, match="output must be the forward's output"):
+        backward(go, gh, *layer, args[8], reserve, out[:-1])
 
 
 @pytest.mark.parametrize("reset_after", [True, False])
