@@ -6,9 +6,10 @@
 // for those units, then the cell's backward on them, which needs nothing else. The gate
 // gradients dgx, dgh of a block of steps collect in the group's buffers; after the block,
 // its share of the input gradient and the weight gradients are GEMMs over the block's
-// rows (ATen, single-threaded inside the loop's parallel region). A chunk accumulates
-// its own weight gradients, and the chunks' sums are added in chunk order afterwards,
-// so the result does not depend on which thread ran which chunk.
+// rows (ATen, single-threaded inside the loop's parallel region); the bias gradients are
+// summed by the cells' tiles as they go. A chunk accumulates its own weight and bias
+// gradients, and the chunks' sums are added in chunk order afterwards, so the result
+// does not depend on which thread ran which chunk.
 #include <cstring>
 #include <optional>
 
@@ -85,6 +86,7 @@ struct Rows {
   scalar_t* stage;                     // [n, kSlots * H] the step's reserve rows
   scalar_t* hstage[2];                 // [n, H] step k's h_prev rows in hstage[k % 2]
                                        // (the step before's, its h, in the other)
+  scalar_t* db = nullptr;              // [2G] the group's bias-gradient sums: b_ih's, b_hh's
 
   // staged: the group copies each step's reserve rows to a stage (a chunk, run by one
   // thread) rather than reading them where they lie (the whole batch, split by columns).
@@ -155,6 +157,23 @@ struct Step {
   }
 };
 
+// Adds a tile's sums of its rows' gate gradients, per vector s of units starting at
+// col[s]: [da_r, da_z, da_n] to b_ih's gradient and da_n * r to b_hh's n part (its r and z
+// parts are b_ih's; reset_after=false has no b_hh). A gate's sum is 0 where its phase
+// did not add to it.
+template <typename scalar_t, int S>
+void add_bias_sums(const Direction<scalar_t>& f, const Rows<scalar_t>& r, const int64_t* col,
+                   const int* count, const Vec<scalar_t> (&sum)[S][4]) {
+  const int64_t H = f.s.H;
+  for (int s = 0; s < S; ++s) {
+    const int c = count[s];
+    for (int g = 0; g < 4; ++g) {
+      scalar_t* dst = r.db + (g < 3 ? g * H : f.s.G() + 2 * H) + col[s];
+      (load(dst, c) + sum[s][g]).store(dst, c);
+    }
+  }
+}
+
 // Phase 0, rows [i0, i0+R) by panel p (S vectors of units): dh~ = dgh_prev W_hh (plus
 // dqr, reset_after=false) in registers, then the cell's backward on those units.
 template <typename scalar_t, int R, int S>
@@ -174,20 +193,25 @@ void tile_dh(const Step<scalar_t>& st, int64_t p, int64_t i0) {
     }
   }
   if (st.dgh_prev) accumulate_all(st.dgh_prev + i0 * G, G, w.K(), w.panel_data(p), acc);
+  if (st.last()) {
+    for (int m = 0; m < R; ++m) {
+      for (int s = 0; s < S; ++s) acc[m][s].store(r.dhh + (i0 + m) * H + col[s], count[s]);
+    }
+    return;
+  }
+  Vec<scalar_t> sum[S][4];
+  for (auto& v : sum) v[0] = v[1] = v[2] = v[3] = Vec<scalar_t>(scalar_t(0));
   for (int m = 0; m < R; ++m) {
     const int64_t i = i0 + m;
     for (int s = 0; s < S; ++s) {
       const int c = count[s];
-      if (st.last()) {
-        acc[m][s].store(r.dhh + i * H + col[s], c);
-        continue;
-      }
       const BackwardCell<scalar_t> cell = st.cell(i, col[s]);
       if (!st.active(i)) backward_inactive(acc[m][s], cell, H, c);
-      else if (after) backward_after(acc[m][s], cell, H, c);
-      else backward_before_zn(acc[m][s], cell, H, c);
+      else if (after) backward_after(acc[m][s], cell, H, c, sum[s]);
+      else backward_before_zn(acc[m][s], cell, H, c, sum[s]);
     }
   }
+  add_bias_sums(f, r, col, count, sum);
 }
 
 // reset_after=false, phase 1, rows [i0, i0+R) by panel p: dq = da_n W_hn in registers,
@@ -204,15 +228,18 @@ void tile_r(const Step<scalar_t>& st, int64_t p, int64_t i0) {
     for (int s = 0; s < S; ++s) acc[m][s] = Vec<scalar_t>(scalar_t(0));
   }
   accumulate_all(st.dgh + i0 * G + 2 * H, G, H, f.w_n->panel_data(p), acc);
+  Vec<scalar_t> sum[S][4];
+  for (auto& v : sum) v[0] = v[1] = v[2] = v[3] = Vec<scalar_t>(scalar_t(0));
   for (int m = 0; m < R; ++m) {
     const int64_t i = i0 + m;
     for (int s = 0; s < S; ++s) {
       const int c = count[s];
       scalar_t* dqr = r.dqr + i * H + col[s];
       if (!st.active(i)) Vec<scalar_t>(scalar_t(0)).store(dqr, c);
-      else backward_before_r(acc[m][s], st.cell(i, col[s]), dqr, H, c);
+      else backward_before_r(acc[m][s], st.cell(i, col[s]), dqr, H, c, sum[s]);
     }
   }
+  add_bias_sums(f, r, col, count, sum);
 }
 
 // Phase `phase` of backward step k for rows r and panel p.
@@ -276,32 +303,9 @@ void stage_step(const Direction<scalar_t>& f, Rows<scalar_t>& r, int64_t k) {
   keep_operands(f, r, r.stage, hp, k, k % f.block_steps);
 }
 
-// dst[j] += the sum over `rows` rows of src (row i at src + i * ld) of column j, for
-// j < cols: a group of columns at a time, its sums kept in registers.
-template <typename scalar_t>
-void add_column_sums(scalar_t* dst, const scalar_t* src, int64_t rows, int64_t cols, int64_t ld) {
-  constexpr int kGroup = 8;
-  constexpr int64_t W = Vec<scalar_t>::size();
-  for (int64_t j0 = 0; j0 < cols; j0 += kGroup * W) {
-    int count[kGroup];
-    for (int v = 0; v < kGroup; ++v) {
-      count[v] = static_cast<int>(std::clamp<int64_t>(cols - j0 - v * W, 0, W));
-    }
-    Vec<scalar_t> acc[kGroup];
-    for (int v = 0; v < kGroup; ++v) acc[v] = Vec<scalar_t>(scalar_t(0));
-    for (int64_t i = 0; i < rows; ++i) {
-      const scalar_t* row = src + i * ld + j0;
-      for (int v = 0; v < kGroup && count[v] > 0; ++v) acc[v] = acc[v] + load(row + v * W, count[v]);
-    }
-    for (int v = 0; v < kGroup && count[v] > 0; ++v) {
-      (load(dst + j0 + v * W, count[v]) + acc[v]).store(dst + j0 + v * W, count[v]);
-    }
-  }
-}
-
 // After steps [k0, k1) of a block: their share of the input gradient (into grad_x) and of
-// the weight and bias gradients (into the group's partial sums, which the first block
-// writes rather than adds to).
+// the weight gradients (into the group's partial sums, which the first block writes
+// rather than adds to).
 template <typename scalar_t>
 void finish_block(const Direction<scalar_t>& f, Rows<scalar_t>& r, const Partials& sums,
                   int64_t k0, int64_t k1) {
@@ -325,10 +329,8 @@ void finish_block(const Direction<scalar_t>& f, Rows<scalar_t>& r, const Partial
     else c.addmm_(a, b);
   };
   add_product(gw_ih, matrix(r.xb, rows, I).t(), dgx);
-  add_column_sums(values<scalar_t>(sums.b_ih[r.chunk]), r.dgx, rows, s.G(), s.G());
   if (s.reset_after) {
     add_product(gw_hh, hm.t(), dgh);
-    add_column_sums(values<scalar_t>(sums.b_hh[r.chunk]) + 2 * H, r.dgh + 2 * H, rows, H, s.G());
   } else {
     add_product(gw_hh.narrow(1, 0, 2 * H), hm.t(), dgh.narrow(1, 0, 2 * H));
     add_product(gw_hh.narrow(1, 2 * H, H), matrix(r.qb, rows, H).t(), dgh.narrow(1, 2 * H, H));
@@ -428,10 +430,10 @@ void backward_direction(const LayerShape& s, int64_t d, const BackwardArgs<scala
   // One buffer for the four sums, [chunks, G * (I + H + 2)]: the weights' are written by
   // each chunk's first block, the biases' zeroed here.
   at::Tensor sums_mem = pooled_empty({chunks, G * (s.I + s.H + 2)}, opts);
-  for (int64_t c = 0; c < chunks; ++c) {
-    scalar_t* bias_sums = values<scalar_t>(sums_mem) + c * sums_mem.size(1) + G * (s.I + s.H);
-    std::fill(bias_sums, bias_sums + 2 * G, scalar_t(0));
-  }
+  auto bias_sums = [&](int64_t c) {
+    return values<scalar_t>(sums_mem) + c * sums_mem.size(1) + G * (s.I + s.H);
+  };
+  for (int64_t c = 0; c < chunks; ++c) std::fill(bias_sums(c), bias_sums(c) + 2 * G, scalar_t(0));
   auto slab = [&](int64_t offset, int64_t rows, int64_t cols) {
     return sums_mem.narrow(1, offset, rows * cols).view({chunks, rows, cols});
   };
@@ -445,12 +447,14 @@ void backward_direction(const LayerShape& s, int64_t d, const BackwardArgs<scala
     run_tasks(chunks, split.threads, [&](int64_t c, int64_t slot) {
       Rows<scalar_t> r(s, f.block_steps, split.chunk_begin(c), split.chunk_size(c, s.B), c,
                        true, ws.data_ptr<scalar_t>() + slot * per_slot);
+      r.db = bias_sums(c);
       run_rows(f, r, sums);
     });
   } else {
     // By columns: one parallel region per block of steps, its GEMMs after it.
     at::Tensor ws = pooled_empty({per_slot}, opts);
     Rows<scalar_t> r(s, f.block_steps, 0, s.B, 0, false, ws.data_ptr<scalar_t>());
+    r.db = bias_sums(0);
     load_grad_state(f, r);
     const int64_t phases = f.phases();
     for (int64_t k0 = 0; k0 < s.T; k0 += f.block_steps) {

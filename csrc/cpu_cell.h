@@ -204,11 +204,14 @@ C10_ALWAYS_INLINE Vec<scalar_t> recover_n(Vec<scalar_t> h, Vec<scalar_t> z, Vec<
   return at::vec::clamp(n, Vec<scalar_t>(scalar_t(-1)), one);
 }
 
+// The backward cells also add their gate gradients to `sum` (the bias gradients' terms,
+// summed over a tile's rows in registers): [da_r, da_z, da_n, da_n * r].
+
 // reset_after=true backward of one step. Writes dgx = [da_r, da_z, da_n],
 // dgh = [da_r, da_z, da_n * r] and dhz = dh * z.
 template <typename scalar_t>
 C10_ALWAYS_INLINE void backward_after(Vec<scalar_t> dhh, const BackwardCell<scalar_t>& p, int64_t H,
-                           int c) {
+                           int c, Vec<scalar_t> (&sum)[4]) {
   const Vec<scalar_t> one(scalar_t(1));
   auto dh = total_dh(dhh, p, c);
   auto r = load(p.res + kSlotR * H, c), z = load(p.res + kSlotZ * H, c);
@@ -222,15 +225,17 @@ C10_ALWAYS_INLINE void backward_after(Vec<scalar_t> dhh, const BackwardCell<scal
   da_n.store(p.dgx + 2 * H, c);
   da_r.store(p.dgh, c);
   da_z.store(p.dgh + H, c);
-  (da_n * r).store(p.dgh + 2 * H, c);
+  const auto da_nr = da_n * r;
+  da_nr.store(p.dgh + 2 * H, c);
   (dh * z).store(p.dhz, c);
+  sum[0] = sum[0] + da_r, sum[1] = sum[1] + da_z, sum[2] = sum[2] + da_n, sum[3] = sum[3] + da_nr;
 }
 
 // reset_after=false backward, first half: da_z and da_n (dgh_n = da_n feeds the
 // GEMM dq = da_n W_hn that the r gate needs).
 template <typename scalar_t>
 C10_ALWAYS_INLINE void backward_before_zn(Vec<scalar_t> dhh, const BackwardCell<scalar_t>& p, int64_t H,
-                               int c) {
+                               int c, Vec<scalar_t> (&sum)[4]) {
   const Vec<scalar_t> one(scalar_t(1));
   auto dh = total_dh(dhh, p, c);
   auto z = load(p.res + kSlotZ * H, c), hp = load(p.hp, c);
@@ -242,13 +247,14 @@ C10_ALWAYS_INLINE void backward_before_zn(Vec<scalar_t> dhh, const BackwardCell<
   da_z.store(p.dgh + H, c);
   da_n.store(p.dgh + 2 * H, c);
   (dh * z).store(p.dhz, c);
+  sum[1] = sum[1] + da_z, sum[2] = sum[2] + da_n;
 }
 
 // reset_after=false backward, second half: da_r from dq = da_n W_hn, and dqr = dq * r,
 // the part of dh~ that flows through q = r * h~.
 template <typename scalar_t>
 C10_ALWAYS_INLINE void backward_before_r(Vec<scalar_t> dq, const BackwardCell<scalar_t>& p,
-                              scalar_t* dqr, int64_t H, int c) {
+                              scalar_t* dqr, int64_t H, int c, Vec<scalar_t> (&sum)[4]) {
   const Vec<scalar_t> one(scalar_t(1));
   auto r = load(p.res + kSlotR * H, c);
   auto hm = masked(load(p.hp, c), p.mask, c);
@@ -256,6 +262,7 @@ C10_ALWAYS_INLINE void backward_before_r(Vec<scalar_t> dq, const BackwardCell<sc
   da_r.store(p.dgx, c);
   da_r.store(p.dgh, c);
   (dq * r).store(dqr, c);
+  sum[0] = sum[0] + da_r;
 }
 
 // A row past its length in backward: no gate gradients, and dh passes through.
