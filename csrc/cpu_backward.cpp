@@ -91,7 +91,8 @@ struct Rows {
   // staged: the group copies each step's reserve rows to a stage (a chunk, run by one
   // thread) rather than reading them where they lie (the whole batch, split by columns).
   static int64_t floats(const LayerShape& s, int64_t steps, int64_t n, bool staged) {
-    return n * (3 * s.H + steps * (6 * s.H + 2 * s.I + 2 * s.H) + (staged ? (kSlots + 2) * s.H : 0));
+    return n * (3 * s.H + steps * (6 * s.H + 2 * s.I + 2 * s.H) +
+                (staged ? (kSlots + 2) * s.H : 0));
   }
 
   Rows(const LayerShape& s, int64_t steps, int64_t b0_, int64_t n_, int64_t chunk_,
@@ -318,7 +319,10 @@ void finish_block(const Direction<scalar_t>& f, Rows<scalar_t>& r, const Partial
       std::memcpy(r.xb + (j * n + i) * I, a.x + t * a.x_stride[0] + (r.b0 + i) * a.x_stride[1],
                   sizeof(scalar_t) * I);
     }
-    if (!r.stage) keep_operands(f, r, a.res + (t * B + r.b0) * kSlots * H, static_cast<const scalar_t*>(nullptr), k0 + j, j);
+    if (!r.stage) {
+      keep_operands(f, r, a.res + (t * B + r.b0) * kSlots * H,
+                    static_cast<const scalar_t*>(nullptr), k0 + j, j);
+    }
   }
   const at::Tensor dgx = matrix(r.dgx, rows, s.G()), dgh = matrix(r.dgh, rows, s.G());
   const at::Tensor hm = matrix(r.hmb, rows, H);
