@@ -204,11 +204,10 @@ C10_ALWAYS_INLINE Vec<scalar_t> recover_n(Vec<scalar_t> h, Vec<scalar_t> z, Vec<
   return at::vec::clamp(n, Vec<scalar_t>(scalar_t(-1)), one);
 }
 
-// The backward cells also add their gate gradients to `sum` (the bias gradients' terms,
-// summed over a tile's rows in registers): [da_r, da_z, da_n, da_n * r].
-
 // reset_after=true backward of one step. Writes dgx = [da_r, da_z, da_n],
-// dgh = [da_r, da_z, da_n * r] and dhz = dh * z.
+// dgh = [da_r, da_z, da_n * r] and dhz = dh * z. Like the other backward cells, it adds
+// its gate gradients to `sum`, [da_r, da_z, da_n, da_n * r]: the bias gradients' terms,
+// summed over a tile's rows in registers.
 template <typename scalar_t>
 C10_ALWAYS_INLINE void backward_after(Vec<scalar_t> dhh, const BackwardCell<scalar_t>& p, int64_t H,
                            int c, Vec<scalar_t> (&sum)[4]) {
@@ -284,9 +283,9 @@ inline void prefetch(const scalar_t* p, int64_t count) {
 }
 
 // Copies n values to memory that will not be read again soon (the reserve, the output,
-// the input gradient: read after the whole loop), with non-temporal stores where the CPU has them:
-// the lines are written whole, without first being read into the cache or evicting what
-// the loop still needs from it.
+// the input gradient: read after the whole loop), with non-temporal stores where the CPU
+// has them: the lines are written whole, without first being read into the cache or
+// evicting what the loop still needs from it.
 template <typename scalar_t>
 inline void stream_copy(scalar_t* dst, const scalar_t* src, int64_t n) {
 #if defined(__AVX2__)

@@ -14,9 +14,10 @@ namespace gru_torch::cpu {
 // H values each: r, z and aux (gh_n = h~ W_hn^T + b_hn, or q = r * h~ with
 // reset_after=false). The states are not kept: a row's output at a step it is active in
 // is the state that step wrote, so the backward reads h_prev and h from the output (h_prev
-// from hx at a row's first step), which the op saves for it. n is not kept either: the
-// backward recovers it from h = (1-z) n + z h_prev, and every use of n there is scaled by
-// 1-z (cpu_cell.h, recover_n). A step past a row's length keeps 0 in every slot.
+// from hx at a row's first step), which the autograd formula keeps for it (ops.py). n is
+// not kept either: the backward recovers it from h = (1-z) n + z h_prev, and every use of
+// n there is scaled by 1-z (cpu_cell.h, recover_n). A step past a row's length keeps 0 in
+// every slot.
 constexpr int64_t kSlots = 3;
 constexpr int64_t kSlotR = 0, kSlotZ = 1, kSlotAux = 2;
 
