@@ -3,11 +3,12 @@
 // Steps run in the reverse of the forward's order. A group of rows (a chunk, or the whole
 // batch when split by columns) runs each step as phases over panels of hidden units:
 // the recurrent GEMM of the step before (dh~ = dgh W_hh, the only sequential product)
-// for those units, then the cell's backward on them, which needs nothing else. The gate
-// gradients dgx, dgh of a block of steps collect in the group's buffers; after the block,
-// its share of the input gradient and the weight gradients are GEMMs over the block's
-// rows (ATen, single-threaded inside the loop's parallel region); the bias gradients are
-// summed by the cells' tiles as they go. A chunk accumulates its own weight and bias
+// for those units, then the cell's backward on them, which needs nothing else. A chunk
+// then computes its rows' input gradient (dx = dgx W_ih) with the same kind of tiles. The
+// gate gradients dgx, dgh of a block of steps collect in the group's buffers; after the
+// block, its share of the weight gradients (and, split by columns, of the input gradient)
+// are GEMMs over the block's rows (ATen, single-threaded inside the loop's parallel
+// region); the bias gradients are summed by the cells' tiles as they go. A chunk accumulates its own weight and bias
 // gradients, and the chunks' sums are added in chunk order afterwards, so the result
 // does not depend on which thread ran which chunk.
 #include <cstring>
@@ -34,14 +35,19 @@ struct Direction {
   std::optional<PackedB<scalar_t>> w_hh;  // reset_after: dh~ = dgh W_hh, K = G
   std::optional<PackedB<scalar_t>> w_rz;  // reset_after=false: dh~ = dqr + dgh_rz W_rz, K = 2H
   std::optional<PackedB<scalar_t>> w_n;   // reset_after=false: dq = dgh_n W_hn, K = H
+  std::optional<PackedB<scalar_t>> w_ih;  // by rows: dx = dgx W_ih, K = G, in the step loop
 
   static constexpr int64_t W = PackedB<scalar_t>::W;
 
   Direction(const LayerShape& s_, const BackwardArgs<scalar_t>& a_, int64_t d_,
-            int64_t block_rows, int64_t rows)
+            int64_t block_rows, int64_t rows, bool by_rows)
       : s(s_), a(a_), d(d_),
         block_steps(std::max<int64_t>(2, std::min(s_.T, block_rows / std::max<int64_t>(rows, 1)))) {
     const int64_t H = s.H;
+    if (by_rows) {
+      w_ih.emplace(PanelLayout::units(s.I, W, 2), a.w_ih.template const_data_ptr<scalar_t>(),
+                   s.I, s.G(), false);
+    }
     if (s.reset_after) {
       w_hh.emplace(PanelLayout::units(H, W, 2), a.w_hh, H, 3 * H, false);
     } else {
@@ -81,7 +87,8 @@ struct Rows {
   int64_t b0 = 0, n = 0, chunk = 0;
   scalar_t *dhz, *dhh, *dqr;           // [n, H]
   scalar_t *dgx, *dgh;                 // [block_steps * n, G]
-  scalar_t *xb, *dxb;                  // [block_steps * n, I]
+  scalar_t* xb;                        // [block_steps * n, I]
+  scalar_t* dxb;                       // [block_steps * n, I]; staged: [n, I], one step's
   scalar_t *hmb, *qb;                  // [block_steps * n, H]
   scalar_t* stage;                     // [n, kSlots * H] the step's reserve rows
   scalar_t* hstage[2];                 // [n, H] step k's h_prev rows in hstage[k % 2]
@@ -91,8 +98,8 @@ struct Rows {
   // staged: the group copies each step's reserve rows to a stage (a chunk, run by one
   // thread) rather than reading them where they lie (the whole batch, split by columns).
   static int64_t floats(const LayerShape& s, int64_t steps, int64_t n, bool staged) {
-    return n * (3 * s.H + steps * (6 * s.H + 2 * s.I + 2 * s.H) +
-                (staged ? (kSlots + 2) * s.H : 0));
+    return n * (3 * s.H + steps * (6 * s.H + s.I + 2 * s.H) +
+                (staged ? (kSlots + 2) * s.H + s.I : steps * s.I));
   }
 
   Rows(const LayerShape& s, int64_t steps, int64_t b0_, int64_t n_, int64_t chunk_,
@@ -101,7 +108,7 @@ struct Rows {
     auto take = [&](int64_t count) { scalar_t* p = mem; mem += n * count; return p; };
     dhz = take(s.H), dhh = take(s.H), dqr = take(s.H);
     dgx = take(steps * s.G()), dgh = take(steps * s.G());
-    xb = take(steps * s.I), dxb = take(steps * s.I);
+    xb = take(steps * s.I), dxb = take((staged ? 1 : steps) * s.I);
     hmb = take(steps * s.H), qb = take(steps * s.H);
     stage = staged ? take(kSlots * s.H) : nullptr;
     hstage[0] = staged ? take(s.H) : nullptr;
@@ -157,6 +164,22 @@ struct Step {
             dgh + i * G + u};
   }
 };
+
+// Backward step k's input gradient of batch rows [b0, b0+n), from src ([n, I]): written
+// by direction 0, added to by direction 1.
+template <typename scalar_t>
+void write_input_grad(const Direction<scalar_t>& f, const scalar_t* src, int64_t k, int64_t b0,
+                      int64_t n) {
+  const int64_t I = f.s.I;
+  scalar_t* dst = f.a.grad_x + (f.time_of(k) * f.s.B + b0) * I;
+  if (f.d == 0) {
+    stream_copy(dst, src, n * I);  // not read again in this call
+  } else {
+    for_chunks<scalar_t>(n * I, [&](int64_t q, int c) {
+      (load(dst + q, c) + load(src + q, c)).store(dst + q, c);
+    });
+  }
+}
 
 // Adds a tile's sums of its rows' gate gradients, per vector s of units starting at
 // col[s]: [da_r, da_z, da_n] to b_ih's gradient and da_n * r to b_hh's n part (its r and z
@@ -243,6 +266,42 @@ void tile_r(const Step<scalar_t>& st, int64_t p, int64_t i0) {
   add_bias_sums(f, r, col, count, sum);
 }
 
+// Rows [i0, i0+R) of backward step k's input gradient by panel p (S vectors of inputs):
+// dx = dgx W_ih, into the group's one-step buffer dxb.
+template <typename scalar_t, int R, int S>
+void tile_dx(const Step<scalar_t>& st, int64_t p, int64_t i0) {
+  const PackedB<scalar_t>& w = *st.f.w_ih;
+  const int64_t* col = w.layout().cols(p);
+  const int* count = w.layout().counts(p);
+  const int64_t I = st.f.s.I;
+  Vec<scalar_t> acc[R][S];
+  for (int m = 0; m < R; ++m) {
+    for (int s = 0; s < S; ++s) acc[m][s] = Vec<scalar_t>(scalar_t(0));
+  }
+  accumulate_all(st.dgx + i0 * st.f.s.G(), st.f.s.G(), w.K(), w.panel_data(p), acc);
+  for (int m = 0; m < R; ++m) {
+    for (int s = 0; s < S; ++s) acc[m][s].store(st.r.dxb + (i0 + m) * I + col[s], count[s]);
+  }
+}
+
+// A chunk's backward step k, after its cells: the input gradient of its rows, computed
+// while their gate gradients are still in cache (rather than by a GEMM over the block,
+// which reads them back and packs them first) and written to grad_x in one pass.
+template <typename scalar_t>
+void input_grad_step(const Direction<scalar_t>& f, Rows<scalar_t>& r, int64_t k) {
+  const Step<scalar_t> st(f, r, k);
+  const PanelLayout& l = f.w_ih->layout();
+  for (int64_t p = 0; p < l.panels(); ++p) {
+    with_slots(l.slots[p], [&](auto S) {
+      constexpr int kS = decltype(S)::value;
+      for_row_tiles<kS <= 2 ? 6 : 4>(r.n, [&](auto R, int64_t i0) {
+        tile_dx<scalar_t, decltype(R)::value, kS>(st, p, i0);
+      });
+    });
+  }
+  write_input_grad(f, r.dxb, k, r.b0, r.n);
+}
+
 // Phase `phase` of backward step k for rows r and panel p.
 template <typename scalar_t>
 void step_panel(const Direction<scalar_t>& f, Rows<scalar_t>& r, int64_t k, int64_t phase,
@@ -304,9 +363,9 @@ void stage_step(const Direction<scalar_t>& f, Rows<scalar_t>& r, int64_t k) {
   keep_operands(f, r, r.stage, hp, k, k % f.block_steps);
 }
 
-// After steps [k0, k1) of a block: their share of the input gradient (into grad_x) and of
-// the weight gradients (into the group's partial sums, which the first block writes
-// rather than adds to).
+// After steps [k0, k1) of a block: their share of the weight gradients (into the group's
+// partial sums, which the first block writes rather than adds to) and, unless the steps
+// computed it (input_grad_step), of the input gradient (into grad_x).
 template <typename scalar_t>
 void finish_block(const Direction<scalar_t>& f, Rows<scalar_t>& r, const Partials& sums,
                   int64_t k0, int64_t k1) {
@@ -339,19 +398,10 @@ void finish_block(const Direction<scalar_t>& f, Rows<scalar_t>& r, const Partial
     add_product(gw_hh.narrow(1, 0, 2 * H), hm.t(), dgh.narrow(1, 0, 2 * H));
     add_product(gw_hh.narrow(1, 2 * H, H), matrix(r.qb, rows, H).t(), dgh.narrow(1, 2 * H, H));
   }
+  if (f.w_ih) return;
   at::Tensor dx = matrix(r.dxb, rows, I);
   at::mm_out(dx, dgx, a.w_ih);
-  for (int64_t j = 0; j < k1 - k0; ++j) {
-    scalar_t* dst = a.grad_x + (f.time_of(k0 + j) * B + r.b0) * I;
-    const scalar_t* src = r.dxb + j * n * I;
-    if (f.d == 0) {
-      stream_copy(dst, src, n * I);  // not read again in this call
-    } else {
-      for_chunks<scalar_t>(n * I, [&](int64_t q, int c) {
-        (load(dst + q, c) + load(src + q, c)).store(dst + q, c);
-      });
-    }
-  }
+  for (int64_t j = 0; j < k1 - k0; ++j) write_input_grad(f, r.dxb + j * n * I, k0 + j, r.b0, n);
 }
 
 template <typename scalar_t>
@@ -405,6 +455,7 @@ void run_rows(const Direction<scalar_t>& f, Rows<scalar_t>& r, const Partials& s
           step_panel(f, r, k, phase, p);
         }
       }
+      input_grad_step(f, r, k);
     }
     finish_block(f, r, sums, k0, k1);
   }
@@ -428,7 +479,8 @@ void backward_direction(const LayerShape& s, int64_t d, const BackwardArgs<scala
   const int64_t chunks = split.by_rows ? split.chunks : 1;
   const int64_t rows = split.by_rows ? split.chunk_rows : s.B;
   // By columns, a block is also a parallel region: larger blocks, fewer regions.
-  const Direction<scalar_t> f(s, a, d, split.by_rows ? kBlockRows : 4 * kBlockRows, rows);
+  const Direction<scalar_t> f(s, a, d, split.by_rows ? kBlockRows : 4 * kBlockRows, rows,
+                              split.by_rows);
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
   const int64_t G = s.G();
   // One buffer for the four sums, [chunks, G * (I + H + 2)]: the weights' are written by

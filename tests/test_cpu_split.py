@@ -83,8 +83,9 @@ def check_against_reference(args, atol=1e-12):
 
 
 # B=1; B below the thread count; B of 21 = chunks of 8, 8 and 5 (a 4-row tile and a
-# 1-row tail); H=13 and 17 leave partial vectors and panels.
-SHAPES = [(1, 4, 3, 5), (3, 6, 2, 13), (21, 9, 4, 13), (40, 3, 2, 17)]
+# 1-row tail); H=13 and 17 leave partial vectors and panels; I=19 gives the input
+# gradient's tiles (split by rows) panels of 2 and 3 vectors, the last one partial.
+SHAPES = [(1, 4, 3, 5), (3, 6, 2, 13), (21, 9, 19, 13), (40, 3, 2, 17)]
 
 
 @pytest.mark.parametrize("mode,n_threads", [("rows", 1), ("rows", 2), ("rows:5", 2), ("columns", 1),
