@@ -99,7 +99,8 @@ def alternate(steps: dict[str, Callable[[int], None]], lengths: list[int], warmu
 def alternate_rows(shape, pass_: str, times: dict[str, list[float]], lengths: list[int],
                    flops_of: Callable[[int], float], rate: float, base: dict) -> list[dict]:
     """JSON rows of one alternate case: each backend's median ms, and the median over
-    rounds of its time divided by the fused op's (and of the fused op's over the floor)."""
+    rounds of its time divided by the fused op's, with the lowest and highest round's (and
+    of the fused op's over the floor)."""
     fused = times.get("fused")
     rows = []
     for name, ts in times.items():
@@ -107,7 +108,9 @@ def alternate_rows(shape, pass_: str, times: dict[str, list[float]], lengths: li
                "median_ms": statistics.median(ts) * 1e3, "repeats": len(ts),
                "lengths": sorted(set(lengths)) if len(set(lengths)) > 1 else None}
         if fused and name != "fused":
-            row["median_ratio_to_fused"] = statistics.median(t / f for t, f in zip(ts, fused))
+            ratios = [t / f for t, f in zip(ts, fused)]
+            row["median_ratio_to_fused"] = statistics.median(ratios)
+            row["ratio_to_fused_range"] = [min(ratios), max(ratios)]
         if name == "fused":
             row["gemm_floor_ms"] = statistics.median(floor_ms(flops_of(L), rate) for L in lengths)
             row["median_ratio_to_floor"] = statistics.median(
@@ -122,19 +125,28 @@ def fmt(value, unit: str = "") -> str:
     return (f"{value:.2f}" if unit == "x" else f"{value:.0f}" if value >= 100 else f"{value:.3g}") + unit
 
 
+def fmt_ratio(row: dict | None) -> str:
+    """The median ratio, with the rounds' range beside it: "2.03x (1.91-2.12)"."""
+    if not row or row.get("median_ratio_to_fused") is None:
+        return "-"
+    lo, hi = row.get("ratio_to_fused_range") or (None, None)
+    spread = f" ({lo:.2f}-{hi:.2f})" if lo is not None and row["repeats"] > 1 else ""
+    return fmt(row["median_ratio_to_fused"], "x") + spread
+
+
 def render_alternate(rows: list[dict]) -> str:
     cases: dict[tuple, dict[str, dict]] = {}
     for row in rows:
         key = (f"{row['B']},{row['T']},{row['I']},{row['H']}", row["pass"])
         cases.setdefault(key, {})[row["backend"]] = row
     lines = ["| B,T,I,H | pass | fused ms | nn.GRU ms | onnxruntime ms | fused vs nn.GRU "
-             "| fused vs onnxruntime | fused / GEMM floor |", "|" + "---|" * 8]
+             "(rounds' range) | fused vs onnxruntime (range) | fused / GEMM floor |",
+             "|" + "---|" * 8]
     for (shape, pass_), by in cases.items():
         get = lambda name, key: by.get(name, {}).get(key)  # noqa: E731
         lines.append("| " + " | ".join([
             shape, pass_, *(fmt(get(n, "median_ms")) for n in ALTERNATE_BACKENDS),
-            fmt(get("cudnn", "median_ratio_to_fused"), "x"),
-            fmt(get("onnxruntime", "median_ratio_to_fused"), "x"),
+            fmt_ratio(by.get("cudnn")), fmt_ratio(by.get("onnxruntime")),
             fmt(get("fused", "median_ratio_to_floor"), "x")]) + " |")
     return "\n".join(lines)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -134,11 +135,13 @@ def test_alternate_mode_reports_ratios_floor_and_busy_slowdown(tmp_path):
         if r["backend"] == "fused":
             assert r["gemm_floor_ms"] > 0 and r["median_ratio_to_floor"] > 0
         else:
-            assert r["median_ratio_to_fused"] > 0
+            lo, hi = r["ratio_to_fused_range"]
+            assert 0 < lo <= r["median_ratio_to_fused"] <= hi
     for r in busy:
         assert r["slowdown"] == pytest.approx(r["median_ms"] / r["quiet_ms"])
     markdown = out.with_suffix(".md").read_text()
     assert "| 6,12,3,8 | forward+backward |" in markdown and "slowdown" in markdown
+    assert re.search(r"\| \d+\.\d\dx \(\d+\.\d\d-\d+\.\d\d\) \|", markdown)  # median (range)
 
 
 @pytest.mark.skipif(not has_onnxruntime(), reason="needs onnx and onnxruntime")
