@@ -8,9 +8,9 @@
 // gate gradients dgx, dgh of a block of steps collect in the group's buffers; after the
 // block, its share of the weight gradients (and, split by columns, of the input gradient)
 // are GEMMs over the block's rows (ATen, single-threaded inside the loop's parallel
-// region); the bias gradients are summed by the cells' tiles as they go. A chunk accumulates its own weight and bias
-// gradients, and the chunks' sums are added in chunk order afterwards, so the result
-// does not depend on which thread ran which chunk.
+// region); the bias gradients are summed by the cells' tiles as they go. A chunk
+// accumulates its own weight and bias gradients, and the chunks' sums are added in chunk
+// order afterwards, so the result does not depend on which thread ran which chunk.
 #include <cstring>
 #include <optional>
 
@@ -355,7 +355,8 @@ void keep_operands(const Direction<scalar_t>& f, Rows<scalar_t>& r, const scalar
 template <typename scalar_t>
 void stage_step(const Direction<scalar_t>& f, Rows<scalar_t>& r, int64_t k) {
   const int64_t t = f.time_of(k), H = f.s.H;
-  std::memcpy(r.stage, f.a.res + (t * f.s.B + r.b0) * kSlots * H, sizeof(scalar_t) * r.n * kSlots * H);
+  std::memcpy(r.stage, f.a.res + (t * f.s.B + r.b0) * kSlots * H,
+              sizeof(scalar_t) * r.n * kSlots * H);
   scalar_t* hp = r.hstage[k % 2];
   for (int64_t i = 0; i < r.n; ++i) {
     std::memcpy(hp + i * H, f.h_prev(k, r.b0 + i), sizeof(scalar_t) * H);
