@@ -498,6 +498,11 @@ void backward_direction(const LayerShape& s, int64_t d, const BackwardArgs<scala
                       slab(G * (s.I + s.H), 1, G).select(1, 0),
                       slab(G * (s.I + s.H + 1), 1, G).select(1, 0)};
   const int64_t per_slot = Rows<scalar_t>::floats(s, f.block_steps, rows, split.by_rows);
+  // The weight gradients' GEMMs run single-threaded inside a region of several threads;
+  // outside one (by columns, or one thread's chunks) MKL shares them out to its threads,
+  // which then take this thread's denormal mode.
+  std::optional<ThreadsDenormalMode> same_mode;
+  if ((!split.by_rows || split.threads == 1) && available_threads() > 1) same_mode.emplace();
 
   if (split.by_rows) {
     at::Tensor ws = pooled_empty({split.threads, per_slot}, opts);

@@ -14,7 +14,8 @@
 // Both run inside one at::parallel_for region per call (no nested parallelism: a call
 // made from inside a parallel region runs on its caller's thread alone). The region's
 // threads take the caller's thread-local state (grad mode, dispatch keys), so the ATen
-// ops they call behave as they would on the caller's thread.
+// ops they call behave as they would on the caller's thread, and its denormal mode
+// (cpu_denormals.h), each restoring its own when the region ends.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -25,6 +26,8 @@
 #include <exception>
 #include <thread>
 #include <vector>
+
+#include "cpu_denormals.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -91,11 +94,40 @@ template <typename F>
 void run_tasks(int64_t n, int64_t threads, const F& task) {
   std::atomic<int64_t> next{0};
   const at::ThreadLocalState caller;
+  const int mode = denormal_mode();
   at::parallel_for(0, threads, 1, [&](int64_t slot, int64_t) {
     at::ThreadLocalStateGuard same_state(caller);
+    DenormalModeGuard same_mode(mode);
     for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) task(i, slot);
   });
 }
+
+// Gives every intra-op thread the calling thread's denormal mode for the object's
+// lifetime, and each its own back afterwards: for ATen calls made between the regions of
+// run_groups (MKL's GEMMs), which run on those threads outside any task of ours. Under
+// OpenMP a region's thread i is the same thread in every region of the same size.
+class ThreadsDenormalMode {
+ public:
+  ThreadsDenormalMode() : mode_(denormal_mode()), saved_(at::get_num_threads(), -1) {
+    at::parallel_for(0, static_cast<int64_t>(saved_.size()), 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) saved_[i] = denormal_mode(), set_denormal_mode(mode_);
+    });
+  }
+  ~ThreadsDenormalMode() {
+    at::parallel_for(0, static_cast<int64_t>(saved_.size()), 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        if (saved_[i] >= 0) set_denormal_mode(saved_[i]);
+      }
+    });
+    set_denormal_mode(mode_);  // the calling thread is thread 0 of the regions
+  }
+  ThreadsDenormalMode(const ThreadsDenormalMode&) = delete;
+  ThreadsDenormalMode& operator=(const ThreadsDenormalMode&) = delete;
+
+ private:
+  int mode_;
+  std::vector<int> saved_;
+};
 
 // Spins until `value` reaches `target` or `failed` is set: pause first, then give the core
 // away, since on a busy machine the thread being waited for may need this very core.
@@ -122,8 +154,10 @@ void run_groups(int64_t groups, int64_t threads, const PanelsOf& panels_of, cons
   std::atomic<int64_t> done{0};
   std::atomic<bool> failed{false};
   const at::ThreadLocalState caller;
+  const int mode = denormal_mode();
   at::parallel_for(0, threads, 1, [&](int64_t s0, int64_t s1) {
     at::ThreadLocalStateGuard same_state(caller);
+    DenormalModeGuard same_mode(mode);
     int64_t target = 0;  // panels finished by every thread when group g may start
     try {
       for (int64_t g = 0; g < groups; ++g) {

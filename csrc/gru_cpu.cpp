@@ -7,6 +7,7 @@
 #include <torch/library.h>
 #include <vector>
 
+#include "cpu_denormals.h"
 #include "cpu_layer.h"
 #include "cpu_pool.h"
 #include "gru.h"
@@ -107,6 +108,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_layer_cpu(const Tensor& input_, const Ten
   const cpu::LayerShape shape{T, B, I, H, D, reset_after};
 
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "gru_layer_cpu", [&] {
+    const cpu::DenormalModeGuard mode(cpu::op_denormal_mode<scalar_t>());
     std::vector<cpu::ForwardArgs<scalar_t>> args;
     for (int64_t d = 0; d < D; ++d) {
       args.push_back({input.const_data_ptr<scalar_t>(), {input.stride(0), input.stride(1)},
@@ -175,6 +177,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward_cp
   const cpu::LayerShape shape{T, B, I, H, D, reset_after};
 
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "gru_layer_backward_cpu", [&] {
+    const cpu::DenormalModeGuard mode(cpu::op_denormal_mode<scalar_t>());
     for (int64_t d = 0; d < D; ++d) {
       const cpu::BackwardArgs<scalar_t> args{
           input.const_data_ptr<scalar_t>(), {input.stride(0), input.stride(1)}, w_ih[d],
@@ -204,11 +207,50 @@ std::tuple<bool, int64_t, int64_t, int64_t> cpu_split(int64_t batch, int64_t inp
   return {s.by_rows, s.threads, s.chunk_rows, s.by_rows ? s.chunks : 1};
 }
 
+// The denormal mode (cpu_denormals.h: bit 0 flush-to-zero, bit 1 denormals-are-zero) of
+// the calling thread, then of each of torch's intra-op threads (under OpenMP the first
+// of those is the calling thread itself).
+std::vector<int64_t> denormal_modes() {
+  std::vector<int64_t> modes{cpu::denormal_mode()};
+  const int64_t threads = cpu::available_threads();
+  std::vector<int64_t> workers(threads, -1);
+  // One index per thread: ATen's OpenMP parallel_for gives each thread of the team
+  // a chunk of ceil(n / threads) = 1.
+  at::parallel_for(0, threads, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) workers[i] = cpu::denormal_mode();
+  });
+  modes.insert(modes.end(), workers.begin(), workers.end());
+  return modes;
+}
+
+// Sets the denormal modes that denormal_modes() reads: modes[0] for the calling thread and
+// modes[1 + i] for intra-op thread i, or one mode for all of them (what
+// gru_torch.flush_denormal() uses, so that every op of a training step flushes).
+void set_denormal_modes(std::vector<int64_t> modes) {
+  const int64_t threads = cpu::available_threads();
+  TORCH_CHECK(modes.size() == 1 || static_cast<int64_t>(modes.size()) == 1 + threads,
+              "_set_denormal_modes: give one mode, or one for the calling thread and one for "
+              "each of the ", threads, " intra-op threads; got ", modes.size());
+  for (const int64_t m : modes) {
+    TORCH_CHECK(m >= 0 && m <= cpu::kFlushDenormals,
+                "_set_denormal_modes: a mode is in [0, 3] (bit 0 flush-to-zero, bit 1 "
+                "denormals-are-zero), got ", m);
+  }
+  auto mode_of = [&](int64_t i) { return static_cast<int>(modes[modes.size() == 1 ? 0 : i]); };
+  at::parallel_for(0, threads, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) cpu::set_denormal_mode(mode_of(1 + i));
+  });
+  // Last: under OpenMP the calling thread is also the region's thread 0.
+  cpu::set_denormal_mode(mode_of(0));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(gru_torch, m) {
   m.def("cpu_split(int batch, int input_size, int hidden_size) -> (bool, int, int, int)",
         &cpu_split);
+  m.def("_denormal_modes() -> int[]", &denormal_modes);
+  m.def("_set_denormal_modes(int[] modes) -> ()", &set_denormal_modes);
 }
 
 TORCH_LIBRARY_IMPL(gru_torch, CPU, m) {

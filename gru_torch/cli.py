@@ -124,6 +124,10 @@ def _parse_train(argv):
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--deterministic", action="store_true",
                     help="torch.use_deterministic_algorithms(True)")
+    ap.add_argument("--no-flush-denormal", dest="flush_denormal", action="store_false",
+                    help="keep denormal numbers (by default they are flushed to zero on every "
+                         "CPU thread, as TensorFlow does: a gradient decaying into them makes "
+                         "Intel cores many times slower)")
     _add_debug(ap)
     args = ap.parse_args(argv)
     for name in ("epochs", "batch_size", "limit_train", "limit_test", "threads"):
@@ -160,6 +164,8 @@ def config_line(config: dict) -> str:
               if config[k]]
     parts += [f"device {config['device']}", f"threads {config['threads']}"]
     parts += [k for k in ("bf16", "compile") if config[k]]
+    if not config.get("flush_denormal", True):
+        parts.append("denormals kept")
     if config["world_size"] > 1:
         parts.append(f"{config['world_size']} processes")
     return "config: " + ", ".join(parts)
@@ -226,7 +232,8 @@ def _train_run(args, preset, epochs, batch_size, out, device, resume, log, ranks
         torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
         if use_cuda:
             torch.cuda.set_device(device)
-    opts = RunOptions(device=device, bf16=args.bf16, is_main=rank == 0, log_every=args.log_every)
+    opts = RunOptions(device=device, bf16=args.bf16, is_main=rank == 0, log_every=args.log_every,
+                      flush_denormal=args.flush_denormal)
     # Every model reads each row's state at its length, except the raw-ids notebook (B),
     # which is reproduced as Keras ran it: state read after the post-padding.
     use_lengths = preset.model.input_mode != "raw"
@@ -237,7 +244,8 @@ def _train_run(args, preset, epochs, batch_size, out, device, resume, log, ranks
               "use_lengths": use_lengths, "seed": args.seed, "data": args.data,
               "limit_train": args.limit_train, "limit_test": args.limit_test,
               "device": str(device), "world_size": world, "bf16": args.bf16,
-              "compile": args.compile, "threads": threads}
+              "compile": args.compile, "threads": threads,
+              "flush_denormal": args.flush_denormal}
     log(f"{config_line(config)} (all of it in {out / 'config.json'})")
     if rank == 0:
         (out / "config.json").write_text(json.dumps(config, indent=1) + "\n")

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .denormals import flush_denormal
 from .models import ModelConfig, SentimentClassifier
 from .progress import STATUS_EVERY_S, Progress
 
@@ -173,6 +174,10 @@ class RunOptions:
     bf16: bool = False          # bf16 autocast (CUDA)
     is_main: bool = True        # the rank that logs and writes files
     log_every: float = STATUS_EVERY_S  # seconds between status lines outside a terminal
+    # Denormal numbers flushed to zero on every thread for each pass (gru_torch.denormals):
+    # the gradient of a loss on the final state decays into them, and Intel cores take
+    # up to a hundred times longer for an operation on one. TensorFlow and XLA flush too.
+    flush_denormal: bool = True
 
 
 def _batches_metrics(model, batches, use_lengths: bool, train: bool, optimizer=None,
@@ -185,23 +190,10 @@ def _batches_metrics(model, batches, use_lengths: bool, train: bool, optimizer=N
     meter = Progress(progress or "", len(batches) if hasattr(batches, "__len__") else None,
                      rate_unit="samples", log=log if show else None, every=opts.log_every,
                      bar=None if show else False)
-    loss_sum, correct, seen = 0.0, 0, 0
     try:
-        for ids, lengths, labels in batches:
-            ids, labels = ids.to(opts.device), labels.to(opts.device)
-            with torch.set_grad_enabled(train), torch.autocast(
-                    opts.device.type, dtype=torch.bfloat16, enabled=opts.bf16):
-                logits = model(ids, lengths if use_lengths else None).float()
-                loss = nn.functional.binary_cross_entropy_with_logits(logits, labels)
-            if train:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            n = len(labels)
-            loss_sum += loss.item() * n
-            correct += int(((logits > 0).float() == labels).sum())
-            seen += n
-            meter.update(1, items=n, loss=loss_sum / seen, acc=correct / seen)
+        with flush_denormal(opts.flush_denormal):
+            loss_sum, correct, seen = _pass(model, batches, use_lengths, train, optimizer,
+                                            opts, meter)
     finally:
         meter.stop()  # no status lines after an error
     meter.close()
@@ -210,6 +202,28 @@ def _batches_metrics(model, batches, use_lengths: bool, train: bool, optimizer=N
         torch.distributed.all_reduce(totals)
         loss_sum, correct, seen = totals.tolist()
     return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1)}
+
+
+def _pass(model, batches, use_lengths: bool, train: bool, optimizer, opts: RunOptions,
+          meter: Progress) -> tuple[float, int, int]:
+    """The batches of one pass: (loss sum, correct, seen)."""
+    loss_sum, correct, seen = 0.0, 0, 0
+    for ids, lengths, labels in batches:
+        ids, labels = ids.to(opts.device), labels.to(opts.device)
+        with torch.set_grad_enabled(train), torch.autocast(
+                opts.device.type, dtype=torch.bfloat16, enabled=opts.bf16):
+            logits = model(ids, lengths if use_lengths else None).float()
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, labels)
+        if train:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        n = len(labels)
+        loss_sum += loss.item() * n
+        correct += int(((logits > 0).float() == labels).sum())
+        seen += n
+        meter.update(1, items=n, loss=loss_sum / seen, acc=correct / seen)
+    return loss_sum, correct, seen
 
 
 def evaluate(model, batches, use_lengths: bool = True, progress: str | None = None,

@@ -25,8 +25,13 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-ALTERNATE_BACKENDS = ("fused", "cudnn", "onnxruntime")
 NAMES = {"fused": "fused", "cudnn": "nn.GRU", "onnxruntime": "onnxruntime", "reference": "reference"}
+
+
+def display_name(backend: str) -> str:
+    """"cudnn+ftz" -> "nn.GRU (FTZ)": a backend run with denormals flushed by the caller."""
+    base = backend.removesuffix("+ftz")
+    return NAMES.get(base, base) + (" (FTZ)" if backend.endswith("+ftz") else "")
 
 
 def gemm_rate(shape, device: torch.device, repeats: int = 5) -> float:
@@ -54,10 +59,11 @@ def round_lengths(T: int, rounds: int, vary: bool, seed: int = 0) -> list[int]:
     return [rng.randint(max(1, T // 2), T) for _ in range(rounds)]
 
 
-def alternate_steps(modules: dict[str, nn.Module], ort, x: Tensor,
-                    pass_: str) -> dict[str, Callable[[int], None]]:
+def alternate_steps(modules: dict[str, nn.Module], ort, x: Tensor, pass_: str,
+                    loss: str = "all") -> dict[str, Callable[[int], None]]:
     """One step per backend, taking the round's T: forward under no_grad (eval), or a
-    training step with fresh gradients."""
+    training step with fresh gradients, its loss out.sum() (loss "all") or, as a
+    classifier's, the last layer's h_n averaged over the batch (loss "final")."""
     steps: dict[str, Callable[[int], None]] = {}
     for name, module in modules.items():
         if pass_ == "forward":
@@ -73,8 +79,12 @@ def alternate_steps(modules: dict[str, nn.Module], ort, x: Tensor,
             def train_step(T: int, m=module) -> None:
                 m.zero_grad(set_to_none=True)
                 xt = x[:T].detach().requires_grad_()
-                out, _ = m(xt)
-                out.sum().backward()
+                out, h_n = m(xt)
+                if loss == "final":
+                    D = out.shape[-1] // h_n.shape[-1]
+                    (h_n[-D:].sum() / x.shape[1]).backward()
+                else:
+                    out.sum().backward()
             steps[name] = train_step
     if ort is not None and pass_ == "forward":
         steps["onnxruntime"] = lambda T: ort.run(x[:T])
@@ -135,18 +145,23 @@ def fmt_ratio(row: dict | None) -> str:
 
 
 def render_alternate(rows: list[dict]) -> str:
+    """One line per case: each backend's median ms, then each other backend's median ratio
+    to the fused op's (with the rounds' range), and the fused op's over the GEMM floor."""
     cases: dict[tuple, dict[str, dict]] = {}
     for row in rows:
         key = (f"{row['B']},{row['T']},{row['I']},{row['H']}", row["pass"])
         cases.setdefault(key, {})[row["backend"]] = row
-    lines = ["| B,T,I,H | pass | fused ms | nn.GRU ms | onnxruntime ms | fused vs nn.GRU "
-             "(rounds' range) | fused vs onnxruntime (range) | fused / GEMM floor |",
-             "|" + "---|" * 8]
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    others = [b for b in backends if b != "fused"]
+    header = (["B,T,I,H", "pass"] + [f"{display_name(b)} ms" for b in backends]
+              + [f"{display_name(b)} / fused (rounds' range)" for b in others]
+              + ["fused / GEMM floor"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (shape, pass_), by in cases.items():
         get = lambda name, key: by.get(name, {}).get(key)  # noqa: E731
         lines.append("| " + " | ".join([
-            shape, pass_, *(fmt(get(n, "median_ms")) for n in ALTERNATE_BACKENDS),
-            fmt_ratio(by.get("cudnn")), fmt_ratio(by.get("onnxruntime")),
+            shape, pass_, *(fmt(get(n, "median_ms")) for n in backends),
+            *(fmt_ratio(by.get(n)) for n in others),
             fmt(get("fused", "median_ratio_to_floor"), "x")]) + " |")
     return "\n".join(lines)
 
@@ -185,6 +200,6 @@ def render_busy(rows: list[dict]) -> str:
     lines = ["| B,T,I,H | pass | backend | quiet ms | busy ms | slowdown |", "|" + "---|" * 6]
     for r in rows:
         lines.append(f"| {r['B']},{r['T']},{r['I']},{r['H']} | {r['pass']} | "
-                     f"{NAMES.get(r['backend'], r['backend'])} | {fmt(r['quiet_ms'])} | "
+                     f"{display_name(r['backend'])} | {fmt(r['quiet_ms'])} | "
                      f"{fmt(r['median_ms'])} | {fmt(r['slowdown'], 'x')} |")
     return "\n".join(lines)

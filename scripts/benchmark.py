@@ -21,6 +21,16 @@ Usage (from the repository root, in the venv):
   python scripts/benchmark.py --mode alternate --backends fused,cudnn,onnxruntime --repeats 7
   python scripts/benchmark.py --mode alternate --vary-t     # each round a different T
   python scripts/benchmark.py --mode alternate --busy 1     # quiet, then with a core burned
+  python scripts/benchmark.py --mode alternate --loss final --backends fused,fused+ftz,cudnn,cudnn+ftz
+
+--loss picks what the training step's loss reads: "all" (every output and h_n, fixed
+random gradients; out.sum() in --mode alternate) or "final" (a classifier's: the last
+layer's h_n alone, as a loss averaged over the batch, with inputs of an embedding's scale,
+U(-0.05, 0.05)). With "final" the gradient decays through the steps and, in float32, into
+denormal numbers, which Intel cores process up to a hundred times slower. A backend
+name with "+ftz" runs that backend with denormals flushed to zero on every thread
+(gru_torch.flush_denormal()), as a caller that sets it would: "cudnn+ftz" is nn.GRU at
+its best, "fused+ftz" tells how much the fused op's own flushing leaves on the table.
 
 --mode alternate, --busy and the GEMM floor are described in scripts/bench_modes.py, the
 onnxruntime backend (forward only) in scripts/bench_onnxruntime.py.
@@ -57,6 +67,10 @@ import bench_modes  # noqa: E402
 import bench_onnxruntime  # noqa: E402
 
 BACKENDS = ("fused", "cudnn", "reference", "onnxruntime")
+FTZ = "+ftz"  # a backend run with denormals flushed to zero by the caller
+BACKEND_CHOICES = BACKENDS + tuple(b + FTZ for b in ("fused", "cudnn", "reference"))
+LOSSES = ("all", "final")
+EMBEDDING_SCALE = 0.05  # --loss final's inputs: U(-0.05, 0.05), Keras's Embedding init
 DEFAULT_BACKENDS = "fused,cudnn,reference"
 MODES = ("interleaved", "alternate")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -111,7 +125,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--backends", default=DEFAULT_BACKENDS,
-                   help="comma list of fused,cudnn,reference,onnxruntime (onnxruntime: forward only)")
+                   help="comma list of fused,cudnn,reference,onnxruntime (onnxruntime: forward "
+                        "only); +ftz after fused, cudnn or reference runs it with denormals "
+                        "flushed to zero by the caller")
+    p.add_argument("--loss", choices=LOSSES, default="all",
+                   help="what a training step's loss reads: all (every output) or final (the "
+                        "last layer's h_n, as a classifier's loss; inputs of an embedding's scale)")
     p.add_argument("--mode", choices=MODES, default="interleaved",
                    help="interleaved: medians of each backend; alternate: median of per-round "
                         "ratios, training steps out.sum().backward() with fresh gradients")
@@ -139,7 +158,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     try:
         args.shapes = parse_shapes(args.shapes, args.device)
         args.dtype = parse_list(args.dtype or ["float32"], DTYPES)
-        args.backends = parse_list([args.backends], BACKENDS)
+        args.backends = parse_list([args.backends], BACKEND_CHOICES)
     except argparse.ArgumentTypeError as e:
         p.error(str(e))
     if min(args.layers, args.repeats, args.reference_repeats) < 1 or args.warmup < 0 \
@@ -151,8 +170,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--busy must be >= 0")
     if args.vary_t and args.mode != "alternate":
         p.error("--vary-t needs --mode alternate")
-    if args.mode == "alternate" and "reference" in args.backends:
-        args.backends.remove("reference")  # tens of times slower: it has no place in turns
+    if args.mode == "alternate":  # tens of times slower: the reference has no place in turns
+        args.backends = [b for b in args.backends if base_backend(b) != "reference"]
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch sees no CUDA device")
     if args.record and args.no_save:
@@ -173,6 +192,22 @@ def busy_refusal(force: bool) -> str | None:
     return f"not recording: {why}; wait for it to fall, or pass --force"
 
 
+def base_backend(name: str) -> str:
+    """"fused+ftz" -> "fused": the backend a name runs."""
+    return name.removesuffix(FTZ)
+
+
+def with_ftz(name: str, step: Callable) -> Callable:
+    """The step, inside gru_torch.flush_denormal() for a "+ftz" backend."""
+    if not name.endswith(FTZ):
+        return step
+
+    def flushed(*args) -> None:
+        with gru_torch.flush_denormal():
+            step(*args)
+    return flushed
+
+
 def build_modules(shape: Shape, args: argparse.Namespace, dtype: torch.dtype,
                   device: torch.device, backends: list[str]) -> dict[str, nn.Module]:
     """One module per backend, all with the same weights; "cudnn" is a plain nn.GRU and
@@ -182,8 +217,8 @@ def build_modules(shape: Shape, args: argparse.Namespace, dtype: torch.dtype,
                    dtype=dtype, recurrent_dropout=args.recurrent_dropout, backend=backend)
 
     base = make("reference")
-    modules = {name: base.to_torch() if name == "cudnn" else make(name) for name in backends
-               if name != "onnxruntime"}
+    modules = {name: base.to_torch() if base_backend(name) == "cudnn" else make(base_backend(name))
+               for name in backends if name != "onnxruntime"}
     for module in modules.values():  # to_torch() copied them already; the others need it
         module.load_state_dict(base.state_dict())
     if "onnxruntime" in backends:
@@ -197,8 +232,13 @@ def build_modules(shape: Shape, args: argparse.Namespace, dtype: torch.dtype,
 
 def make_inputs(shape: Shape, args: argparse.Namespace, dtype: torch.dtype,
                 device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """x [T, B, I] and fixed random gradients for output [T, B, D*H] and h_n [L*D, B, H]."""
+    """x [T, B, I] and fixed random gradients for output [T, B, D*H] and h_n [L*D, B, H].
+    With --loss final, x is of an embedding's scale and h_n's gradient a batch mean's."""
     D, kw = 2 if args.bidirectional else 1, {"dtype": dtype, "device": device}
+    if args.loss == "final":
+        x = (torch.rand(shape.T, shape.B, shape.I, **kw) * 2 - 1) * EMBEDDING_SCALE
+        return (x, torch.zeros(shape.T, shape.B, D * shape.H, **kw),
+                torch.randn(args.layers * D, shape.B, shape.H, **kw) / shape.B)
     return (torch.randn(shape.T, shape.B, shape.I, **kw),
             torch.randn(shape.T, shape.B, D * shape.H, **kw),
             torch.randn(args.layers * D, shape.B, shape.H, **kw))
@@ -241,8 +281,8 @@ def check_shape(shape: Shape, args: argparse.Namespace, device: torch.device) ->
     return f"check {shape}: ok on {small} in float64, {' and '.join(others)} vs reference"
 
 
-def make_step(module: nn.Module, pass_: str, x: Tensor, g_out: Tensor,
-              g_h: Tensor) -> Callable[[], None]:
+def make_step(module: nn.Module, pass_: str, x: Tensor, g_out: Tensor, g_h: Tensor,
+              loss: str = "all") -> Callable[[], None]:
     if isinstance(module, bench_onnxruntime.OrtGRU):
         return lambda: module.run(x)
     if pass_ == "forward":
@@ -255,10 +295,16 @@ def make_step(module: nn.Module, pass_: str, x: Tensor, g_out: Tensor,
     module.train()
     x = x.detach().requires_grad_()
 
+    D = g_out.shape[-1] // g_h.shape[-1]
+
     def forward_backward() -> None:
         module.zero_grad(set_to_none=True)
         x.grad = None
-        torch.autograd.backward(module(x), (g_out, g_h))
+        out, h_n = module(x)
+        if loss == "final":  # the last layer's state alone, as a classifier reads it
+            torch.autograd.backward(h_n[-D:], g_h[-D:])
+        else:
+            torch.autograd.backward((out, h_n), (g_out, g_h))
     return forward_backward
 
 
@@ -295,6 +341,7 @@ def skip_reason(name: str, shape: Shape, args: argparse.Namespace, device: torch
                 dtype: torch.dtype) -> str | None:
     """Why backend `name` is left out of this case, or None."""
     steps = shape.T * args.layers * (2 if args.bidirectional else 1)
+    name = base_backend(name)
     if name == "fused":
         why = fused_unavailable(device, dtype)
         failed = None if why else ops.self_check_failure(device, dtype, True)
@@ -332,18 +379,18 @@ def bench_case(shape: Shape, dtype_name: str, args: argparse.Namespace,
         return []
     modules = build_modules(shape, args, dtype, device, backends)
     x, g_out, g_h = make_inputs(shape, args, dtype, device)
-    repeats = {n: min(args.repeats, args.reference_repeats) if n == "reference" else args.repeats
-               for n in backends}
+    repeats = {n: min(args.repeats, args.reference_repeats) if base_backend(n) == "reference"
+               else args.repeats for n in backends}
     rate = bench_modes.gemm_rate(shape, device) if device.type == "cpu" else None
     rows = []
     for pass_ in ["forward+backward"] if args.recurrent_dropout else ["forward", "forward+backward"]:
-        steps = {n: make_step(m, pass_, x, g_out, g_h) for n, m in modules.items()
-                 if pass_ == "forward" or n != "onnxruntime"}
+        steps = {n: with_ftz(n, make_step(m, pass_, x, g_out, g_h, args.loss))
+                 for n, m in modules.items() if pass_ == "forward" or n != "onnxruntime"}
         # fused and nn.GRU side by side; the reference, tens of times slower, on its own
         # afterwards: its many small allocations leave the allocator's heap warm, which
         # would make nn.GRU's next run look faster than it is in its own training loop.
-        fast = {n: s for n, s in steps.items() if n != "reference"}
-        slow = {n: s for n, s in steps.items() if n == "reference"}
+        fast = {n: s for n, s in steps.items() if base_backend(n) != "reference"}
+        slow = {n: s for n, s in steps.items() if base_backend(n) == "reference"}
         timed = {}
         for group in (fast, slow):
             if group:
@@ -352,7 +399,7 @@ def bench_case(shape: Shape, dtype_name: str, args: argparse.Namespace,
             f"{n} {statistics.median(t):.4g} ms" for n, t in timed.items()), flush=True)
         for name, times in timed.items():
             rows.append({**asdict(shape), "layers": args.layers, "bidirectional": args.bidirectional,
-                         "dtype": dtype_name, "pass": pass_, "backend": name,
+                         "dtype": dtype_name, "pass": pass_, "backend": name, "loss": args.loss,
                          "median_ms": statistics.median(times),
                          "us_per_step": statistics.median(times) * 1e3 / shape.T, "repeats": len(times),
                          "recurrent_dropout": args.recurrent_dropout})
@@ -380,11 +427,14 @@ def bench_case_alternate(shape: Shape, dtype_name: str, args: argparse.Namespace
     x = make_inputs(shape, args, dtype, device)[0]
     rate = bench_modes.gemm_rate(shape, device)
     lengths = bench_modes.round_lengths(shape.T, args.repeats, args.vary_t)
+    if args.loss == "final":
+        x = (torch.rand_like(x) * 2 - 1) * EMBEDDING_SCALE
     base = {**asdict(shape), "layers": args.layers, "bidirectional": args.bidirectional,
-            "dtype": dtype_name, "recurrent_dropout": args.recurrent_dropout}
+            "dtype": dtype_name, "recurrent_dropout": args.recurrent_dropout, "loss": args.loss}
     rows = []
     for pass_ in ["forward+backward"] if args.recurrent_dropout else ["forward", "forward+backward"]:
-        steps = bench_modes.alternate_steps(modules, ort, x, pass_)
+        steps = {n: with_ftz(n, step) for n, step in
+                 bench_modes.alternate_steps(modules, ort, x, pass_, args.loss).items()}
         times = bench_modes.alternate(steps, lengths, args.warmup, shape.T)
         print(f"  {shape} {dtype_name} {pass_}: " + ", ".join(
             f"{n} {statistics.median(t) * 1e3:.4g} ms" for n, t in times.items()), flush=True)

@@ -40,3 +40,11 @@ def test_bad_shape_is_one_line():
     assert proc.returncode == 2
     assert "a shape is four positive ints B,T,I,H, got '6,9,x'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(not gru_torch.extension_status().loaded, reason="needs the fused op")
+def test_final_loss_reads_h_n_alone():
+    proc = run("--shape", "6,9,3,5", "--repeats", "2", "--warmup", "0", "--loss", "final")
+    assert proc.returncode == 0, proc.stderr
+    assert "loss h_n.sum() / B" in proc.stdout.splitlines()[0]
+    assert re.search(r"fb [\d.]+", proc.stdout.splitlines()[-1])
