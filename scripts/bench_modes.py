@@ -1,7 +1,7 @@
 """Timing modes of scripts/benchmark.py beyond its default interleaved medians.
 
 - alternate: nn.GRU, the fused op (and onnxruntime, forward only) take turns in one
-  process, one step each per round with the order rotating, every training step
+  process, one step each per round in an order that changes (round_order), every training step
   `out.sum().backward()` with the input requiring grad and fresh gradients (as a training
   loop has them). Each round gives ratios of the others' times to the fused op's; the
   report is their median. --vary-t draws each round's T from [T/2, T] (the same for every
@@ -91,15 +91,26 @@ def alternate_steps(modules: dict[str, nn.Module], ort, x: Tensor, pass_: str,
     return steps
 
 
+def round_order(names: list[str], r: int) -> list[str]:
+    """Round r's order of turns: the list rotated by r, and reversed every other pass
+    through the rotations. A rotation alone keeps the cyclic order, so each backend would
+    always run right after the same one, and inherit what it leaves behind: with the op's
+    buffer pool off, the fused op always after nn.GRU, whose freed heap leaves no free
+    huge pages, ran 1.4-2x slower than the same op after itself (512,500,100,32)."""
+    order = names if (r // max(len(names), 1)) % 2 == 0 else names[::-1]
+    k = r % max(len(order), 1)
+    return order[k:] + order[:k]
+
+
 def alternate(steps: dict[str, Callable[[int], None]], lengths: list[int], warmup: int,
               T: int) -> dict[str, list[float]]:
-    """Per-round seconds of every step, the order rotating by one each round."""
+    """Per-round seconds of every step, in round_order's turns."""
     for step in steps.values():
         for _ in range(warmup):
             step(T)
     names, times = list(steps), {name: [] for name in steps}
     for r, length in enumerate(lengths):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in round_order(names, r):
             t0 = time.perf_counter()
             steps[name](length)
             times[name].append(time.perf_counter() - t0)

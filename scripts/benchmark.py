@@ -325,13 +325,14 @@ def time_ms(step: Callable[[], None], device: torch.device) -> float:
 def measure(steps: dict[str, Callable[[], None]], repeats: dict[str, int], warmup: int,
             device: torch.device) -> dict[str, list[float]]:
     """Interleaved: each round runs every backend still short of its repeats once, the
-    order rotating by one per round, so drifts in machine load hit all alike."""
+    order changing from round to round (bench_modes.round_order), so drifts in machine
+    load hit all alike and no backend always follows the same one."""
     for step in steps.values():
         for _ in range(warmup):
             step()
     names, times = list(steps), {name: [] for name in steps}
     for r in range(max(repeats.values())):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in bench_modes.round_order(names, r):
             if len(times[name]) < repeats[name]:
                 times[name].append(time_ms(steps[name], device))
     return times

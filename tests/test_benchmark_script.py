@@ -180,3 +180,16 @@ def test_onnxruntime_threads_spin_only_when_asked():
 def test_vary_t_needs_alternate_mode():
     proc = run_script("--vary-t", "--no-save")
     assert proc.returncode == 2 and "--vary-t needs --mode alternate" in proc.stderr
+
+
+def test_turns_follow_different_backends():
+    """A rotation alone would keep each backend right after the same one."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    import bench_modes
+
+    names = ["fused", "fused+ftz", "cudnn"]
+    orders = [bench_modes.round_order(names, r) for r in range(6)]
+    assert all(sorted(o) == sorted(names) for o in orders)
+    before_fused = {o[o.index("fused") - 1] for o in orders if o.index("fused") > 0}
+    assert before_fused == {"fused+ftz", "cudnn"}
+    assert [o[0] for o in orders[:3]] == ["fused", "fused+ftz", "cudnn"]
