@@ -1,11 +1,14 @@
-"""gru_torch: a fused GRU for PyTorch, a drop-in for torch.nn.GRU and nn.GRUCell with
-Keras's cells."""
+"""gru_torch: fused recurrent layers for PyTorch (GRU, LSTM, RNN), drop-ins for torch.nn's
+modules and cells, with Keras's cells, dropout and layer import."""
 from ._ext import status as extension_status
 from .backends import BACKENDS
-from .cell import GRUCell
+from .cell import GRUCell, LSTMCell, RNNCell
 from .denormals import flush_denormal
 from .gru import GRU
-from .reference import gru_layer_reference
+from .lstm import LSTM
+from .reference import gru_layer_reference, rnn_layer_reference
+from .rnn import RNN
 
-__all__ = ["GRU", "GRUCell", "BACKENDS", "extension_status", "flush_denormal", "gru_layer_reference"]
+__all__ = ["GRU", "LSTM", "RNN", "GRUCell", "LSTMCell", "RNNCell", "BACKENDS",
+           "extension_status", "flush_denormal", "gru_layer_reference", "rnn_layer_reference"]
 __version__ = "0.1.0"

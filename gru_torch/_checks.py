@@ -1,4 +1,4 @@
-"""nn.GRU's and nn.GRUCell's argument checks, mirrored.
+"""nn.GRU's, nn.LSTM's and nn.RNN's (and their cells') argument checks, mirrored.
 
 Every check here raises the exception type that torch.nn raises for the same argument,
 with torch.nn's message first (so code and tests that match it keep matching) and
@@ -14,15 +14,18 @@ import warnings
 import torch
 from torch import Tensor
 
-from . import backends
+from . import backends, cellspec
+
+NOT_GIVEN = object()  # a keyword's default that tells "not passed" from any value
 
 # torch.nn's messages, verbatim (torch/nn/modules/rnn.py and aten/src/ATen/native/RNN.cpp).
 DROPOUT_RANGE = ("dropout should be a number in range [0, 1] representing the probability "
                  "of an element being zeroed")
 PROJ_SIZE = "proj_size argument is only supported for LSTM, not RNN or GRU"
+PROJ_NEGATIVE = "proj_size should be a positive integer or zero to disable projections"
+PROJ_TOO_LARGE = "proj_size has to be smaller than hidden_size"
 EMPTY_SEQUENCE = "Expected sequence length to be larger than 0 in RNN"
 
-NOT_GIVEN = object()  # a keyword's default that tells "not passed" from any value
 
 
 def reraise(error: Exception, detail: str):
@@ -77,38 +80,53 @@ def check_probability(name: str, value) -> float:
     return as_float
 
 
-def check_gru_args(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                   bidirectional, proj_size, reset_after, recurrent_dropout, backend) -> float:
-    """All of GRU's constructor arguments, in nn.GRU's order, then gru_torch's own.
-    Returns dropout as a float (nn.GRU stores float(dropout))."""
-    if proj_size is not NOT_GIVEN:
-        raise ValueError(f"{PROJ_SIZE} (gru_torch.GRU has no projections either)")
+def check_rnn_args(name: str, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                   bidirectional, proj_size=0) -> float:
+    """nn.RNNBase's checks of the shared arguments, in its order (name: "GRU", "LSTM" or
+    "RNN"; proj_size is an LSTM's). Returns dropout as a float (nn stores float(dropout))."""
     dropout_value = check_probability("dropout", dropout)
     if dropout > 0 and num_layers == 1:
-        # stacklevel 3: the warning points at the line that built the GRU, as nn.GRU's does
+        # stacklevel 4: the warning points at the line that built the module, as nn's does
         warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
                       "non-zero dropout expects num_layers greater than 1, but got "
-                      f"dropout={dropout} and num_layers={num_layers}", stacklevel=3)
+                      f"dropout={dropout} and num_layers={num_layers}", stacklevel=4)
     check_bool("bias", bias)
     check_bool("batch_first", batch_first)
-    # nn.GRU accepts any value here and fails in its first forward with a TypeError;
-    # a truthy non-bool would otherwise build a second direction nobody asked for.
+    # nn accepts any value here and fails in its first forward with a TypeError; a
+    # truthy non-bool would otherwise build a second direction nobody asked for.
     check_bool("bidirectional", bidirectional)
     check_size("input_size", input_size)
     check_size("hidden_size", hidden_size)
     check_num_layers(num_layers)
-    check_bool("reset_after", reset_after)
-    check_probability("recurrent_dropout", recurrent_dropout)
-    backends.check_backend(backend)
+    if proj_size < 0:  # nn compares as it stands, failing with a TypeError on a non-number
+        raise ValueError(f"{PROJ_NEGATIVE} (got proj_size={proj_size!r})")
+    if proj_size >= hidden_size:
+        raise ValueError(f"{PROJ_TOO_LARGE} (got proj_size={proj_size!r}, "
+                         f"hidden_size={hidden_size!r})")
     return dropout_value
 
 
-def check_cell_extras(reset_after, recurrent_dropout, backend) -> None:
-    """GRUCell's own arguments (nn.GRUCell checks none of the shared ones: torch.empty
-    rejects what cannot size a weight)."""
-    check_bool("reset_after", reset_after)
+def check_extras(recurrent_dropout, input_dropout, dropout_masks, backend,
+                 recurrent_activation=NOT_GIVEN, reset_after=NOT_GIVEN,
+                 single_bias=NOT_GIVEN) -> None:
+    """gru_torch's own arguments (NOT_GIVEN: not an argument of this module)."""
+    if reset_after is not NOT_GIVEN:
+        check_bool("reset_after", reset_after)
+    if recurrent_activation is not NOT_GIVEN:
+        cellspec.check_recurrent_activation(recurrent_activation)
+    if single_bias is not NOT_GIVEN:
+        check_bool("single_bias", single_bias)
     check_probability("recurrent_dropout", recurrent_dropout)
+    check_probability("input_dropout", input_dropout)
+    cellspec.check_dropout_masks(dropout_masks)
     backends.check_backend(backend)
+
+
+def check_nonlinearity(value) -> str:
+    """nn.RNN's `nonlinearity`."""
+    if value not in ("tanh", "relu"):
+        raise ValueError(f"Unknown nonlinearity '{value}'. Select from 'tanh' or 'relu'.")
+    return value
 
 
 # ---------------------------------------------------------------- forward messages

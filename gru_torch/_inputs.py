@@ -1,8 +1,9 @@
-"""Normalizing a GRU call's arguments: layouts, packed input, lengths, checks.
+"""Normalizing a recurrent layer's call: layouts, packed input, lengths, checks.
 
-Everything becomes time-major [T, B, I] with hx [L*D, B, H] and optional int64 lengths;
-`Restore` puts the results back into the caller's layout. The checks follow nn.GRU's
-forward step by step (see _checks.py), so a bad call fails as it would there.
+Everything becomes time-major [T, B, I] with hx [L*D, B, P] (and, for an LSTM, cx
+[L*D, B, H]) and optional int64 lengths; `Restore` puts the results back into the
+caller's layout. The checks follow nn.GRU's, nn.LSTM's and nn.RNN's forward step by step
+(see _checks.py), so a bad call fails as it would there.
 """
 from __future__ import annotations
 
@@ -37,7 +38,10 @@ class Restore:
             return out.squeeze(1)
         return out.transpose(0, 1) if self.batch_first else out
 
-    def hidden(self, h_n: Tensor) -> Tensor:
+    def hidden(self, h_n):
+        """h_n, or an LSTM's (h_n, c_n)."""
+        if isinstance(h_n, tuple):
+            return tuple(self.hidden(h) for h in h_n)
         return h_n.squeeze(1) if self.unbatched else h_n
 
 
@@ -45,25 +49,33 @@ class Restore:
 class Spec:
     """What the checks need to know of the module."""
     input_size: int
-    hidden_size: int
+    hidden_size: int     # h's size: proj_size for an LSTM with projections
     num_layers: int
     num_directions: int
     batch_first: bool
     bias: bool
     weight: Tensor  # weight_ih_l0: where the parameters live and their dtype
+    name: str = "GRU"            # "GRU", "LSTM" or "RNN": the module's, for messages
+    cell_size: int | None = None  # an LSTM's c size (its hidden_size); None without c
 
-    def expected_hidden(self, batch: int) -> tuple:
-        # nn.GRU's arithmetic, so the message prints the same numbers
-        return (self.num_layers * self.num_directions, batch, self.hidden_size)
+    @property
+    def has_c(self) -> bool:
+        return self.cell_size is not None
+
+    def expected_hidden(self, batch: int, size: int | None = None) -> tuple:
+        # nn's arithmetic, so the message prints the same numbers
+        return (self.num_layers * self.num_directions, batch,
+                self.hidden_size if size is None else size)
 
 
 @dataclass
 class Call:
     """One normalized forward call."""
     x: Tensor                     # [T, B, I]
-    hx: Tensor | None             # [L*D, B, H]
+    hx: Tensor | None             # [L*D, B, P]
     lengths: Tensor | None        # CPU int64 [B]
     restore: Restore
+    cx: Tensor | None = None      # an LSTM's [L*D, B, H]
     # Under autocast nn.GRU takes an input or state of another dtype than its weights
     # and lets its kernel cast; gru_torch then runs that kernel too.
     autocast_mixed: bool = False
@@ -109,19 +121,28 @@ def _check_input(input: Tensor, expected_dim: int, spec: Spec) -> None:
                            f"{spec.input_size}, got {input.size(-1)}")
 
 
-def _check_hidden_size(hx, expected: tuple) -> None:
-    """nn.RNNBase.check_hidden_size."""
+def _check_hidden_size(hx, expected: tuple, which: str = "") -> None:
+    """nn.RNNBase.check_hidden_size; which: "[0]" or "[1]" for an LSTM's h and c."""
     try:
         size = hx.size()
     except AttributeError as e:
-        _checks.reraise(e, f"hx must be a Tensor, got {type(hx).__name__}")
+        _checks.reraise(e, f"hx{which} must be a Tensor, got {type(hx).__name__}")
     if size != expected:
-        raise RuntimeError(f"Expected hidden size {expected}, got {list(size)} (hx must be "
+        head = f"Expected hidden{which} size" if which else "Expected hidden size"
+        raise RuntimeError(f"{head} {expected}, got {list(size)} (hx{which} must be "
                            "[num_layers * num_directions, batch, hidden_size])")
 
 
+def _check_hidden(hx, cx, batch: int, spec: Spec) -> None:
+    if spec.has_c:
+        _check_hidden_size(hx, spec.expected_hidden(batch), "[0]")
+        _check_hidden_size(cx, spec.expected_hidden(batch, spec.cell_size), "[1]")
+    else:
+        _check_hidden_size(hx, spec.expected_hidden(batch))
+
+
 def _sorted_hx(hx, sorted_indices: Tensor, expected: tuple) -> Tensor:
-    """hx in a PackedSequence's sorted row order, selected as nn.GRU selects it."""
+    """hx in a PackedSequence's sorted row order, selected as nn selects it."""
     try:
         return hx.index_select(1, sorted_indices)
     except AttributeError as e:
@@ -131,89 +152,127 @@ def _sorted_hx(hx, sorted_indices: Tensor, expected: tuple) -> Tensor:
 
 
 class PackedDeviceError(RuntimeError):
-    """A PackedSequence or hx on another device than the parameters. at::gru checks no
-    devices for packed input: its first operation that mixes devices fails, with that
-    operation's message, so the module asks nn.GRU's kernel for it (see GRU.forward)."""
+    """A PackedSequence or state that nn's packed path rejects in its own kernel (another
+    device than the parameters; for an LSTM, any bad (h0, c0)): that path checks neither
+    devices nor, for an LSTM, the states in Python, so its first operation to fail names
+    the fault, and the module asks nn's kernel for it (see RNNBase.forward)."""
 
 
-def _check_packed_devices(data: Tensor, hx: Tensor | None, spec: Spec) -> None:
-    for t, what in ((data, "the PackedSequence's data"), (hx, "hx")):
+def _check_packed_devices(data: Tensor, states, spec: Spec) -> None:
+    for t, what in ((data, "the PackedSequence's data"), *states):
         if t is not None and t.device != spec.weight.device:
-            raise PackedDeviceError(f"{what} is on {t.device}, but the GRU's parameters are "
-                                    f"on {spec.weight.device}")
+            raise PackedDeviceError(f"{what} is on {t.device}, but the {spec.name}'s "
+                                    f"parameters are on {spec.weight.device}")
 
 
-def _check_devices(x: Tensor, hx: Tensor | None, weight: Tensor) -> None:
-    """The device checks of nn.GRU's kernel (at::gru)."""
+def _check_devices(x: Tensor, states, weight: Tensor) -> None:
+    """The device checks of nn's kernels (at::gru, at::lstm, at::rnn_*)."""
     if x.device != weight.device:
         raise RuntimeError("Input and parameter tensors are not at the same device, found "
                            f"input tensor at {x.device} and parameter tensor at {weight.device}")
-    if hx is not None and hx.device != x.device:
-        raise RuntimeError("Input and hidden tensors are not at the same device, found input "
-                           f"tensor at {x.device} and hidden tensor at {hx.device}")
+    for t in states:
+        if t is not None and t.device != x.device:
+            raise RuntimeError("Input and hidden tensors are not at the same device, found "
+                               f"input tensor at {x.device} and hidden tensor at {t.device}")
+
+
+def _split_state(hx, spec: Spec):
+    """(h0, c0) from an LSTM's hx, read as nn.LSTM reads it (hx[0], hx[1]); (hx, None)
+    for the others."""
+    if hx is None or not spec.has_c:
+        return hx, None
+    try:
+        return hx[0], hx[1]
+    except (TypeError, IndexError, KeyError) as e:
+        _checks.reraise(e, "hx must be a tuple (h_0, c_0) of tensors")
 
 
 def _normalize_packed(input: PackedSequence, hx, spec: Spec, restore: Restore):
     data, batch_sizes, sorted_indices, unsorted_indices = input
     expected = spec.expected_hidden(int(batch_sizes[0]))
-    if hx is not None and sorted_indices is not None:
-        hx = _sorted_hx(hx, sorted_indices, expected)
-    _check_input(data, 2, spec)
-    if hx is not None:
-        _check_hidden_size(hx, expected)
-    _check_packed_devices(data, hx, spec)
+    if spec.has_c and hx is not None:
+        try:
+            h0, c0 = _split_state(hx, spec)
+            h0, c0 = (h0, c0) if sorted_indices is None else (
+                _sorted_hx(h0, sorted_indices, expected),
+                _sorted_hx(c0, sorted_indices, spec.expected_hidden(expected[1], spec.cell_size)))
+            _check_input(data, 2, spec)
+            _check_hidden(h0, c0, expected[1], spec)
+        except (RuntimeError, TypeError, IndexError, ValueError, AttributeError) as e:
+            # nn.LSTM checks nothing of a packed call in Python: its kernel's error is nn's
+            raise PackedDeviceError(str(e)) from None
+    else:
+        h0, c0 = hx, None
+        if h0 is not None and sorted_indices is not None:
+            h0 = _sorted_hx(h0, sorted_indices, expected)
+        _check_input(data, 2, spec)
+        if h0 is not None:
+            _check_hidden_size(h0, expected)
+    _check_packed_devices(data, ((h0, "hx"), (c0, "cx")), spec)
     x, lengths = pad_packed_sequence(input)  # [T, B, I] in the caller's row order
-    if hx is not None and unsorted_indices is not None:
-        hx = hx.index_select(1, unsorted_indices)
+    if h0 is not None and unsorted_indices is not None:
+        h0 = h0.index_select(1, unsorted_indices)
+        c0 = None if c0 is None else c0.index_select(1, unsorted_indices)
     restore.packed, restore.lengths = input, lengths
-    return x, hx, lengths
+    return x, h0, c0, lengths
 
 
 def _normalize_padded(input, hx, spec: Spec, restore: Restore):
     dim = _checks.tensor_dim(input, "input (a Tensor or PackedSequence)")
     if dim not in (2, 3):
-        raise ValueError(f"GRU: Expected input to be 2D or 3D, got {dim}D instead")
+        tensor = " tensor" if spec.name == "RNN" else ""
+        raise ValueError(f"{spec.name}: Expected input to be 2D or 3D, got {dim}D{tensor} instead")
     batched = dim == 3
+    h0, c0 = _split_state(hx, spec)
     if hx is not None:
-        hx_dim = _checks.tensor_dim(hx, "hx")
-        if not batched and hx_dim != 2:
-            raise RuntimeError(f"For unbatched 2-D input, hx should also be 2-D but got "
-                               f"{hx_dim}-D tensor")
-        if batched and hx_dim != 3:
-            raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got "
-                               f"{hx_dim}-D tensor")
+        want = 3 if batched else 2
+        if spec.has_c:
+            dims = (_checks.tensor_dim(h0, "hx[0]"), _checks.tensor_dim(c0, "hx[1]"))
+            if dims != (want, want):
+                raise RuntimeError(f"For {'batched 3-D' if batched else 'unbatched 2-D'} input, "
+                                   f"hx and cx should also be {want}-D but got ({dims[0]}-D, "
+                                   f"{dims[1]}-D) tensors")
+        else:
+            hx_dim = _checks.tensor_dim(h0, "hx")
+            if hx_dim != want:
+                raise RuntimeError(f"For {'batched 3-D' if batched else 'unbatched 2-D'} input, "
+                                   f"hx should also be {want}-D but got {hx_dim}-D tensor")
     batch_dim = 0 if spec.batch_first else 1
     if not batched:
         restore.unbatched = True
         input = input.unsqueeze(batch_dim)
-        hx = None if hx is None else hx.unsqueeze(1)
+        h0 = None if h0 is None else h0.unsqueeze(1)
+        c0 = None if c0 is None else c0.unsqueeze(1)
     _check_input(input, 3, spec)
-    if hx is not None:
-        _check_hidden_size(hx, spec.expected_hidden(input.size(batch_dim)))
+    if h0 is not None:
+        _check_hidden(h0, c0, input.size(batch_dim), spec)
     x = input.transpose(0, 1) if spec.batch_first else input
-    _check_devices(x, hx, spec.weight)
+    _check_devices(x, (h0, c0), spec.weight)
     if x.shape[0] == 0:
         raise RuntimeError(f"{_checks.EMPTY_SEQUENCE} (the input has no time steps)")
-    return x, hx
+    return x, h0, c0
 
 
 def normalize(input, hx, lengths, spec: Spec) -> Call:
-    """Checks a GRU call as nn.GRU does, then brings it to the op's layout."""
+    """Checks a call as nn's module does, then brings it to the op's layout."""
     restore = Restore(batch_first=spec.batch_first)
     if isinstance(input, PackedSequence):
         if lengths is not None:
             raise ValueError("lengths must not be given with a PackedSequence input "
                              "(the PackedSequence carries its own lengths)")
-        x, hx, lengths = _normalize_packed(input, hx, spec, restore)
+        x, h0, c0, lengths = _normalize_packed(input, hx, spec, restore)
     else:
-        x, hx = _normalize_padded(input, hx, spec, restore)
+        x, h0, c0 = _normalize_padded(input, hx, spec, restore)
         if lengths is not None:
             lengths = _check_lengths(lengths, x.shape[0], x.shape[1])
             x = _without_padding(x, lengths)
     weight_dtype = spec.weight.dtype
-    mixed = x.dtype != weight_dtype or (hx is not None and hx.dtype != weight_dtype)
+    states = [t for t in (h0, c0) if t is not None]
+    mixed = x.dtype != weight_dtype or any(t.dtype != weight_dtype for t in states)
     if mixed and not torch._C._is_any_autocast_enabled():
-        # only hx can differ here: check_input has caught the input
-        raise RuntimeError(f"{_checks.linear_error(hx, spec.weight, spec.bias)} (hx dtype "
-                           f"{hx.dtype} does not match the GRU's parameters, {weight_dtype})")
-    return Call(x, hx, lengths, restore, autocast_mixed=mixed)
+        # only a state can differ here: check_input has caught the input
+        bad = next(t for t in states if t.dtype != weight_dtype)
+        raise RuntimeError(f"{_checks.linear_error(bad, spec.weight, spec.bias)} (hx dtype "
+                           f"{bad.dtype} does not match the {spec.name}'s parameters, "
+                           f"{weight_dtype})")
+    return Call(x, h0, lengths, restore, cx=c0, autocast_mixed=mixed)

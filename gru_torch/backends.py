@@ -1,4 +1,5 @@
-"""Choosing how a GRU runs: the fused op, nn.GRU (cuDNN on a GPU), or the reference.
+"""Choosing how a recurrent layer runs: the fused op, torch.nn's kernel (nn.GRU, nn.LSTM,
+nn.RNN: cuDNN on a GPU), or the reference loop.
 
 "auto" tries them in that order; a fallback warns once, naming its reason. A forced
 backend that cannot run raises an error saying why and how to get it.
@@ -14,6 +15,7 @@ from torch._C._functorch import TransformType
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 from . import _ext, ops
+from .cellspec import Cell
 
 BACKENDS = ("auto", "fused", "cudnn", "reference")
 
@@ -31,9 +33,16 @@ class Config:
     """What a forward call asks of the backend."""
     device: torch.device
     dtype: torch.dtype
-    reset_after: bool
-    recurrent_dropout_active: bool
+    cell: Cell = Cell()
+    dropout_active: bool = False     # recurrent or input dropout masks in this call
     transform: Transform | None = None
+    masks: str = "shared"            # "shared" or "per_gate" (gru_torch.cellspec)
+    input_dropout: bool = False      # Keras's `dropout` (masks on each layer's input)
+    proj: bool = False               # an LSTM with projections
+
+    @property
+    def nn_name(self) -> str:
+        return "nn.RNN" if self.cell.kind == "rnn" else f"nn.{self.cell.kind.upper()}"
 
 
 @dataclass(frozen=True)
@@ -71,13 +80,20 @@ def check_backend(name: str) -> str:
     return name
 
 
-def cudnn_reason(cfg: Config) -> str | None:
-    """Why nn.GRU cannot express cfg, or None when it can."""
-    if not cfg.reset_after:
-        return "nn.GRU has no reset_after=False cell"
-    if cfg.recurrent_dropout_active:
-        return "nn.GRU has no recurrent dropout"
+def nn_reason(cfg: Config) -> str | None:
+    """Why torch.nn's kernel cannot express cfg, or None when it can."""
+    why = cfg.cell.nn_reason()
+    if why:
+        return why
+    if cfg.dropout_active:
+        return f"{cfg.nn_name} has no {'input' if cfg.input_dropout else 'recurrent'} dropout"
     return None
+
+
+def fused_reason(cfg: Config) -> str | None:
+    """Why the fused op cannot run cfg, or None when it can."""
+    return ops.unsupported_reason(cfg.device, cfg.dtype) or ops.cell_reason(
+        cfg.cell, cfg.dropout_active, cfg.masks, cfg.input_dropout, cfg.proj)
 
 
 def _fallback(cfg: Config, cudnn_why: str | None) -> str:
@@ -85,11 +101,11 @@ def _fallback(cfg: Config, cudnn_why: str | None) -> str:
 
 
 def resolve(requested: str, cfg: Config) -> str:
-    """The backend that will run cfg: "fused", "cudnn" or "reference".
+    """The backend that will run cfg: "fused", "cudnn" (torch.nn's kernel) or "reference".
 
     On a GPU (and on CPU tensors under gru_torch.testing.emulate_cuda, which stands in
-    for one), "auto" picks cuDNN wherever nn.GRU can express the configuration and the
-    fused kernel where it cannot (reset_after=False, recurrent dropout in training),
+    for one), "auto" picks cuDNN wherever torch.nn can express the configuration and the
+    fused kernel where it cannot (reset_after=False, hard sigmoids, dropout in training),
     until GPU timings say otherwise. The first fused use per device, dtype and cell
     runs a self-check against the reference; a kernel that fails it is not used: the
     process warns once, naming the mismatch, and falls back."""
@@ -104,17 +120,17 @@ def resolve(requested: str, cfg: Config) -> str:
         if requested == "auto":
             warn_once(f"gru_torch: running the reference loop because {cfg.transform.reason}")
             return "reference"
-    fused_why = ops.unsupported_reason(cfg.device, cfg.dtype)
-    cudnn_why = cudnn_reason(cfg)
+    fused_why = fused_reason(cfg)
+    cudnn_why = nn_reason(cfg)
     gpu_policy = cfg.device.type == "cuda" or ops.emulating(cfg.device)
     wants_fused = requested == "fused" or (requested == "auto" and (not gpu_policy or cudnn_why))
     if fused_why is None and wants_fused:
-        failed = ops.self_check_failure(cfg.device, cfg.dtype, cfg.reset_after)
+        failed = ops.self_check_failure(cfg.device, cfg.dtype, cfg.cell)
         if failed:
             fallback = _fallback(cfg, cudnn_why)
             warn_once(f"gru_torch: the fused CUDA kernel failed its self-check on {cfg.device} "
-                      f"({str(cfg.dtype).replace('torch.', '')}, reset_after={cfg.reset_after}): "
-                      f"{failed}; using the {'nn.GRU' if fallback == 'cudnn' else 'reference'} "
+                      f"({str(cfg.dtype).replace('torch.', '')}, {cfg.cell.describe()}): "
+                      f"{failed}; using the {cfg.nn_name if fallback == 'cudnn' else 'reference'} "
                       "backend instead")
             return fallback
     if requested == "fused":
@@ -134,7 +150,7 @@ def resolve(requested: str, cfg: Config) -> str:
     if fused_why is None:
         return "fused"
     if cudnn_why is None:
-        warn_once(f"gru_torch: falling back to nn.GRU because {fused_why}")
+        warn_once(f"gru_torch: falling back to {cfg.nn_name} because {fused_why}")
         return "cudnn"
     warn_once(f"gru_torch: falling back to the slow reference loop because {fused_why} "
               f"and {cudnn_why}")

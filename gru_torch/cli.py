@@ -25,7 +25,7 @@ from .data.archive import DataError
 from .data.batching import ReviewBatches
 from .data.text import tokenize
 from .export import ExportError
-from .gru import GRU
+from .rnn_base import RNNBase
 from .models import ModelConfig, SentimentClassifier
 from .progress import STATUS_EVERY_S, LogHandler, RunLog
 from .train import (CheckpointError, EarlyStopping, RunOptions, evaluate, fit, load_checkpoint,
@@ -111,7 +111,7 @@ def _parse_train(argv):
     ap.add_argument("--init", choices=["torch", "keras"],
                     help="initializers (default: keras for a --preset, torch otherwise)")
     ap.add_argument("--backend", choices=backends.BACKENDS,
-                    help="how the GRU layers run (default auto: the fused op where it is built)")
+                    help="how the recurrent layers run (default auto: the fused op where it is built)")
     ap.add_argument("--threads", type=int,
                     help="torch.set_num_threads (default: the physical cores, shared among "
                          "the processes of a torchrun)")
@@ -277,7 +277,7 @@ def _train_run(args, preset, epochs, batch_size, out, device, resume, log, ranks
     log(f"model: {sum(p.numel() for p in model.parameters()):,} parameters "
         f"(the layer table is in {out / 'train.log'})")
     model.to(device)
-    gru_backend = training_backend(model, device)
+    recurrent_backend = training_backend(model, device)
     stopper = EarlyStopping(**preset.early_stopping) if preset.early_stopping and val else None
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -296,7 +296,7 @@ def _train_run(args, preset, epochs, batch_size, out, device, resume, log, ranks
     result = evaluate(model, test, use_lengths, progress="test", opts=opts, log=log)
     metrics = {"test_accuracy": result["accuracy"], "test_loss": result["loss"],
                "epochs": len(history.rows), "train_seconds": round(train_seconds, 2),
-               "backend": preset.model.backend, "gru_backend": gru_backend}
+               "backend": preset.model.backend, "recurrent_backend": recurrent_backend}
     if rank == 0:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
         history.test_accuracy = result["accuracy"]
@@ -312,13 +312,11 @@ def _train_run(args, preset, epochs, batch_size, out, device, resume, log, ranks
 
 
 def training_backend(model: torch.nn.Module, device: torch.device) -> str | None:
-    """The backend the model's GRU layers train with on `device` (None without GRU
-    layers); a forced backend that cannot run them stops the run before it trains."""
-    grus = [m for m in model.modules() if isinstance(m, GRU)]
+    """The backends the model's recurrent layers train with on `device` (None without
+    any); a forced backend that cannot run them stops the run before it trains."""
+    layers = [m for m in model.modules() if isinstance(m, RNNBase)]
     try:
-        used = {backends.resolve(g.backend, backends.Config(device, g.weight_ih_l0.dtype,
-                                                            g.reset_after, g.recurrent_dropout > 0))
-                for g in grus}
+        used = {backends.resolve(m.backend, m.training_config(device)) for m in layers}
     except RuntimeError as e:
         raise SystemExit(str(e)) from None
     return ",".join(sorted(used)) or None

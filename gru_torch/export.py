@@ -43,11 +43,12 @@ def _check_exportable(model: nn.Module) -> int:
         if m.backend not in ("auto", "fused"):
             raise ExportError(f"a GRU with backend={m.backend!r} cannot be exported; export "
                               "runs the fused op (backend 'auto' or 'fused')")
-    from .keras_rnn import KerasRecurrent
+    from .rnn_base import RNNBase
 
-    if any(isinstance(m, KerasRecurrent) for m in model.modules()):
-        raise ExportError("export maps gru_torch.GRU layers only; this model holds an LSTM "
-                          "or SimpleRNN layer (gru_torch.keras_rnn)")
+    others = [m for m in model.modules() if isinstance(m, RNNBase) and not isinstance(m, GRU)]
+    if others:
+        raise ExportError(f"export maps gru_torch.GRU layers only; this model holds a "
+                          f"gru_torch.{type(others[0]).__name__}")
     return len(grus)
 
 

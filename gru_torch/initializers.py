@@ -14,7 +14,7 @@ each as a whole, so the limits below use the whole matrix's fans:
 - `embedding_uniform_`: Keras's Embedding, U(+-0.05).
 
 `keras_recurrent_init_` applies them to a `gru_torch.GRU`, an nn.GRU / nn.LSTM / nn.RNN,
-or a `KerasRecurrent`, by parameter name.
+gru_torch.LSTM or gru_torch.RNN (one bias or two), by parameter name.
 """
 from __future__ import annotations
 

@@ -8,9 +8,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
-from . import initializers
+from . import cellspec, initializers
 from .gru import GRU
-from .keras_rnn import KerasRecurrent
+from .lstm import LSTM
+from .rnn import RNN
 
 INPUT_MODES = ("embedding", "onehot", "raw")
 CELLS = ("gru", "lstm", "rnn")
@@ -28,7 +29,9 @@ class ModelConfig:
     bidirectional: bool = False
     dropout: float = 0.0             # Keras's `dropout`: on each recurrent layer's input
     recurrent_dropout: float = 0.0
+    dropout_masks: str = "shared"    # "per_gate": one mask per gate (Keras 3, Keras 2's impl. 1)
     reset_after: bool = True
+    recurrent_activation: str = "sigmoid"  # GRU/LSTM gates (gru_torch.cellspec)
     head: list[int] = field(default_factory=list)  # relu Dense sizes before the logit
     head_dropout: float = 0.0
     logit: bool = True               # False: the last layer's state is the probability (Keras B)
@@ -48,6 +51,11 @@ class ModelConfig:
             raise ValueError(f"hidden must list positive layer sizes, got {self.hidden!r}")
         if self.input_mode == "onehot" and self.cell != "gru":
             raise ValueError("input_mode='onehot' is implemented for the GRU cell only")
+        cellspec.check_recurrent_activation(self.recurrent_activation)
+        cellspec.check_dropout_masks(self.dropout_masks)
+        if self.cell == "rnn" and self.recurrent_activation != "sigmoid":
+            raise ValueError("recurrent_activation is for the GRU and LSTM gates; a SimpleRNN "
+                             "has none")
         if not self.logit and (self.head or self.hidden[-1] != 1 or self.bidirectional):
             raise ValueError("logit=False needs a last recurrent layer of size 1 and no head")
         if self.pooling not in ("last", "last+max"):
@@ -57,14 +65,6 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _variational_dropout(x: Tensor, p: float, training: bool) -> Tensor:
-    """Keras's recurrent-layer input dropout: one mask per sequence, the same at every step."""
-    if not training or p == 0:
-        return x
-    mask = torch.bernoulli(x.new_full((x.shape[0], 1, x.shape[2]), 1 - p)) / (1 - p)
-    return x * mask
 
 
 class SentimentClassifier(nn.Module):
@@ -86,7 +86,9 @@ class SentimentClassifier(nn.Module):
             in_size = 1
         self.layers = nn.ModuleList()
         for i, h in enumerate(c.hidden):
-            self.layers.append(self._layer(in_size, h))
+            # the one-hot GRU's first input product is the embedding: no dropout before it
+            first_onehot = c.input_mode == "onehot" and i == 0
+            self.layers.append(self._layer(in_size, h, 0.0 if first_onehot else c.dropout))
             in_size = h * D
         if c.input_mode == "onehot":
             first = self.layers[0]
@@ -121,14 +123,22 @@ class SentimentClassifier(nn.Module):
             if isinstance(m, nn.Linear):
                 initializers.keras_dense_init_(m)
 
-    def _layer(self, in_size: int, hidden: int) -> nn.Module:
+    def _layer(self, in_size: int, hidden: int, input_dropout: float) -> nn.Module:
+        """One recurrent layer as Keras builds it: Keras's one bias for an LSTM and a
+        SimpleRNN (a GRU keeps one with reset_after=False), its dropout on the layer's
+        input and state, masks drawn per direction (a Bidirectional layer's two cells
+        draw their own)."""
         c = self.config
+        common = dict(batch_first=True, bidirectional=c.bidirectional,
+                      recurrent_dropout=c.recurrent_dropout, input_dropout=input_dropout,
+                      dropout_masks=c.dropout_masks, backend=c.backend)
         if c.cell == "gru":
-            return GRU(in_size, hidden, batch_first=True, bidirectional=c.bidirectional,
-                       reset_after=c.reset_after, recurrent_dropout=c.recurrent_dropout,
-                       backend=c.backend)
-        return KerasRecurrent(c.cell, in_size, hidden, bidirectional=c.bidirectional,
-                              recurrent_dropout=c.recurrent_dropout)
+            return GRU(in_size, hidden, reset_after=c.reset_after,
+                       recurrent_activation=c.recurrent_activation, **common)
+        if c.cell == "lstm":
+            return LSTM(in_size, hidden, single_bias=True,
+                        recurrent_activation=c.recurrent_activation, **common)
+        return RNN(in_size, hidden, single_bias=True, **common)
 
     def forward(self, ids: Tensor, lengths: Tensor | None = None) -> Tensor:
         if ids.dim() != 2:
@@ -148,12 +158,9 @@ class SentimentClassifier(nn.Module):
             x = nn.functional.dropout(x, c.embed_dropout, self.training)
         h_n = None
         for layer in self.layers:
-            if c.input_mode != "onehot" or layer is not self.layers[0]:
-                x = _variational_dropout(x, c.dropout, self.training)
-            if isinstance(layer, GRU):
-                x, h_n = layer(x, lengths=lengths)
-            else:
-                x, h_n = layer(x, lengths)
+            x, h_n = layer(x, lengths=lengths)
+            if isinstance(layer, LSTM):
+                h_n = h_n[0]
         D = 2 if c.bidirectional else 1
         final = torch.cat(list(h_n[-D:]), dim=-1)  # each row's state at its own length
         if c.pooling == "last+max":

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from . import _backward_autograd, _ext, testing
+from .cellspec import Cell
 
 # Devices and dtypes the compiled kernels implement: the C++ CPU op, and the CUDA
 # kernels (persistent for 16-bit and TF32 float32 up to H = 128, per-step otherwise),
@@ -61,12 +62,26 @@ def unsupported_reason(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
+def cell_reason(cell: Cell, dropout_active: bool, masks: str, input_dropout: bool,
+                proj: bool) -> str | None:
+    """Why the fused op cannot compute this cell and these masks, or None when it can."""
+    if cell.kind != "gru":
+        return f"the fused op computes the GRU cell, not the {cell.describe()} yet"
+    if cell.recurrent_activation != "sigmoid":
+        return f"the fused op's gates are sigmoids, not {cell.recurrent_activation} yet"
+    if dropout_active and input_dropout:
+        return "the fused op has no input dropout masks yet"
+    if dropout_active and masks == "per_gate":
+        return "the fused op has one recurrent-dropout mask for every gate, not one per gate yet"
+    return None
+
+
 # Self-check results of the CUDA kernels, per (device, dtype, cell, TF32): None when
 # the kernel agreed with the reference, else what mismatched.
 _self_checked: dict[tuple, str | None] = {}
 
 
-def self_check_failure(device: torch.device, dtype: torch.dtype, reset_after: bool) -> str | None:
+def self_check_failure(device: torch.device, dtype: torch.dtype, cell: Cell) -> str | None:
     """On first use per device, dtype and cell, runs the fused CUDA kernel on a small
     problem against the reference (gru_torch.selfcheck); returns what mismatched, or
     None. Other devices (the CPU op, the emulator) are checked by the test suite."""
@@ -74,6 +89,7 @@ def self_check_failure(device: torch.device, dtype: torch.dtype, reset_after: bo
         return None
     from . import selfcheck
 
+    reset_after = cell.reset_after
     index = device.index if device.index is not None else torch.cuda.current_device()
     key = (index, dtype, reset_after, selfcheck.tf32_enabled())
     if key not in _self_checked and torch.compiler.is_compiling():
@@ -184,3 +200,20 @@ def gru_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tenso
         else torch.ops.gru_torch.gru_layer
     out, h_n, _ = op(input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, reset_after, need_reserve)
     return out, h_n
+
+
+def rnn_layer(cell: Cell, input: Tensor, hx: Tensor, cx: Tensor | None, w_ih: Tensor,
+              w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, w_hr: Tensor | None,
+              input_mask: Tensor | None, recurrent_mask: Tensor | None,
+              lengths: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One layer of `cell` on the fused op, with gru_torch.reference.rnn_layer_reference's
+    arguments and results."""
+    per_gate = any(m is not None and m.shape[2] > 1 for m in (input_mask, recurrent_mask))
+    why = cell_reason(cell, input_mask is not None or recurrent_mask is not None,
+                      "per_gate" if per_gate else "shared", input_mask is not None,
+                      w_hr is not None)
+    if why:
+        raise RuntimeError(f"gru_torch: the fused op cannot run this layer: {why}")
+    mask = None if recurrent_mask is None else recurrent_mask.squeeze(2)
+    out, h_n = gru_layer(input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, cell.reset_after)
+    return out, h_n, None

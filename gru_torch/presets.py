@@ -2,7 +2,17 @@
 
 Each model has exactly the Keras model's parameter count (`keras_params`) and starts from
 Keras's default initializers (`init="keras"`); `reported` is the test accuracy the notebook
-reported, where it did.
+reported, where it did. Each computes what its notebook's Keras ran, read from Keras's
+source (docs/keras-semantics.md has the versions and lines):
+
+- A, B, D: standalone Keras 2 (GRU reset_after=False, the parameter counts say so) before
+  2.3, whose GRU and LSTM gates were `hard_sigmoid`, Keras 2's clip(0.2x + 0.5, 0, 1).
+  A's dropout ran in GRUCell's default implementation 1 there: one input mask and one
+  recurrent mask per gate, drawn once per batch, the update's z * h_prev unmasked.
+- C: tf.keras 2: sigmoid gates, reset_after=True, no dropout.
+- E: tf.keras 2 (TensorFlow 2.1 or later): `recurrent_dropout > 0` switches GRUCell and
+  LSTMCell to implementation 1, so both `dropout` and `recurrent_dropout` draw one mask
+  per gate, and the GRU applies its recurrent masks as the LSTMs do.
 """
 from __future__ import annotations
 
@@ -35,42 +45,43 @@ def _c(name, cell, H, params, reported):
                   num_words=10000, maxlen=200, keras_params=params, reported=reported)
 
 
-# tf.keras's GRUCell (implementation 2, its default) draws a recurrent-dropout mask and never
-# applies it, so notebook E's GRU trained without recurrent dropout; its LSTMs applied theirs.
-_TF_KERAS_GRU_NOTE = "recurrent_dropout=0.2 as written, but tf.keras's GRU never applied it"
+# Keras 2 before 2.3 (notebooks A, B, D): hard sigmoid gates (Keras 2's)
+_KERAS_22 = dict(reset_after=False, recurrent_activation="hard_sigmoid_keras2")
+_PER_GATE_NOTE = "dropout and recurrent_dropout with one mask per gate (Keras's implementation 1)"
 
 
 def _e(name, cell, bidirectional, params, reported):
-    gru = cell == "gru"
     return Preset(name, "E", ModelConfig(vocab_size=10000, embed_dim=100, cell=cell,
                                          hidden=[32, 32], bidirectional=bidirectional,
-                                         dropout=0.5, recurrent_dropout=0.0 if gru else 0.2,
-                                         head_dropout=0.5, init="keras"),
+                                         dropout=0.5, recurrent_dropout=0.2,
+                                         dropout_masks="per_gate", head_dropout=0.5, init="keras"),
                   num_words=10000, maxlen=500, optimizer="rmsprop", batch_size=512, epochs=5,
-                  keras_params=params, reported=reported, note=_TF_KERAS_GRU_NOTE if gru else "")
+                  keras_params=params, reported=reported, note=_PER_GATE_NOTE)
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("gru100-recdrop", "A",
            ModelConfig(vocab_size=1000, embed_dim=50, embed_dropout=0.2, hidden=[100],
-                       dropout=0.2, recurrent_dropout=0.2, reset_after=False, head=[250],
-                       head_dropout=0.2, init="keras"),
+                       dropout=0.2, recurrent_dropout=0.2, dropout_masks="per_gate", head=[250],
+                       head_dropout=0.2, init="keras", **_KERAS_22),
            num_words=1000, maxlen=200, batch_size=512, epochs=100,
-           early_stopping={"monitor": "val_accuracy", "patience": 3}, keras_params=120801),
+           early_stopping={"monitor": "val_accuracy", "patience": 3}, keras_params=120801,
+           note="Keras 2.2: hard_sigmoid gates; " + _PER_GATE_NOTE),
     Preset("gru50-rawids", "B",
-           ModelConfig(vocab_size=30000, input_mode="raw", hidden=[50, 1], reset_after=False,
-                       logit=False, init="keras"),
+           ModelConfig(vocab_size=30000, input_mode="raw", hidden=[50, 1], logit=False,
+                       init="keras", **_KERAS_22),
            num_words=30000, maxlen=300, padding="post", batch_size=100, epochs=10,
            validation_split=0.0, keras_params=7956,
-           note="raw word ids as one float feature, and a tanh state read as a probability"),
+           note="raw word ids as one float feature, and a tanh state read as a probability; "
+                "Keras 2.2: hard_sigmoid gates"),
     _c("rnn128", "rnn", 128, 1313025, 0.7497),
     _c("lstm128", "lstm", 128, 1411713, 0.8518),
     _c("gru128", "gru", 128, 1379201, 0.8608),
     Preset("gru32-onehot", "D",
-           ModelConfig(vocab_size=10000, input_mode="onehot", hidden=[32], reset_after=False,
-                       init="keras"),
+           ModelConfig(vocab_size=10000, input_mode="onehot", hidden=[32], init="keras",
+                       **_KERAS_22),
            num_words=10000, maxlen=500, batch_size=32, epochs=5, validation_split=0.0,
-           keras_params=963201),
+           keras_params=963201, note="Keras 2 before 2.3: hard_sigmoid gates"),
     _e("lstm32x2", "lstm", False, 1025377, 0.8558),
     _e("gru32x2", "gru", False, 1019233, 0.8410),
     _e("bilstm32x2", "lstm", True, 1058945, 0.8671),

@@ -345,7 +345,7 @@ def skip_reason(name: str, shape: Shape, args: argparse.Namespace, device: torch
     name = base_backend(name)
     if name == "fused":
         why = fused_unavailable(device, dtype)
-        failed = None if why else ops.self_check_failure(device, dtype, True)
+        failed = None if why else ops.self_check_failure(device, dtype, gru_torch.cellspec.Cell())
         return why or (f"the fused kernel failed its self-check: {failed}" if failed else None)
     if name == "onnxruntime":
         if args.recurrent_dropout:

@@ -28,15 +28,18 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from gru_torch import backends, presets  # noqa: E402
+from gru_torch.rnn_base import RNNBase  # noqa: E402
 
 PRESETS = ("gru128", "gru100-recdrop", "gru32x2")
 
 
 def baseline(name: str) -> str:
-    """nn.GRU where it can express the preset's model in training, else the reference."""
-    m = presets.get(name).model
-    cfg = backends.Config(torch.device("cpu"), torch.float32, m.reset_after, m.recurrent_dropout > 0)
-    return "cudnn" if backends.cudnn_reason(cfg) is None else "reference"
+    """torch.nn's kernel where it can express the preset's model in training, else the
+    reference loop."""
+    model = presets.build(name)
+    layers = [m for m in model.modules() if isinstance(m, RNNBase)]
+    ok = all(backends.nn_reason(m.training_config(torch.device("cpu"))) is None for m in layers)
+    return "cudnn" if ok else "reference"
 
 
 def run(name: str, backend: str, args, out: Path) -> dict:
@@ -50,7 +53,7 @@ def run(name: str, backend: str, args, out: Path) -> dict:
     history = json.loads((out / "history.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
     return {"epoch_seconds": [r["seconds"] for r in history], "run_seconds": round(seconds, 1),
-            "gru_backend": metrics.get("gru_backend")}
+            "recurrent_backend": metrics.get("recurrent_backend")}
 
 
 def main(argv=None) -> int:

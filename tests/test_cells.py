@@ -427,7 +427,7 @@ def test_recurrent_mask_statistics(p, bidirectional):
                         backend="reference").train()
     D = 2 if bidirectional else 1
     like = torch.zeros(1, Bm, I, dtype=DT)
-    mask = gru._recurrent_masks(Bm, like)
+    mask = gru._masks(Bm, I, like)[1].squeeze(2)  # [D, B, 1, H]: one mask for every gate
     assert mask.shape == (D, Bm, H) and mask.dtype == DT
     values = torch.unique(mask)
     assert values.tolist() == pytest.approx([0.0, 1.0 / keep])
@@ -455,10 +455,10 @@ def test_recurrent_mask_statistics(p, bidirectional):
 def test_recurrent_mask_absent_when_inactive():
     like = torch.zeros(T, B, I, dtype=DT)
     g = gru_torch.GRU(I, H, recurrent_dropout=0.5, dtype=DT)
-    assert g.eval()._recurrent_masks(B, like) is None
-    assert g.train()._recurrent_masks(B, like) is not None
+    assert g.eval()._masks(B, I, like) == (None, None)
+    assert g.train()._masks(B, I, like)[1] is not None
     g0 = gru_torch.GRU(I, H, recurrent_dropout=0.0, dtype=DT).train()
-    assert g0._recurrent_masks(B, like) is None
+    assert g0._masks(B, I, like) == (None, None)
 
 
 # ------------------------------------------------- backend choice with recurrent dropout

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import gru_torch
+from gru_torch.cellspec import Cell
 from gru_torch import ops, selfcheck, testing
 from gru_torch.selfcheck import Problem
 
@@ -235,13 +236,13 @@ def test_failed_self_check_falls_back_with_one_warning(monkeypatch, clear_warned
     monkeypatch.setattr(selfcheck, "self_check", lambda fn, device, dtype, ra: "d_w_hh: max error 3 > allowed 0.1")
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     cuda = torch.device("cuda", 0)
-    cfg = backends.Config(cuda, torch.float32, True, False)
+    cfg = backends.Config(cuda, torch.float32, Cell("gru", True), False)
     assert backends.resolve("fused", cfg) == "cudnn"
     assert backends.resolve("fused", cfg) == "cudnn"
-    keras_cfg = backends.Config(cuda, torch.float32, False, False)
+    keras_cfg = backends.Config(cuda, torch.float32, Cell("gru", False), False)
     assert backends.resolve("auto", keras_cfg) == "reference"
     warnings = gru_warnings()
-    assert len([w for w in warnings if "self-check" in w and "reset_after=True" in w]) == 1
+    assert len([w for w in warnings if "self-check" in w and "(float32, GRU)" in w]) == 1
     assert any("d_w_hh: max error 3" in w for w in warnings)
 
 
@@ -249,9 +250,9 @@ def test_auto_on_a_gpu_prefers_cudnn_where_it_can(monkeypatch):
     from gru_torch import backends
 
     monkeypatch.setattr(ops, "unsupported_reason", lambda device, dtype: None)
-    monkeypatch.setattr(ops, "self_check_failure", lambda device, dtype, ra: None)
+    monkeypatch.setattr(ops, "self_check_failure", lambda device, dtype, cell: None)
     cuda = torch.device("cuda", 0)
-    assert backends.resolve("auto", backends.Config(cuda, torch.float32, True, False)) == "cudnn"
-    assert backends.resolve("auto", backends.Config(cuda, torch.float32, False, False)) == "fused"
-    assert backends.resolve("auto", backends.Config(cuda, torch.float32, True, True)) == "fused"
-    assert backends.resolve("fused", backends.Config(cuda, torch.float32, True, False)) == "fused"
+    assert backends.resolve("auto", backends.Config(cuda, torch.float32, Cell("gru", True), False)) == "cudnn"
+    assert backends.resolve("auto", backends.Config(cuda, torch.float32, Cell("gru", False), False)) == "fused"
+    assert backends.resolve("auto", backends.Config(cuda, torch.float32, Cell("gru", True), True)) == "fused"
+    assert backends.resolve("fused", backends.Config(cuda, torch.float32, Cell("gru", True), False)) == "fused"

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from gru_torch import GRU, initializers, presets
-from gru_torch.keras_rnn import KerasRecurrent
+import gru_torch
 from gru_torch.models import ModelConfig, SentimentClassifier
 
 
@@ -41,7 +41,7 @@ def test_unit_forget_bias_slices_and_checks_shape():
 
 
 @pytest.mark.parametrize("make", [
-    lambda: KerasRecurrent("lstm", 10, 8, num_layers=2, bidirectional=True),
+    lambda: gru_torch.LSTM(10, 8, num_layers=2, bidirectional=True, single_bias=True),
     lambda: nn.LSTM(10, 8, num_layers=2, bidirectional=True),
 ])
 def test_lstm_gets_a_forget_bias_of_one_in_total(make):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from gru_torch import presets
-from gru_torch.keras_rnn import KerasRecurrent
+import gru_torch
 from gru_torch.models import ModelConfig, SentimentClassifier
 
 
@@ -40,25 +40,6 @@ def test_state_read_at_each_rows_length(cell, bidirectional):
     padded = torch.cat([ids[:, :4], torch.zeros(2, 3, dtype=torch.long)], dim=1)
     post = model(padded, torch.tensor([4, 4]))
     torch.testing.assert_close(post, short)
-
-
-@pytest.mark.parametrize("cell", ["lstm", "rnn"])
-def test_recurrent_dropout_loop_matches_kernel_without_dropout(cell):
-    """Outputs, final states and every gradient of the loop equal the ATen kernel's."""
-    torch.manual_seed(0)
-    m = KerasRecurrent(cell, 4, 6, num_layers=2, bidirectional=True, recurrent_dropout=0.3).double()
-    lengths = torch.tensor([5, 2, 4])
-    results = []
-    for training in (False, True):  # kernel, then the loop with masks of ~1
-        m.recurrent_dropout, m.training = (1e-12 if training else 0.3), training
-        x = torch.randn(3, 5, 4, dtype=torch.double, generator=torch.Generator().manual_seed(1),
-                        requires_grad=True)
-        out, h_n = m(x, lengths)
-        w = torch.randn(out.shape, dtype=torch.double, generator=torch.Generator().manual_seed(2))
-        grads = torch.autograd.grad((out * w).sum() + h_n.sum(), [x, *m.parameters()])
-        results.append((out, h_n, *grads))
-    for loop, kernel in zip(results[1], results[0]):
-        torch.testing.assert_close(loop, kernel)
 
 
 def test_bad_token_ids_and_shapes():
