@@ -5,10 +5,12 @@ from .backends import BACKENDS
 from .cell import GRUCell, LSTMCell, RNNCell
 from .denormals import flush_denormal
 from .gru import GRU
+from .keras_import import KerasLayer, from_keras
 from .lstm import LSTM
 from .reference import gru_layer_reference, rnn_layer_reference
 from .rnn import RNN
 
-__all__ = ["GRU", "LSTM", "RNN", "GRUCell", "LSTMCell", "RNNCell", "BACKENDS",
-           "extension_status", "flush_denormal", "gru_layer_reference", "rnn_layer_reference"]
+__all__ = ["GRU", "LSTM", "RNN", "GRUCell", "LSTMCell", "RNNCell", "BACKENDS", "KerasLayer",
+           "extension_status", "flush_denormal", "from_keras", "gru_layer_reference",
+           "rnn_layer_reference"]
 __version__ = "0.1.0"
