@@ -97,7 +97,7 @@ def dropout_semantics(kind: str, config: dict, version: KerasVersion | None) -> 
             "version (one mask per gate or one for all; Keras 3 before 3.8 and Keras 2's "
             "implementation 2 also drop the GRU's update term); pass keras_version=")
     if kind == "rnn":  # one mask each, in every version
-        if version.major == 3 and version < (3, 2, 0):
+        if version.major == 3 and version < (3, 2, 0) and rd > 0:
             rd = d  # Keras 3.0-3.1 drew the recurrent mask with the input rate
         return Dropout("shared", d, rd)
     if version.major == 3:
@@ -205,7 +205,7 @@ class KerasLayer(nn.Module):
 
     def __init__(self, rnn: RNNBase, *, return_sequences: bool = False,
                  return_state: bool = False, go_backwards: bool = False,
-                 merge_mode: str | None = "concat", zero_output_for_mask: bool = False,
+                 merge_mode: str | None = "concat", zero_output_for_mask: bool | None = False,
                  step_dropout: float = 0.0) -> None:
         super().__init__()
         self.rnn = rnn
@@ -242,8 +242,18 @@ class KerasLayer(nn.Module):
         if self.go_backwards and lengths is not None:
             # Keras reverses the whole padded sequence: a row's steps come last
             out = _shift_right(out, T - lengths)
-        if lengths is not None and not self.zero_output_for_mask and self.return_sequences:
-            out = _carry_last(out, lengths, before=self.go_backwards, T=T)
+        if lengths is not None and self.return_sequences and not self.zero_output_for_mask:
+            if self.zero_output_for_mask is None:
+                raise KerasConfigError(
+                    "a mask on a Bidirectional with return_sequences: standalone Keras 2 "
+                    "repeats the last output at masked steps, tf.keras and Keras 3 give "
+                    "zeros; pass keras_version= to from_keras to say which")
+            if self.bidirectional:  # the forward layer's half only (standalone Keras 2)
+                H = out.shape[-1] // 2
+                out = torch.cat([_carry_last(out[..., :H], lengths, before=False, T=T),
+                                 out[..., H:]], dim=-1)
+            else:
+                out = _carry_last(out, lengths, before=self.go_backwards, T=T)
         D = self.rnn.num_directions
         states = [h_n[-D + d] for d in range(D)]
         cells = [] if c_n is None else [c_n[-D + d] for d in range(D)]
@@ -404,9 +414,12 @@ def from_keras(layer_or_config, weights=None, *, keras_version=None) -> KerasLay
                                "direction of a Bidirectional separately; gru_torch's two "
                                "directions read one input")
     module = _build(kind, config, version, dropout, bidirectional, weights)
-    # Keras's Bidirectional gives its layers zero outputs at masked steps
-    zero_masked = bool(config.get("zero_output_for_mask", False)) or (
-        bidirectional and bool(config.get("return_sequences")))
+    # tf.keras's and Keras 3's Bidirectional give their layers zero outputs at masked steps;
+    # standalone Keras 2's repeats the forward layer's last output (the backward layer's
+    # masked steps come first, before any output, and stay zero)
+    zero_masked = bool(config.get("zero_output_for_mask", False))
+    if not zero_masked and bidirectional and config.get("return_sequences"):
+        zero_masked = None if version is None else (version.major == 3 or version.tf_keras)
     return KerasLayer(module, return_sequences=bool(config.get("return_sequences", False)),
                       return_state=bool(config.get("return_state", False)),
                       go_backwards=bool(config.get("go_backwards", False)) and not bidirectional,

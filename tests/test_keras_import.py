@@ -202,6 +202,8 @@ def version(text):
     # Keras 3.0/3.1 drew the recurrent mask at `dropout`'s rate
     ("lstm", {"dropout": .1, "recurrent_dropout": .4}, "3.1.0", Dropout("shared", .1, .1)),
     ("rnn", {"dropout": .1, "recurrent_dropout": .4}, "3.15.1", Dropout("shared", .1, .4)),
+    ("rnn", {"dropout": .1, "recurrent_dropout": .4}, "3.1.0", Dropout("shared", .1, .1)),
+    ("rnn", {"dropout": .1}, "3.1.0", Dropout("shared", .1, 0.0)),  # no recurrent mask drawn
     ("gru", {}, None, Dropout()),
 ])
 def test_dropout_semantics_by_version(kind, config, ver, want):
@@ -287,3 +289,30 @@ def test_masks_gru_torch_cannot_run_are_refused():
         module(x, mask=torch.tensor([[False] * 4, [True] * 4]))
     with pytest.raises(ValueError, match=r"\[batch, time\]"):
         module(x, mask=torch.ones(2, 3, dtype=torch.bool))
+
+
+def _bigru_config(**extra):
+    inner = {"class_name": "GRU", "config": {"units": 3, "return_sequences": True,
+                                             "reset_after": False, **extra}}
+    return {"class_name": "Bidirectional", "config": {"layer": inner, "merge_mode": "concat"}}
+
+
+def test_bidirectional_masked_steps_follow_the_keras_version():
+    """tf.keras and Keras 3 zero a Bidirectional's outputs at masked steps; standalone
+    Keras 2 repeats the forward layer's last output there (the backward layer's stay 0)."""
+    torch.manual_seed(0)
+    weights = [np.random.RandomState(i).randn(*s).astype(np.float32) * 0.5
+               for i, s in enumerate([(2, 9), (3, 9), (9,)] * 2)]
+    x = torch.randn(2, 5, 2)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    from_keras = gru_torch.from_keras
+    tf_keras_like = from_keras(_bigru_config(), weights, keras_version="2.15.0")(x, mask)
+    keras22 = from_keras(_bigru_config(), weights, keras_version="2.2.4")(x, mask)
+    torch.testing.assert_close(keras22[0], tf_keras_like[0])       # unmasked row: the same
+    torch.testing.assert_close(keras22[1, :2], tf_keras_like[1, :2])
+    assert torch.all(tf_keras_like[1, 2:] == 0)
+    assert torch.all(keras22[1, 2:, 3:] == 0)                      # backward half: zeros
+    torch.testing.assert_close(keras22[1, 2:, :3], keras22[1, 1, :3].expand(3, 3))
+    with pytest.raises(KerasConfigError, match="keras_version"):
+        from_keras(_bigru_config(), weights)(x, mask)
+    from_keras(_bigru_config(), weights)(x)                        # no mask: no ambiguity
