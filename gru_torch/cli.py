@@ -369,7 +369,7 @@ def _export(argv) -> int:
     from . import export
 
     ap = _Parser(description="Export a trained checkpoint for deployment: ONNX, with ONNX's "
-                             "own GRU operator, and/or a torch.export program.")
+                             "own GRU, LSTM and RNN operators, and/or a torch.export program.")
     ap.add_argument("--checkpoint", required=True, type=Path)
     ap.add_argument("--onnx", type=Path, help="write an ONNX file (and its vocabulary beside "
                                               "it, as .vocab.json)")
@@ -388,8 +388,8 @@ def _export(argv) -> int:
         program = export.export_program(model, inputs, dims)
         args.pt2.parent.mkdir(parents=True, exist_ok=True)
         torch.export.save(program, args.pt2)
-        print(f"wrote {args.pt2}: torch.export program (torch.export.load it; run its module() "
-              "under torch.no_grad() with gru_torch imported)")
+        print(f"wrote {args.pt2}: torch.export program (gru_torch.export.load_program loads it; "
+              "run its module() under torch.no_grad())")
     if args.onnx is not None:
         export.to_onnx(model, inputs, args.onnx, dims, names, ["logits"])
         vocab_path = args.onnx.with_suffix(".vocab.json")

@@ -107,13 +107,20 @@ def test_torch_export_of_a_model_holding_gru():
         torch.testing.assert_close(g, w, rtol=0, atol=1e-6)
 
 
-def test_only_gru_layers_export():
-    lstm = SentimentClassifier(ModelConfig(vocab_size=20, embed_dim=4, cell="lstm", hidden=[3]))
-    with pytest.raises(export.ExportError, match="gru_torch.GRU layers only"):
-        export.export_program(lstm, export.classifier_inputs(lstm)[0])
+def test_a_gru_the_fused_op_does_not_run_exports_through_export_layer():
+    """backend='reference' (or a cell, device or dtype the fused op lacks): the layer is
+    recorded as gru_torch::export_layer, which ONNX maps the same way."""
+    torch.manual_seed(4)
     ref = nn.Sequential(gru_torch.GRU(3, 4, backend="reference"))
-    with pytest.raises(export.ExportError, match="backend='reference'"):
-        export.export_program(ref, (torch.randn(5, 2, 3),))
+    x = torch.randn(5, 2, 3)
+    program = export.export_program(ref, (x,))
+    targets = {n.target for n in program.graph.nodes}
+    assert torch.ops.gru_torch.export_layer.default in targets
+    assert torch.ops.gru_torch.gru_layer.default not in targets
+    with torch.no_grad():
+        got, want = program.module()(x), ref(x)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-6)
 
 
 def test_export_script(tmp_path):
