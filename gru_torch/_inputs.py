@@ -76,9 +76,10 @@ class Call:
     lengths: Tensor | None        # CPU int64 [B]
     restore: Restore
     cx: Tensor | None = None      # an LSTM's [L*D, B, H]
-    # Under autocast nn.GRU takes an input or state of another dtype than its weights
-    # and lets its kernel cast; gru_torch then runs that kernel too.
-    autocast_mixed: bool = False
+    # An input or state of another dtype than the weights, which nn's module leaves to
+    # its kernel (to cast, or to reject in its own way): under autocast, and an LSTM's
+    # (h0, c0) always (nn.LSTM checks no state's dtype). gru_torch then runs that kernel too.
+    mixed_dtypes: bool = False
 
 
 def _check_lengths(lengths, T: int, B: int) -> Tensor:
@@ -176,6 +177,13 @@ def _check_devices(x: Tensor, states, weight: Tensor) -> None:
                                f"input tensor at {x.device} and hidden tensor at {t.device}")
 
 
+def _check_two_states(hx) -> None:
+    """at::lstm's first check: an LSTM's hx holds exactly (h0, c0)."""
+    if len(hx) != 2:
+        raise RuntimeError(f"lstm expects two hidden states (hx must be a tuple (h_0, c_0), "
+                           f"got {len(hx)} tensors)")
+
+
 def _split_state(hx, spec: Spec):
     """(h0, c0) from an LSTM's hx, read as nn.LSTM reads it (hx[0], hx[1]); (hx, None)
     for the others."""
@@ -190,14 +198,18 @@ def _split_state(hx, spec: Spec):
 def _normalize_packed(input: PackedSequence, hx, spec: Spec, restore: Restore):
     data, batch_sizes, sorted_indices, unsorted_indices = input
     expected = spec.expected_hidden(int(batch_sizes[0]))
-    if spec.has_c and hx is not None:
+    if spec.has_c:
         try:
             h0, c0 = _split_state(hx, spec)
-            h0, c0 = (h0, c0) if sorted_indices is None else (
-                _sorted_hx(h0, sorted_indices, expected),
-                _sorted_hx(c0, sorted_indices, spec.expected_hidden(expected[1], spec.cell_size)))
+            if hx is not None and sorted_indices is None:
+                _check_two_states(hx)  # (nn.LSTM re-packs a pair when it sorts the rows)
+            if hx is not None and sorted_indices is not None:
+                h0, c0 = (_sorted_hx(h0, sorted_indices, expected),
+                          _sorted_hx(c0, sorted_indices,
+                                     spec.expected_hidden(expected[1], spec.cell_size)))
             _check_input(data, 2, spec)
-            _check_hidden(h0, c0, expected[1], spec)
+            if hx is not None:
+                _check_hidden(h0, c0, expected[1], spec)
         except (RuntimeError, TypeError, IndexError, ValueError, AttributeError) as e:
             # nn.LSTM checks nothing of a packed call in Python: its kernel's error is nn's
             raise PackedDeviceError(str(e)) from None
@@ -246,6 +258,8 @@ def _normalize_padded(input, hx, spec: Spec, restore: Restore):
     _check_input(input, 3, spec)
     if h0 is not None:
         _check_hidden(h0, c0, input.size(batch_dim), spec)
+        if spec.has_c:
+            _check_two_states(hx)
     x = input.transpose(0, 1) if spec.batch_first else input
     _check_devices(x, (h0, c0), spec.weight)
     if x.shape[0] == 0:
@@ -269,10 +283,10 @@ def normalize(input, hx, lengths, spec: Spec) -> Call:
     weight_dtype = spec.weight.dtype
     states = [t for t in (h0, c0) if t is not None]
     mixed = x.dtype != weight_dtype or any(t.dtype != weight_dtype for t in states)
-    if mixed and not torch._C._is_any_autocast_enabled():
+    if mixed and not torch._C._is_any_autocast_enabled() and not spec.has_c:
         # only a state can differ here: check_input has caught the input
         bad = next(t for t in states if t.dtype != weight_dtype)
         raise RuntimeError(f"{_checks.linear_error(bad, spec.weight, spec.bias)} (hx dtype "
                            f"{bad.dtype} does not match the {spec.name}'s parameters, "
                            f"{weight_dtype})")
-    return Call(x, h0, lengths, restore, cx=c0, autocast_mixed=mixed)
+    return Call(x, h0, lengths, restore, cx=c0, mixed_dtypes=mixed)

@@ -92,8 +92,11 @@ def nn_reason(cfg: Config) -> str | None:
 
 def fused_reason(cfg: Config) -> str | None:
     """Why the fused op cannot run cfg, or None when it can."""
-    return ops.unsupported_reason(cfg.device, cfg.dtype) or ops.cell_reason(
-        cfg.cell, cfg.dropout_active, cfg.masks, cfg.input_dropout, cfg.proj)
+    cell_why = ops.cell_reason(cfg.cell, cfg.dropout_active, cfg.masks, cfg.input_dropout,
+                               cfg.proj)
+    if cfg.device.type == "meta" and _ext.status().loaded:
+        return cell_why  # meta tensors carry shapes only: the op's fake kernel gives any dtype's
+    return ops.unsupported_reason(cfg.device, cfg.dtype) or cell_why
 
 
 def _fallback(cfg: Config, cudnn_why: str | None) -> str:
@@ -109,8 +112,7 @@ def resolve(requested: str, cfg: Config) -> str:
     until GPU timings say otherwise. The first fused use per device, dtype and cell
     runs a self-check against the reference; a kernel that fails it is not used: the
     process warns once, naming the mismatch, and falls back."""
-    if cfg.device.type == "meta" and requested in ("auto", "fused") and _ext.status().loaded:
-        # Meta tensors carry shapes only, which the op's fake kernel gives for any dtype.
+    if cfg.device.type == "meta" and requested in ("auto", "fused") and fused_reason(cfg) is None:
         return "fused"
     if cfg.transform:
         if requested == "fused" and not cfg.transform.fused_can_run:

@@ -147,8 +147,10 @@ class RNNCellBase(nn.Module):
                                                             for s in states]
         elsewhere = any(x.device != w.device for x, w, _ in pairs)
         cast = torch._C._is_any_autocast_enabled() and any(x.dtype != w.dtype for x, w, _ in pairs)
+        # c meets no weight in nn's LSTM cell: its dtype is the kernel's to promote or refuse
+        c_cast = cx is not None and cx.dtype != self.weight_hh.dtype
         nn_why = self.cell.nn_reason()
-        if (elsewhere or cast) and nn_why is None and self._two_biases:
+        if (elsewhere or cast or c_cast) and nn_why is None and self._two_biases:
             return True
         if cast and not elsewhere:
             raise ValueError(f"under autocast gru_torch runs an input or hx of another dtype than "
@@ -370,6 +372,12 @@ class LSTMCell(RNNCellBase):
             hx = (zeros, zeros)
         elif not batched:
             hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        elif not isinstance(hx, (tuple, list)):  # nn hands it to its kernel, which refuses it
+            try:
+                torch._VF.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
+                                    self.bias_hh)
+            except TypeError as e:
+                _checks.reraise(e, "hx must be a tuple (h, c) of tensors")
         if len(hx) != 2:
             raise RuntimeError(f"lstm_cell expects two hidden states (got {len(hx)})")
         h, c = self._forward(input, hx[0], hx[1], recurrent_mask, batched)

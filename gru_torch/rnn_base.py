@@ -63,7 +63,9 @@ class RNNBase(nn.Module):
         self.backend = backend
         _ext.status()  # find (or JIT-build) the op now, not inside a traced forward
         factory = {"device": device, "dtype": dtype}
-        G = self.cell.gates * hidden_size
+        # nn's arithmetic: an RNN's gate size is hidden_size itself (a bool stays one, and
+        # torch.empty refuses it as nn's does)
+        G = hidden_size if self.cell.gates == 1 else self.cell.gates * hidden_size
         P = proj_size if proj_size > 0 else hidden_size
         self._flat_weights_names: list[str] = []
         self._all_weights: list[list[str]] = []  # [layer * num_directions + direction] -> names
@@ -196,12 +198,18 @@ class RNNBase(nn.Module):
 
     def _choose_backend(self, call: _inputs.Call) -> str:
         cfg = self._config(call)
-        if not call.autocast_mixed:
+        if not call.mixed_dtypes:
             return backends.resolve(self.backend, cfg)
         why = backends.nn_reason(cfg)
         if why:
-            weight_dtype = getattr(self, self._flat_weights_names[0]).dtype
-            raise ValueError(f"{_checks.input_dtype_message(call.x.dtype, weight_dtype)} "
+            weight = getattr(self, self._flat_weights_names[0])
+            if not torch._C._is_any_autocast_enabled():  # an LSTM's state
+                bad = next(t for t in (call.hx, call.cx)
+                           if t is not None and t.dtype != weight.dtype)
+                raise RuntimeError(f"{_checks.linear_error(bad, weight, self.bias)} (hx dtype "
+                                   f"{bad.dtype} does not match the {self._name}'s parameters, "
+                                   f"{weight.dtype}, and {why})")
+            raise ValueError(f"{_checks.input_dtype_message(call.x.dtype, weight.dtype)} "
                              f"(under autocast gru_torch runs an input or hx of another dtype "
                              f"than the weights through {cfg.nn_name}'s kernel, and {why})")
         return "cudnn"

@@ -1,6 +1,8 @@
 #!/usr/bin/env python
-"""Seconds per training epoch of GRU presets, the fused op against nn.GRU where nn.GRU can
-express the preset and against the reference loop where it cannot.
+"""Seconds per training epoch of every preset: the fused op against torch.nn's kernel where
+torch.nn can express the preset and against the reference loop where it cannot. A preset
+the fused op cannot run yet (an LSTM or a SimpleRNN) is timed once, on the backend that
+`backend="auto"` picks for it.
 
   python scripts/epoch_seconds.py --data ../shared/data/aclImdb_v1-text.tar.gz
   python scripts/epoch_seconds.py --data ... --only gru128 --epochs 2 --rounds 2
@@ -9,7 +11,7 @@ Each run is `scripts/train.py --preset NAME --backend B --epochs N` in its own p
 backends taking turns within a round. An epoch's seconds are train.py's: the training
 batches from the in-memory dataset through the optimizer step (validation and the test
 evaluation are not in them); "run s" is the whole process, data loading from the token
-cache and the test evaluation included. The table goes to
+cache and the test evaluation included. The table, headed by the CPU's model name, goes to
 benchmarks/results/epoch-seconds-<machine>.md and .json.
 """
 from __future__ import annotations
@@ -30,16 +32,36 @@ sys.path.insert(0, str(ROOT))
 from gru_torch import backends, presets  # noqa: E402
 from gru_torch.rnn_base import RNNBase  # noqa: E402
 
-PRESETS = ("gru128", "gru100-recdrop", "gru32x2")
+PRESETS = tuple(presets.PRESETS)
+NAMES = {"fused": "fused", "cudnn": "torch.nn", "reference": "reference", "auto": "auto"}
+
+
+def _layers(name: str) -> list:
+    return [m for m in presets.build(name).modules() if isinstance(m, RNNBase)]
 
 
 def baseline(name: str) -> str:
     """torch.nn's kernel where it can express the preset's model in training, else the
     reference loop."""
-    model = presets.build(name)
-    layers = [m for m in model.modules() if isinstance(m, RNNBase)]
-    ok = all(backends.nn_reason(m.training_config(torch.device("cpu"))) is None for m in layers)
+    ok = all(backends.nn_reason(m.training_config(torch.device("cpu"))) is None
+             for m in _layers(name))
     return "cudnn" if ok else "reference"
+
+
+def fused_runs(name: str) -> bool:
+    """Whether the fused op runs every recurrent layer of the preset in training."""
+    return all(backends.fused_reason(m.training_config(torch.device("cpu"))) is None
+               for m in _layers(name))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def run(name: str, backend: str, args, out: Path) -> dict:
@@ -59,7 +81,7 @@ def run(name: str, backend: str, args, out: Path) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="IMDB archive or folder")
-    ap.add_argument("--only", nargs="*", choices=PRESETS, help="presets (default: all three)")
+    ap.add_argument("--only", nargs="*", choices=PRESETS, help="presets (default: all)")
     ap.add_argument("--epochs", type=int, default=1, help="epochs per run (default 1)")
     ap.add_argument("--rounds", type=int, default=1, help="runs per backend (default 1)")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "epoch-seconds")
@@ -71,33 +93,52 @@ def main(argv=None) -> int:
         ap.error("--epochs and --rounds must be >= 1")
     rows = []
     for name in args.only or PRESETS:
-        other = baseline(name)
-        results = {"fused": [], other: []}
+        fused = fused_runs(name)
+        other = baseline(name) if fused else "auto"
+        results = {"fused": [], other: []} if fused else {other: []}
         for r in range(args.rounds):
-            for backend in (["fused", other] if r % 2 == 0 else [other, "fused"]):
+            order = list(results) if r % 2 == 0 else list(results)[::-1]
+            for backend in order:
                 results[backend].append(run(name, backend, args, args.runs / f"{name}-{backend}-{r}"))
-        row = {"preset": name, "baseline": other, "epochs": args.epochs, "rounds": args.rounds}
+        row = {"preset": name, "baseline": other, "epochs": args.epochs, "rounds": args.rounds,
+               "fused_epoch_s": None, "fused_run_s": None, "speedup": None}
         for backend, runs in results.items():
             key = "fused" if backend == "fused" else "baseline"
             row[f"{key}_epoch_s"] = statistics.median(s for x in runs for s in x["epoch_seconds"])
             row[f"{key}_run_s"] = statistics.median(x["run_seconds"] for x in runs)
-        row["speedup"] = row["baseline_epoch_s"] / row["fused_epoch_s"]
+            if key == "baseline":
+                row["baseline_ran"] = runs[0]["recurrent_backend"]
+        if fused:
+            row["speedup"] = row["baseline_epoch_s"] / row["fused_epoch_s"]
         rows.append(row)
     res = args.results
     res.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": args.machine, "cpu": platform.processor() or platform.machine(),
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}
+    meta = {"machine": args.machine, "cpu": cpu_model(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "rows": rows}
     (res / f"epoch-seconds-{args.machine}.json").write_text(json.dumps(meta, indent=1) + "\n")
-    names = {"cudnn": "nn.GRU", "reference": "reference"}
-    lines = ["| preset | baseline | fused s/epoch | baseline s/epoch | fused speedup "
-             "| fused run s | baseline run s |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['preset']} | {names[r['baseline']]} | {r['fused_epoch_s']:.1f} | "
-                     f"{r['baseline_epoch_s']:.1f} | {r['speedup']:.2f}x | {r['fused_run_s']:.0f} | "
-                     f"{r['baseline_run_s']:.0f} |")
+    lines = [table(meta)]
     (res / f"epoch-seconds-{args.machine}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
+
+
+def table(meta: dict) -> str:
+    """The Markdown table, headed by the machine it was measured on."""
+    def f(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    lines = [f"{meta['cpu']}, {meta['threads']} threads, torch {meta['torch']}", "",
+             "| preset | baseline | fused s/epoch | baseline s/epoch | fused speedup "
+             "| fused run s | baseline run s |", "|---|---|---|---|---|---|---|"]
+    for r in meta["rows"]:
+        base = NAMES[r["baseline"]]
+        if r["baseline"] == "auto":
+            base += f" ({NAMES.get(r.get('baseline_ran'), r.get('baseline_ran'))})"
+        lines.append(f"| {r['preset']} | {base} | {f(r['fused_epoch_s'], '.1f')} | "
+                     f"{r['baseline_epoch_s']:.1f} | {f(r['speedup'], '.2f')}"
+                     f"{'x' if r['speedup'] else ''} | {f(r['fused_run_s'], '.0f')} | "
+                     f"{r['baseline_run_s']:.0f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,15 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
+import pytest
 import torch
+from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-# Every backend agrees with nn.GRU to ~1e-16 in float64; in float32 the operations run
+import gru_torch
+from conftest import available_backends
+
+# Every backend agrees with nn's module to ~1e-16 in float64; in float32 the operations run
 # in another order, so a few ulps of the state's O(1) values differ.
 ATOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
@@ -113,3 +118,94 @@ def warning_texts(outcome: Outcome, category=Warning) -> list[str]:
     """The warnings an outcome recorded, minus gru_torch's own backend notices."""
     return [str(w.message) for w in outcome.warnings
             if issubclass(w.category, category) and not str(w.message).startswith("gru_torch:")]
+
+
+# ---------------------------------------------------------------- the family
+@dataclass(frozen=True)
+class Family:
+    """One member of the recurrent family beside its torch.nn namesake: the contract
+    suites run every check for each (see LAYERS and CELLS)."""
+    id: str
+    nn_cls: type
+    ours_cls: type
+    kwargs: tuple = ()  # extra constructor arguments, (name, value) pairs
+
+    @property
+    def kw(self) -> dict:
+        return dict(self.kwargs)
+
+    @property
+    def has_c(self) -> bool:
+        """An LSTM's: hx and h_n are (h, c) pairs."""
+        return self.nn_cls in (nn.LSTM, nn.LSTMCell)
+
+    @property
+    def fused(self) -> bool:
+        """Whether the fused op computes this cell (the GRU's alone, so far)."""
+        return self.nn_cls in (nn.GRU, nn.GRUCell)
+
+    @property
+    def proj_size(self) -> int:
+        return self.kw.get("proj_size", 0)
+
+    def h_size(self, hidden_size: int) -> int:
+        """The width of h (and of the output per direction)."""
+        return self.proj_size or hidden_size
+
+    def state(self, make, hidden_size: int):
+        """hx as this family takes it: make(width) for h, and (h, make(H)) for an LSTM."""
+        h = make(self.h_size(hidden_size))
+        return (h, make(hidden_size)) if self.has_c else h
+
+    def backends(self) -> list[str]:
+        """The backends that must give nn's outcome: every one that runs on the CPU for
+        the GRU ("auto" is "fused" there); "reference", "cudnn" and "auto" (which falls
+        back to nn's kernel) for the others, whose forced "fused" raises instead."""
+        return available_backends() if self.fused else ["reference", "cudnn", "auto"]
+
+    def pair(self, *args, backend: str = "auto", seed: int = 0, **kwargs):
+        """nn's module, seeded, and gru_torch's with the same weights."""
+        torch.manual_seed(seed)
+        theirs = self.nn_cls(*args, **self.kw, **kwargs)
+        return theirs, self.ours_cls.from_torch(theirs, backend=backend)
+
+    def __str__(self) -> str:
+        return self.id
+
+
+GRU = Family("GRU", nn.GRU, gru_torch.GRU)
+LSTM = Family("LSTM", nn.LSTM, gru_torch.LSTM)
+LSTM_PROJ = Family("LSTM-proj", nn.LSTM, gru_torch.LSTM, (("proj_size", 2),))
+RNN_TANH = Family("RNN-tanh", nn.RNN, gru_torch.RNN)
+RNN_RELU = Family("RNN-relu", nn.RNN, gru_torch.RNN, (("nonlinearity", "relu"),))
+LAYERS = [GRU, LSTM, LSTM_PROJ, RNN_TANH, RNN_RELU]
+OTHER_LAYERS = LAYERS[1:]  # sampled more sparsely than the GRU where time would add up
+
+GRU_CELL = Family("GRUCell", nn.GRUCell, gru_torch.GRUCell)
+LSTM_CELL = Family("LSTMCell", nn.LSTMCell, gru_torch.LSTMCell)
+RNN_CELL_TANH = Family("RNNCell-tanh", nn.RNNCell, gru_torch.RNNCell)
+RNN_CELL_RELU = Family("RNNCell-relu", nn.RNNCell, gru_torch.RNNCell, (("nonlinearity", "relu"),))
+CELLS = [GRU_CELL, LSTM_CELL, RNN_CELL_TANH, RNN_CELL_RELU]
+LAYER_CELL = {GRU: GRU_CELL, LSTM: LSTM_CELL, LSTM_PROJ: LSTM_CELL, RNN_TANH: RNN_CELL_TANH,
+              RNN_RELU: RNN_CELL_RELU}  # each layer's one step
+
+FUSED_IS_GRU_ONLY = "the fused op computes the GRU cell"  # what forcing it elsewhere says
+
+
+def family_params(families) -> list:
+    return [pytest.param(f, id=f.id) for f in families]
+
+
+# "auto" on a family the fused op does not compute warns once that it falls back
+QUIET_FALLBACK = pytest.mark.filterwarnings("ignore:gru_torch. falling back to")
+
+
+def backend_param(fam: Family, backend: str, *values, id: str) -> pytest.param:
+    """pytest.param(*values) for a run of `fam` on `backend`, "auto"'s notice silenced."""
+    marks = [QUIET_FALLBACK] if backend == "auto" and not fam.fused else []
+    return pytest.param(*values, id=id, marks=marks)
+
+
+def family_backends(families) -> list:
+    """(family, backend) for every backend that must match nn."""
+    return [backend_param(f, b, f, b, id=f"{f.id}-{b}") for f in families for b in f.backends()]

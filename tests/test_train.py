@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from gru_torch import cli, train
+from gru_torch import cli, presets, train
 from gru_torch.data.batching import ReviewBatches
 
 REAL = Path(os.environ.get("GRU_TORCH_TEST_DATA", Path(__file__).resolve().parents[1].parent
@@ -221,22 +221,34 @@ def test_backend_that_cannot_run_the_preset_stops_before_training(tmp_path, cach
 
 
 def test_epoch_seconds_script_times_fused_against_the_right_baseline(tmp_path):
-    """scripts/epoch_seconds.py: presets whose cell or dropout nn.GRU cannot express
-    (gru100-recdrop's Keras 2 cell, gru32x2's per-gate recurrent dropout) are timed
-    against the reference loop, gru128 against nn.GRU; one run on the sample."""
+    """scripts/epoch_seconds.py: every preset; those whose cell or dropout torch.nn cannot
+    express (the Keras 2 hard sigmoid, per-gate masks) are timed against the reference
+    loop, the others against torch.nn's kernel; a preset the fused op cannot run yet is
+    timed once, on what backend="auto" picks. One run on the sample."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import epoch_seconds
+    assert set(epoch_seconds.PRESETS) == set(presets.PRESETS)
     assert {p: epoch_seconds.baseline(p) for p in epoch_seconds.PRESETS} == {
-        "gru128": "cudnn", "gru100-recdrop": "reference", "gru32x2": "reference"}
+        "gru128": "cudnn", "rnn128": "cudnn", "lstm128": "cudnn",
+        "gru100-recdrop": "reference", "gru50-rawids": "reference", "gru32-onehot": "reference",
+        "gru32x2": "reference", "lstm32x2": "reference", "bilstm32x2": "reference"}
+    fused = {p for p in epoch_seconds.PRESETS if epoch_seconds.fused_runs(p)}
+    assert "gru128" in fused and not fused & {"lstm128", "rnn128", "gru100-recdrop"}
     env = {**os.environ, "GRU_TORCH_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "epoch_seconds.py"), "--data", "sample",
-         "--only", "gru128", "--runs", str(tmp_path / "runs"),
+         "--only", "gru128", "rnn128", "--runs", str(tmp_path / "runs"),
          "--results", str(tmp_path / "res"), "--machine", "test"],
         capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    (row,) = json.loads((tmp_path / "res" / "epoch-seconds-test.json").read_text())["rows"]
+    row, auto = json.loads((tmp_path / "res" / "epoch-seconds-test.json").read_text())["rows"]
+    assert auto["preset"] == "rnn128" and auto["baseline"] == "auto"
+    assert auto["fused_epoch_s"] is None and auto["baseline_epoch_s"] > 0
+    assert auto["baseline_ran"] and auto["baseline_ran"] != "fused"
     assert row["preset"] == "gru128" and row["baseline"] == "cudnn"
     assert row["fused_epoch_s"] > 0 and row["baseline_epoch_s"] > 0
     assert row["speedup"] == pytest.approx(row["baseline_epoch_s"] / row["fused_epoch_s"])
-    assert "| gru128 | nn.GRU |" in (tmp_path / "res" / "epoch-seconds-test.md").read_text()
+    table = (tmp_path / "res" / "epoch-seconds-test.md").read_text()
+    assert "| gru128 | torch.nn |" in table and epoch_seconds.cpu_model() in table
+    ran = epoch_seconds.NAMES.get(auto['baseline_ran'], auto['baseline_ran'])
+    assert f"| rnn128 | auto ({ran}) | - |" in table
