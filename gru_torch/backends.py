@@ -39,6 +39,7 @@ class Config:
     masks: str = "shared"            # "shared" or "per_gate" (gru_torch.cellspec)
     input_dropout: bool = False      # Keras's `dropout` (masks on each layer's input)
     proj: bool = False               # an LSTM with projections
+    directions: int = 1              # 2: bidirectional
 
     @property
     def nn_name(self) -> str:
@@ -93,7 +94,7 @@ def nn_reason(cfg: Config) -> str | None:
 def fused_reason(cfg: Config) -> str | None:
     """Why the fused op cannot run cfg, or None when it can."""
     cell_why = ops.cell_reason(cfg.cell, cfg.dropout_active, cfg.masks, cfg.input_dropout,
-                               cfg.proj)
+                               cfg.proj, cfg.directions)
     if cfg.device.type == "meta" and _ext.status().loaded:
         return cell_why  # meta tensors carry shapes only: the op's fake kernel gives any dtype's
     return ops.unsupported_reason(cfg.device, cfg.dtype) or cell_why

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from . import backends, machine, presets
+from .cellspec import DROPOUT_MASKS, RECURRENT_ACTIVATIONS
 from .data import archive, imdb
 from .data.archive import DataError
 from .data.batching import ReviewBatches
@@ -47,11 +48,17 @@ def default_recipe(cell: str, bidirectional: bool) -> presets.Preset:
 
 
 def chosen_preset(args) -> presets.Preset:
-    """--preset NAME, else the default recipe for --cell; --init, --recurrent-dropout and
-    --backend override its model's."""
+    """--preset NAME, else the default recipe for --cell; --init, --recurrent-dropout,
+    --dropout-masks, --recurrent-activation and --backend override its model's."""
     preset = presets.get(args.preset) if args.preset else default_recipe(args.cell, args.bidirectional)
     changes = {k: v for k, v in (("init", args.init), ("recurrent_dropout", args.recurrent_dropout),
+                                 ("dropout_masks", getattr(args, "dropout_masks", None)),
+                                 ("recurrent_activation",
+                                  getattr(args, "recurrent_activation", None)),
                                  ("backend", args.backend)) if v is not None}
+    if changes.get("recurrent_activation") and preset.model.cell == "rnn":
+        raise UsageError("--recurrent-activation: a SimpleRNN has no gates (the preset's cell "
+                         "is rnn)")
     if changes:
         preset = dataclasses.replace(preset, model=dataclasses.replace(preset.model, **changes))
     return preset
@@ -108,6 +115,13 @@ def _parse_train(argv):
     ap.add_argument("--no-bucket", action="store_true", help="do not batch by length")
     ap.add_argument("--recurrent-dropout", type=float, metavar="P",
                     help="override the model's recurrent_dropout")
+    ap.add_argument("--dropout-masks", choices=list(DROPOUT_MASKS),
+                    help="override the model's dropout masks: one shared by the gates, or one "
+                         "per gate (as the preset's Keras drew them; the fused op runs shared "
+                         "masks only, for now)")
+    ap.add_argument("--recurrent-activation", choices=list(RECURRENT_ACTIVATIONS),
+                    help="override the GRU's or LSTM's gate function (the fused op runs "
+                         "sigmoid only, for now)")
     ap.add_argument("--init", choices=["torch", "keras"],
                     help="initializers (default: keras for a --preset, torch otherwise)")
     ap.add_argument("--backend", choices=backends.BACKENDS,

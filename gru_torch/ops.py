@@ -63,14 +63,18 @@ def unsupported_reason(device: torch.device, dtype: torch.dtype) -> str | None:
 
 
 def cell_reason(cell: Cell, dropout_active: bool, masks: str, input_dropout: bool,
-                proj: bool) -> str | None:
+                proj: bool, directions: int = 1) -> str | None:
     """Why the fused op cannot compute this cell and these masks, or None when it can."""
     if cell.kind != "gru":
         return f"the fused op computes the GRU cell, not the {cell.describe()} yet"
     if cell.recurrent_activation != "sigmoid":
         return f"the fused op's gates are sigmoids, not {cell.recurrent_activation} yet"
-    if dropout_active and input_dropout:
-        return "the fused op has no input dropout masks yet"
+    if dropout_active and input_dropout and masks == "per_gate":
+        return "the fused op has no per-gate input dropout masks yet"
+    if dropout_active and input_dropout and directions > 1:
+        # one input mask shared by the gates multiplies the input before the op, which
+        # reads one input for both directions: each direction's own mask needs the op
+        return "the fused op has no input dropout masks for two directions yet"
     if dropout_active and masks == "per_gate":
         return "the fused op has one recurrent-dropout mask for every gate, not one per gate yet"
     return None
@@ -211,9 +215,11 @@ def rnn_layer(cell: Cell, input: Tensor, hx: Tensor, cx: Tensor | None, w_ih: Te
     per_gate = any(m is not None and m.shape[2] > 1 for m in (input_mask, recurrent_mask))
     why = cell_reason(cell, input_mask is not None or recurrent_mask is not None,
                       "per_gate" if per_gate else "shared", input_mask is not None,
-                      w_hr is not None)
+                      w_hr is not None, w_ih.shape[0])
     if why:
         raise RuntimeError(f"gru_torch: the fused op cannot run this layer: {why}")
+    if input_mask is not None:  # one direction, one mask for every gate and step
+        input = input * input_mask[0, :, 0].unsqueeze(0)
     mask = None if recurrent_mask is None else recurrent_mask.squeeze(2)
     out, h_n = gru_layer(input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, cell.reset_after)
     return out, h_n, None

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import gru_torch
+from gru_torch import backends
 from gru_torch.reference import gru_layer_reference
 from conftest import (assert_close, available_backends, dropout_backends,
                       keras_capable_backends)
@@ -499,3 +500,33 @@ def test_auto_with_fused_runs_recurrent_dropout_fused(record_backend, gru_warnin
     gru(torch.randn(T, B, I, dtype=DT))
     assert record_backend.last == "fused"
     assert gru_warnings() == []
+
+
+@pytest.mark.skipif(not FUSED, reason="the fused extension is not loaded")
+@pytest.mark.parametrize("reset_after", [False, True])
+def test_input_dropout_with_shared_masks_runs_fused_as_the_reference(reset_after):
+    """Keras's `dropout` with one mask for every gate, one direction: the fused op
+    multiplies the input by the mask before the layer, and matches the reference loop
+    (which masks each step's input) in values and every gradient, with lengths."""
+    def run(backend, p=0.4):
+        torch.manual_seed(5)
+        gru = gru_torch.GRU(I, H, 2, reset_after=reset_after, input_dropout=p,
+                            recurrent_dropout=0.3, dtype=DT, backend=backend).train()
+        x = torch.randn(T, B, I, dtype=DT, requires_grad=True)
+        torch.manual_seed(99)
+        out, h_n = gru(x, lengths=torch.tensor([T, 3, 5]))
+        grads = torch.autograd.grad(out.sum() + (h_n ** 2).sum(), [x, *gru.parameters()])
+        return out, h_n, grads, gru
+
+    out, h_n, grads, gru = run("fused")
+    assert backends.fused_reason(gru.training_config()) is None
+    r_out, r_h, r_grads, _ = run("reference")
+    assert_close(out.detach(), r_out.detach(), atol=1e-12, what="output")
+    assert_close(h_n.detach(), r_h.detach(), atol=1e-12, what="h_n")
+    for a, b in zip(grads, r_grads):
+        assert_close(a, b, atol=1e-11, what="gradient")
+    assert (run("fused", p=0.0)[0] - out).abs().max() > 1e-3  # the input masks drop something
+    bi = gru_torch.GRU(I, H, bidirectional=True, input_dropout=0.4, dtype=DT)
+    assert "two directions" in backends.fused_reason(bi.training_config())
+    per_gate = gru_torch.GRU(I, H, input_dropout=0.4, dropout_masks="per_gate", dtype=DT)
+    assert "per-gate input" in backends.fused_reason(per_gate.training_config())

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from gru_torch import cli, presets, train
+import gru_torch
+from gru_torch import backends, cli, presets, train
 from gru_torch.data.batching import ReviewBatches
 
 REAL = Path(os.environ.get("GRU_TORCH_TEST_DATA", Path(__file__).resolve().parents[1].parent
@@ -130,6 +131,32 @@ def test_list_presets(capsys):
     assert cli.train_main(["--list-presets"]) == 0
     text = capsys.readouterr().out
     assert "gru100-recdrop" in text and "120,801" in text and "bilstm32x2" in text
+
+
+def test_dropout_masks_and_gate_flags_override_the_preset(capsys):
+    """--dropout-masks and --recurrent-activation trade a preset's Keras semantics for the
+    fused op: notebook A's GRU, with shared masks and sigmoid gates, is one it runs."""
+    from gru_torch.rnn_base import RNNBase
+    args = ["--preset", "gru100-recdrop"]
+
+    def fused(*more):
+        model = presets.SentimentClassifier(cli.chosen_preset(cli._parse_train([*args, *more])).model)
+        return [backends.fused_reason(m.training_config(torch.device("cpu"))) is None
+                for m in model.modules() if isinstance(m, RNNBase)]
+
+    assert fused() == [False]
+    assert fused("--dropout-masks", "shared") == [False]          # still the hard sigmoid
+    want = [gru_torch.extension_status().loaded]
+    assert fused("--dropout-masks", "shared", "--recurrent-activation", "sigmoid") == want
+    model = cli.chosen_preset(cli._parse_train([*args, "--recurrent-activation",
+                                                "hard_sigmoid_keras3"])).model
+    assert model.recurrent_activation == "hard_sigmoid_keras3" and model.dropout_masks == "per_gate"
+    assert cli.train_main(["--preset", "rnn128", "--recurrent-activation", "sigmoid"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --recurrent-activation") and "Traceback" not in err
+    with pytest.raises(SystemExit) as stop:
+        cli.train_main(["--preset", "gru128", "--dropout-masks", "bogus"])
+    assert stop.value.code == 2 and "per_gate" in capsys.readouterr().err
 
 
 def test_init_and_recurrent_dropout_flags_override_the_preset():
