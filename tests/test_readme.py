@@ -33,6 +33,18 @@ def test_every_fence_is_run_or_marked_text(check):
     assert first.heading == "Quick start" and first.code.split()[:2] == ["make", "train"]
 
 
+def test_every_shell_line_of_the_readme_is_one_command(check):
+    """check_readme runs a shell fence line by line: a line continued with a backslash
+    cannot be split into words, and would stop CI with a traceback."""
+    for s in check.snippets((ROOT / "README.md").read_text()):
+        if s.lang == "sh":
+            for line in s.code.splitlines():
+                assert not line.rstrip().endswith("\\"), f"README.md:{s.line}: {line}"
+            check.shell_script(s.code, quick=True)
+    with pytest.raises(ValueError):
+        check.shell_script("python scripts/benchmark.py --loss final \\\n    --repeats 7\n", quick=True)
+
+
 def test_quick_mode_shortens_runs_and_leaves_setup_to_ci(check):
     q = check.quick_line
     assert q("make test     # the suite") is None
