@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _checks, _ext, backends, keras_weights, ops
-from .cellspec import Cell, mask_width
+from .cellspec import Cell, GRUOptions, LSTMOptions, mask_width
 from .reference import rnn_layer_reference
 from .rnn_base import draw_mask
 
@@ -105,6 +105,9 @@ class RNNCellBase(nn.Module):
         return draw_mask(shape, self.recurrent_dropout, self.weight_hh)
 
     # ---- forward
+    def _check_before_step(self) -> None:
+        """A cell's own check after the inputs' (RNNCell's nonlinearity, in nn's order)."""
+
     def _forward(self, input: Tensor, hx: Tensor, cx: Tensor | None,
                  recurrent_mask: Tensor | None, batched: bool):
         """One step from batched (h, c) (c None but for an LSTM): (h', c')."""
@@ -258,6 +261,25 @@ class RNNCellBase(nn.Module):
                                 converted, self._name)
 
 
+def _one_state_forward(cell: RNNCellBase, name: str, input: Tensor, hx: Tensor | None,
+                       recurrent_mask: Tensor | None) -> Tensor:
+    """GRUCell's and RNNCell's forward: nn's checks in nn's order, then one step."""
+    batched = _as_batch(input, name)
+    if hx is not None:
+        hx_dim = _checks.tensor_dim(hx, "hx")
+        if hx_dim not in (1, 2):
+            raise ValueError(f"{name}: Expected hidden to be 1D or 2D, got {hx_dim}D instead")
+    if not batched:
+        input = input.unsqueeze(0)
+    if hx is None:
+        hx = torch.zeros(input.size(0), cell.hidden_size, dtype=input.dtype, device=input.device)
+    elif not batched:
+        hx = hx.unsqueeze(0)
+    cell._check_before_step()
+    h, _ = cell._forward(input, hx, None, recurrent_mask, batched)
+    return h if batched else h.squeeze(0)
+
+
 def _as_batch(input: Tensor, name: str) -> bool:
     dim = _checks.tensor_dim(input, "input")
     if dim not in (1, 2):
@@ -265,7 +287,7 @@ def _as_batch(input: Tensor, name: str) -> bool:
     return dim == 2
 
 
-class GRUCell(RNNCellBase):
+class GRUCell(GRUOptions, RNNCellBase):
     """One GRU step. See torch.nn.GRUCell for the shared arguments.
 
     Extra keyword-only arguments:
@@ -295,42 +317,12 @@ class GRUCell(RNNCellBase):
                          recurrent_dropout=recurrent_dropout, dropout_masks=dropout_masks,
                          backend=backend)
 
-    def _own_checks(self, single_bias) -> dict:
-        return {"reset_after": self.reset_after,
-                "recurrent_activation": self.recurrent_activation}
-
-    @property
-    def cell(self) -> Cell:
-        return Cell("gru", reset_after=self.reset_after,
-                    recurrent_activation=self.recurrent_activation)
-
-    @property
-    def _two_biases(self) -> bool:
-        return self.reset_after
-
-    def _own_options(self):
-        return [("reset_after", True), ("recurrent_activation", "sigmoid")] + [
-            o for o in super()._own_options() if o[0] != "single_bias"]
-
     def forward(self, input: Tensor, hx: Tensor | None = None,
                 recurrent_mask: Tensor | None = None) -> Tensor:
-        batched = _as_batch(input, "GRUCell")
-        if hx is not None:
-            hx_dim = _checks.tensor_dim(hx, "hx")
-            if hx_dim not in (1, 2):
-                raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx_dim}D instead")
-        if not batched:
-            input = input.unsqueeze(0)
-        if hx is None:
-            hx = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype,
-                             device=input.device)
-        elif not batched:
-            hx = hx.unsqueeze(0)
-        h, _ = self._forward(input, hx, None, recurrent_mask, batched)
-        return h if batched else h.squeeze(0)
+        return _one_state_forward(self, "GRUCell", input, hx, recurrent_mask)
 
 
-class LSTMCell(RNNCellBase):
+class LSTMCell(LSTMOptions, RNNCellBase):
     """One LSTM step, (h', c') from (h, c). See torch.nn.LSTMCell for the shared arguments;
     the extra keyword-only ones are gru_torch.LSTM's and GRUCell's (`recurrent_mask=`)."""
 
@@ -345,16 +337,6 @@ class LSTMCell(RNNCellBase):
         super().__init__(input_size, hidden_size, bias, device, dtype, single_bias=single_bias,
                          recurrent_dropout=recurrent_dropout, dropout_masks=dropout_masks,
                          backend=backend)
-
-    def _own_checks(self, single_bias) -> dict:
-        return {"single_bias": single_bias, "recurrent_activation": self.recurrent_activation}
-
-    @property
-    def cell(self) -> Cell:
-        return Cell("lstm", recurrent_activation=self.recurrent_activation)
-
-    def _own_options(self):
-        return [("recurrent_activation", "sigmoid")] + super()._own_options()
 
     def forward(self, input: Tensor, hx=None, recurrent_mask: Tensor | None = None):
         batched = _as_batch(input, "LSTMCell")
@@ -411,19 +393,8 @@ class RNNCell(RNNCellBase):
 
     def forward(self, input: Tensor, hx: Tensor | None = None,
                 recurrent_mask: Tensor | None = None) -> Tensor:
-        batched = _as_batch(input, "RNNCell")
-        if hx is not None:
-            hx_dim = _checks.tensor_dim(hx, "hx")
-            if hx_dim not in (1, 2):
-                raise ValueError(f"RNNCell: Expected hidden to be 1D or 2D, got {hx_dim}D instead")
-        if not batched:
-            input = input.unsqueeze(0)
-        if hx is None:
-            hx = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype,
-                             device=input.device)
-        elif not batched:
-            hx = hx.unsqueeze(0)
+        return _one_state_forward(self, "RNNCell", input, hx, recurrent_mask)
+
+    def _check_before_step(self) -> None:
         if self.nonlinearity not in ("tanh", "relu"):
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
-        h, _ = self._forward(input, hx, None, recurrent_mask, batched)
-        return h if batched else h.squeeze(0)

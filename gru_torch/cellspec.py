@@ -123,3 +123,39 @@ class Cell:
 def mask_width(masks: str, cell: Cell) -> int:
     """M, the masks per layer-direction and row: 1, or one per gate."""
     return cell.gates if masks == "per_gate" else 1
+
+
+class GRUOptions:
+    """What GRU and GRUCell add to their bases: the cell's options, their checks, and
+    Keras's one bias where reset_after=False (mixed in before RNNBase / RNNCellBase)."""
+
+    def _own_checks(self, single_bias) -> dict:
+        return {"reset_after": self.reset_after,
+                "recurrent_activation": self.recurrent_activation}
+
+    @property
+    def cell(self) -> Cell:
+        return Cell("gru", reset_after=self.reset_after,
+                    recurrent_activation=self.recurrent_activation)
+
+    @property
+    def _two_biases(self) -> bool:
+        return self.reset_after  # reset_after=False keeps Keras's one bias
+
+    def _own_options(self):
+        return [("reset_after", True), ("recurrent_activation", "sigmoid")] + [
+            o for o in super()._own_options() if o[0] != "single_bias"]
+
+
+class LSTMOptions:
+    """What LSTM and LSTMCell add to their bases: the gates' function and its checks."""
+
+    def _own_checks(self, single_bias) -> dict:
+        return {"single_bias": single_bias, "recurrent_activation": self.recurrent_activation}
+
+    @property
+    def cell(self) -> Cell:
+        return Cell("lstm", recurrent_activation=self.recurrent_activation)
+
+    def _own_options(self):
+        return [("recurrent_activation", "sigmoid")] + super()._own_options()

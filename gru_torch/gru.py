@@ -10,13 +10,13 @@ from __future__ import annotations
 from torch import nn
 
 from . import _checks
-from .cellspec import Cell
+from .cellspec import GRUOptions
 from .rnn_base import RNNBase, draw_mask
 
 draw_recurrent_mask = draw_mask  # the name GRUCell and earlier code know it by
 
 
-class GRU(RNNBase):
+class GRU(GRUOptions, RNNBase):
     """Multi-layer GRU. See torch.nn.GRU for the shared arguments.
 
     Extra keyword-only arguments:
@@ -55,19 +55,3 @@ class GRU(RNNBase):
                          input_dropout=input_dropout, dropout_masks=dropout_masks,
                          backend=backend)
 
-    def _own_checks(self, single_bias) -> dict:
-        return {"reset_after": self.reset_after,
-                "recurrent_activation": self.recurrent_activation}
-
-    @property
-    def cell(self) -> Cell:
-        return Cell("gru", reset_after=self.reset_after,
-                    recurrent_activation=self.recurrent_activation)
-
-    @property
-    def _two_biases(self) -> bool:
-        return self.reset_after  # reset_after=False keeps Keras's one bias
-
-    def _own_options(self):
-        return [("reset_after", True), ("recurrent_activation", "sigmoid")] + [
-            o for o in super()._own_options() if o[0] != "single_bias"]

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from .cellspec import Cell
+from .cellspec import LSTMOptions
 from .rnn_base import RNNBase
 
 
-class LSTM(RNNBase):
+class LSTM(LSTMOptions, RNNBase):
     """Multi-layer LSTM. See torch.nn.LSTM for the shared arguments.
 
     Extra keyword-only arguments:
@@ -38,16 +38,6 @@ class LSTM(RNNBase):
                          bidirectional, proj_size, device, dtype, single_bias=single_bias,
                          recurrent_dropout=recurrent_dropout, input_dropout=input_dropout,
                          dropout_masks=dropout_masks, backend=backend)
-
-    def _own_checks(self, single_bias) -> dict:
-        return {"single_bias": single_bias, "recurrent_activation": self.recurrent_activation}
-
-    @property
-    def cell(self) -> Cell:
-        return Cell("lstm", recurrent_activation=self.recurrent_activation)
-
-    def _own_options(self):
-        return [("recurrent_activation", "sigmoid")] + super()._own_options()
 
     def _nn_kwargs(self) -> dict:
         return {"proj_size": self.proj_size}

@@ -8,6 +8,7 @@ and as fast as with 1 when OMP_WAIT_POLICY=PASSIVE made the waiting threads slee
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 
 
@@ -33,6 +34,17 @@ def physical_cores() -> int:
             continue
         cores.add((fields.get("physical id", "0"), fields.get("core id", fields["processor"])))
     return max(1, min(len(cores) or len(allowed), len(allowed)))
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), named beside every timing."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def load_average() -> float | None:

@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import platform
 import re
 import statistics
 import sys
@@ -503,13 +502,7 @@ def render_table(rows: list[dict]) -> str:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return machine.cpu_model()
 
 
 def default_out(device: torch.device, name: str, record: bool = False) -> Path:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from gru_torch import backends, presets  # noqa: E402
+from gru_torch.machine import cpu_model  # noqa: E402
 from gru_torch.rnn_base import RNNBase  # noqa: E402
 
 PRESETS = tuple(presets.PRESETS)
@@ -54,14 +54,6 @@ def fused_runs(name: str) -> bool:
                for m in _layers(name))
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run(name: str, backend: str, args, out: Path) -> dict:
