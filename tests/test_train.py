@@ -279,3 +279,22 @@ def test_epoch_seconds_script_times_fused_against_the_right_baseline(tmp_path):
     assert "| gru128 | torch.nn |" in table and epoch_seconds.cpu_model() in table
     ran = epoch_seconds.NAMES.get(auto['baseline_ran'], auto['baseline_ran'])
     assert f"| rnn128 | auto ({ran}) | - |" in table
+
+
+def test_train_presets_collects_finished_runs_with_counted_parameters(tmp_path):
+    """scripts/train_presets.py --collect: a table of the finished runs, each preset's
+    parameters counted from its model (they are Keras's), its accuracy and backend."""
+    runs = tmp_path / "runs"
+    for name, acc in (("gru128", 0.8612), ("rnn128", 0.7531)):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "metrics.json").write_text(json.dumps(
+            {"test_accuracy": acc, "epochs": 5, "recurrent_backend": "fused"}))
+        (runs / name / "history.json").write_text(json.dumps([{"seconds": 10.0}, {"seconds": 14.0}]))
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_presets.py"), "--collect",
+                           "--runs", str(runs), "--machine", "t", "--results", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (tmp_path / "presets-t.md").read_text()
+    assert "| gru128 | C | 1,379,201 | 86.08% | 86.12% | 5 | fused | 12 |" in table
+    assert "| rnn128 | C | 1,313,025 | 74.97% | 75.31% |" in table
+    assert "lstm128" not in table and "no finished run" in proc.stdout
