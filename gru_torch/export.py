@@ -106,14 +106,8 @@ def _runs_fused(module: RNNBase) -> bool:
 def _export_forward(module: RNNBase, layer_fn, input, hx=None, lengths: Tensor | None = None):
     """RNNBase.forward in eval mode with every layer on layer_fn (no backend choice)."""
     call = _inputs.normalize(input, hx, lengths, module._spec())
-    x = call.x
-    L, D, B = module.num_layers, module.num_directions, x.shape[1]
-    P = module.proj_size if module.proj_size > 0 else module.hidden_size
-    h0 = call.hx if call.hx is not None else x.new_zeros(L * D, B, P)
-    c0 = None
-    if module.cell.has_c:
-        c0 = call.cx if call.cx is not None else x.new_zeros(L * D, B, module.hidden_size)
-    out, h_n, c_n = module._forward_layers(layer_fn, x, h0, c0, call.lengths)
+    h0, c0 = module._initial_states(call)
+    out, h_n, c_n = module._forward_layers(layer_fn, call.x, h0, c0, call.lengths)
     return call.restore.output(out), call.restore.hidden((h_n, c_n) if module.cell.has_c else h_n)
 
 

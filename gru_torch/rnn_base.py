@@ -196,6 +196,17 @@ class RNNBase(nn.Module):
                                inputs or self.recurrent_dropout > 0, None, self.dropout_masks,
                                inputs, self.proj_size > 0, self.num_directions)
 
+    def _initial_states(self, call: _inputs.Call) -> tuple[Tensor, Tensor | None]:
+        """The call's (h0, c0), zeros where it gave none; c0 is None without a cell state."""
+        x = call.x
+        L, D, B = self.num_layers, self.num_directions, x.shape[1]
+        P = self.proj_size if self.proj_size > 0 else self.hidden_size
+        h0 = call.hx if call.hx is not None else x.new_zeros(L * D, B, P)
+        c0 = None
+        if self.cell.has_c:
+            c0 = call.cx if call.cx is not None else x.new_zeros(L * D, B, self.hidden_size)
+        return h0, c0
+
     def _choose_backend(self, call: _inputs.Call) -> str:
         cfg = self._config(call)
         if not call.mixed_dtypes:
@@ -221,12 +232,7 @@ class RNNBase(nn.Module):
         except _inputs.PackedDeviceError as e:
             raise self._nn_packed_error(input, hx, e) from None
         x = call.x
-        L, D, B = self.num_layers, self.num_directions, x.shape[1]
-        P = self.proj_size if self.proj_size > 0 else self.hidden_size
-        h0 = call.hx if call.hx is not None else x.new_zeros(L * D, B, P)
-        c0 = None
-        if self.cell.has_c:
-            c0 = call.cx if call.cx is not None else x.new_zeros(L * D, B, self.hidden_size)
+        h0, c0 = self._initial_states(call)
         backend = self._choose_backend(call)
         if backend == "cudnn":
             out, h_n, c_n = self._forward_nn(x, h0, c0, call.lengths)
