@@ -15,7 +15,8 @@ CSRC_DIRS = (Path(__file__).resolve().parent / "csrc", Path(__file__).resolve().
 # development, and it is most of the C++ to compile). Neither includes a torch header;
 # gru_cuda.cpp and emu_ops.cpp are the torch glue.
 KERNELS = ("selftest", "gru_persistent_f32", "gru_persistent_bf16", "gru_persistent_f16", "gru_step")
-CPU_SOURCES = ("ops.cpp", "gru_cpu.cpp", "cpu_forward.cpp", "cpu_backward.cpp", "cpu_pool.cpp")
+CPU_SOURCES = ("ops.cpp", "gru_cpu.cpp", "cpu_forward.cpp", "cpu_backward.cpp", "cpu_pool.cpp",
+               "cpu/family_layer.cpp")
 EMULATOR_SOURCES = ("emu/emulator.cpp", "emu/launch_check.cpp", "emu_ops.cpp") + tuple(
     f"emu/{k}.cpp" for k in KERNELS)
 CUDA_SOURCES = ("gru_cuda.cpp",) + tuple(f"kernels/{k}.cu" for k in KERNELS)

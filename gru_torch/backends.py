@@ -94,7 +94,7 @@ def nn_reason(cfg: Config) -> str | None:
 def fused_reason(cfg: Config) -> str | None:
     """Why the fused op cannot run cfg, or None when it can."""
     cell_why = ops.cell_reason(cfg.cell, cfg.dropout_active, cfg.masks, cfg.input_dropout,
-                               cfg.proj, cfg.directions)
+                               cfg.proj, cfg.directions, cfg.device)
     if cfg.device.type == "meta" and _ext.status().loaded:
         return cell_why  # meta tensors carry shapes only: the op's fake kernel gives any dtype's
     return ops.unsupported_reason(cfg.device, cfg.dtype) or cell_why

@@ -97,10 +97,12 @@ def _export_layer_fn(cell: Cell, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, in
 
 
 def _runs_fused(module: RNNBase) -> bool:
-    """Whether export records `module`'s layers as the fused op (else as export_layer)."""
+    """Whether export records `module`'s layers as the fused GRU op, gru_layer (else as
+    export_layer: the family op's input projection and cells are not one node)."""
     w = getattr(module, module._flat_weights_names[0])
     cfg = backends.Config(w.device, w.dtype, module.cell)
-    return module.backend in ("auto", "fused") and backends.fused_reason(cfg) is None
+    return (module.backend in ("auto", "fused") and backends.fused_reason(cfg) is None
+            and ops.gru_op_reason(module.cell, False, "shared", False) is None)
 
 
 def _export_forward(module: RNNBase, layer_fn, input, hx=None, lengths: Tensor | None = None):

@@ -10,6 +10,7 @@ kernels, compiled for the host, under the emulator.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -62,21 +63,34 @@ def unsupported_reason(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
-def cell_reason(cell: Cell, dropout_active: bool, masks: str, input_dropout: bool,
-                proj: bool, directions: int = 1) -> str | None:
-    """Why the fused op cannot compute this cell and these masks, or None when it can."""
+def gru_op_reason(cell: Cell, dropout_active: bool, masks: str, input_dropout: bool,
+                  directions: int = 1) -> str | None:
+    """Why the GRU op (gru_layer, CPU and CUDA) cannot compute this cell and these masks,
+    or None when it can; the family op (family_layer, CPU) computes the rest."""
     if cell.kind != "gru":
-        return f"the fused op computes the GRU cell, not the {cell.describe()} yet"
+        return f"the fused GRU kernels compute the GRU cell, not the {cell.describe()}"
     if cell.recurrent_activation != "sigmoid":
-        return f"the fused op's gates are sigmoids, not {cell.recurrent_activation} yet"
-    if dropout_active and input_dropout and masks == "per_gate":
-        return "the fused op has no per-gate input dropout masks yet"
+        return f"the fused GRU kernels' gates are sigmoids, not {cell.recurrent_activation}"
+    if dropout_active and masks == "per_gate":
+        return "the fused GRU kernels have one dropout mask for every gate, not one per gate"
     if dropout_active and input_dropout and directions > 1:
         # one input mask shared by the gates multiplies the input before the op, which
         # reads one input for both directions: each direction's own mask needs the op
-        return "the fused op has no input dropout masks for two directions yet"
-    if dropout_active and masks == "per_gate":
-        return "the fused op has one recurrent-dropout mask for every gate, not one per gate yet"
+        return "the fused GRU kernels have no input dropout masks for two directions"
+    return None
+
+
+def cell_reason(cell: Cell, dropout_active: bool, masks: str, input_dropout: bool,
+                proj: bool, directions: int = 1,
+                device: torch.device | None = None) -> str | None:
+    """Why the fused ops cannot compute this cell and these masks on `device` (None: the
+    CPU), or None when they can. On the CPU, the GRU op or the family op computes every
+    cell of the family; on a GPU (and under the emulator) the GRU kernels alone."""
+    if proj:
+        return "the fused op has no LSTM projections (proj_size) yet"
+    why = gru_op_reason(cell, dropout_active, masks, input_dropout, directions)
+    if why and device is not None and (device.type not in ("cpu", "meta") or emulating(device)):
+        return f"{why} on {'a GPU' if device.type != 'cpu' else 'the emulated GPU'} yet"
     return None
 
 
@@ -206,20 +220,271 @@ def gru_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tenso
     return out, h_n
 
 
+# The family op's cell and gate codes (csrc/cpu/family.h).
+GATE_CODES = {"sigmoid": 0, "hard_sigmoid_keras2": 1, "hard_sigmoid_keras3": 2}
+FAMILY_RESERVE_SLOTS = (4, 3, 5, 0, 0)  # per cell code: csrc/cpu/family.h, reserve_slots
+
+
+def cell_code(cell: Cell) -> int:
+    if cell.kind == "gru":
+        return 0 if cell.reset_after else 1
+    if cell.kind == "lstm":
+        return 2
+    return 3 if cell.activation == "tanh" else 4
+
+
+def _family_fake(gx, hx, cx, w_hh, b_hn, mask, lengths, cell, gate, need_reserve):
+    T, B, D, G = gx.shape
+    H = hx.shape[-1]
+    res = (D, T, B, FAMILY_RESERVE_SLOTS[cell] * H) if need_reserve else (0,)
+    return (gx.new_empty((T, B, D * H)), hx.new_empty(hx.shape),
+            hx.new_empty(hx.shape) if cx is not None else hx.new_empty((0,)), gx.new_empty(res))
+
+
+def _family_backward_fake(grad_output, grad_h_n, grad_c_n, gx, hx, cx, w_hh, b_hn, mask,
+                          lengths, cell, gate, reserve, output):
+    return (gx.new_empty(gx.shape), hx.new_empty(hx.shape),
+            hx.new_empty(hx.shape) if cx is not None else hx.new_empty((0,)))
+
+
+def _family_setup(ctx, inputs, output):
+    gx, hx, cx, w_hh, b_hn, mask, lengths, cell, gate, need_reserve = inputs
+    out, _, _, reserve = output
+    if not need_reserve:
+        raise RuntimeError("gru_torch: family_layer ran with need_reserve=False, so it cannot "
+                           "be differentiated; call it with need_reserve=True")
+    ctx.cell, ctx.gate, ctx.has_cx, ctx.has_b_hn = cell, gate, cx is not None, b_hn is not None
+    ctx.gx_shape = gx.shape
+    ctx.mark_non_differentiable(reserve)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(gx, hx, cx, w_hh, b_hn, mask, lengths, reserve)
+    # the states are read from the output: kept as an alias, as for gru_layer
+    ctx.output = out.detach()
+    ctx.output_version = ctx.output._version
+
+
+def _prev_product(dg: Tensor, out: Tensor, hx: Tensor, lengths: Tensor | None,
+                  reverse: bool, mask: Tensor | None) -> Tensor:
+    """sum over steps t and rows b of dg[t, b]^T (h_prev[t, b] * mask[b]): dg [T, B, K] a
+    direction's gradients of a recurrent product, out [T, B, H] its output, hx [B, H] its
+    initial state. h_prev is the output of the step before, or hx at a row's first step;
+    past a row's length dg is 0 (and so is the output, read there by the reverse
+    direction's last active step, whose h_prev is hx)."""
+    K, H = dg.shape[-1], hx.shape[-1]
+
+    def masked(h):
+        return h if mask is None else h * mask
+
+    if not reverse:
+        body, first, h_first = dg[1:], dg[0], hx
+        prev = out[:-1]
+    else:
+        body, prev = dg[:-1], out[1:]
+        if lengths is None:
+            first = dg[-1]
+        else:  # each row's first step is its last active one
+            first = dg[(lengths - 1).to(dg.device), torch.arange(dg.shape[1], device=dg.device)]
+        h_first = hx
+    result = first.t() @ masked(h_first)
+    if body.shape[0]:
+        result = result.addmm(body.reshape(-1, K).t(), masked(prev).reshape(-1, H))
+    return result
+
+
+def _family_weight_grads(code: int, g_gx: Tensor, reserve: Tensor, output: Tensor, hx: Tensor,
+                         mask: Tensor | None, lengths: Tensor | None, want_b_hn: bool):
+    """W_hh's (and b_hn's) gradients from the gate gradients g_gx [T, B, D, G]: per gate
+    k, the sum over steps and rows of dgh_k^T (h_prev * mask_k), where dgh = g_gx but for
+    the GRU's n: scaled by r with reset_after=True; with reset_after=False its operand is
+    q = r * h_prev * mask_n."""
+    T, B, D, G = g_gx.shape
+    H = hx.shape[-1]
+    gates = G // H
+    g_w, g_b = [], []
+    for d in range(D):
+        out_d = output[..., d * H:(d + 1) * H]
+        dgh = g_gx[:, :, d]
+        m = None if mask is None else mask[d]  # [B, M, H]
+        per_gate = m is not None and m.shape[1] > 1
+        blocks = []
+        if code == 0:  # the n gate's product is scaled by r
+            dgh_n = dgh[..., 2 * H:] * reserve[d, ..., :H]
+            if want_b_hn:
+                g_b.append(dgh_n.sum((0, 1)))
+        if not per_gate and code in (2, 3, 4):
+            blocks.append(_prev_product(dgh, out_d, hx[d], lengths, d == 1,
+                                        None if m is None else m[:, 0]))
+        elif not per_gate:
+            blocks.append(_prev_product(dgh[..., :2 * H], out_d, hx[d], lengths, d == 1,
+                                        None if m is None else m[:, 0]))
+        else:
+            for k in range(gates if code != 1 else 2):
+                g = dgh_n if (code == 0 and k == 2) else dgh[..., k * H:(k + 1) * H]
+                blocks.append(_prev_product(g, out_d, hx[d], lengths, d == 1, m[:, k]))
+        if code == 0 and not per_gate:
+            blocks.append(_prev_product(dgh_n, out_d, hx[d], lengths, d == 1,
+                                        None if m is None else m[:, 0]))
+        if code == 1:  # n: operand q = r * h_prev * mask_n, r from the reserve
+            hp = torch.cat([hx[d].unsqueeze(0), out_d[:-1]]) if d == 0 else \
+                torch.cat([out_d[1:], hx[d].unsqueeze(0)])
+            if d == 1 and lengths is not None:
+                first = torch.arange(T).unsqueeze(1) == (lengths - 1).unsqueeze(0)
+                hp = torch.where(first.unsqueeze(-1), hx[d].unsqueeze(0), hp)
+            q = reserve[d, ..., :H] * hp
+            if m is not None:
+                q = q * m[:, m.shape[1] - 1]
+            blocks.append(dgh[..., 2 * H:].reshape(-1, H).t() @ q.reshape(-1, H))
+        g_w.append(torch.cat(blocks) if len(blocks) > 1 else blocks[0])
+    return torch.stack(g_w), (torch.stack(g_b) if want_b_hn else None)
+
+
+def _family_backward(ctx, grad_out, grad_h_n, grad_c_n, _grad_reserve):
+    gx, hx, cx, w_hh, b_hn, mask, lengths, reserve = ctx.saved_tensors
+    if torch.is_grad_enabled():  # backward(create_graph=True): differentiate the reference
+        return _family_reference_vjp(ctx, grad_out, grad_h_n, grad_c_n)
+    output = ctx.output
+    if output._version != ctx.output_version:  # modified in place: run the forward again
+        with torch.no_grad():
+            output, _, _, reserve = torch.ops.gru_torch.family_layer(
+                gx, hx, cx, w_hh, b_hn, mask, lengths, ctx.cell, ctx.gate, True)
+    T, B, D, G = gx.shape
+    if grad_out is None:
+        grad_out = gx.new_zeros(()).expand(T, B, D * hx.shape[-1])
+    if grad_h_n is None:
+        grad_h_n = torch.zeros_like(hx)
+    g_gx, g_hx, g_cx = torch.ops.gru_torch.family_layer_backward(
+        grad_out, grad_h_n.contiguous(),
+        grad_c_n.contiguous() if ctx.has_cx and grad_c_n is not None else None,
+        gx.new_empty(()).expand(gx.shape), hx, cx, w_hh, b_hn, mask, lengths, ctx.cell,
+        ctx.gate, reserve, output)
+    g_w, g_b = (None, None)
+    if ctx.needs_input_grad[3] or (ctx.has_b_hn and ctx.needs_input_grad[4]):
+        g_w, g_b = _family_weight_grads(ctx.cell, g_gx, reserve, output, hx, mask, lengths,
+                                        ctx.has_b_hn)
+    return (g_gx, g_hx, g_cx if ctx.has_cx else None, g_w, g_b, None, None, None, None, None)
+
+
+_CELLS_BY_CODE = (Cell("gru", True), Cell("gru", False), Cell("lstm"), Cell("rnn"),
+                  Cell("rnn", activation="relu"))
+
+
+def _family_cell(code: int, gate: int) -> Cell:
+    c = _CELLS_BY_CODE[code]
+    if c.kind == "rnn":
+        return c
+    act = next(name for name, v in GATE_CODES.items() if v == gate)
+    return Cell(c.kind, c.reset_after, recurrent_activation=act)
+
+
+def _family_reference_vjp(ctx, grad_out, grad_h_n, grad_c_n):
+    """The backward as differentiable torch ops (the reference loop's), for derivatives
+    of every order."""
+    from .reference import family_layer_reference
+
+    gx, hx, cx, w_hh, b_hn, mask, lengths, _ = ctx.saved_tensors
+    inputs = [gx, hx, cx, w_hh, b_hn]
+    with torch.enable_grad():
+        leaves = [None if t is None else (t if t.requires_grad else t.detach().requires_grad_())
+                  for t in inputs]
+        out, h_n, c_n = family_layer_reference(_family_cell(ctx.cell, ctx.gate), *leaves, mask,
+                                               lengths)
+        outs, cots = [], []
+        for o, g in ((out, grad_out), (h_n, grad_h_n), (c_n, grad_c_n)):
+            if o is not None and g is not None:
+                outs.append(o)
+                cots.append(g)
+        present = [i for i, t in enumerate(leaves) if t is not None and ctx.needs_input_grad[i]]
+        grads = torch.autograd.grad(outs, [leaves[i] for i in present], cots, create_graph=True,
+                                    allow_unused=True) if outs and present else []
+    result: list[Tensor | None] = [None] * 10
+    for i, g in zip(present, grads):
+        result[i] = torch.zeros_like(inputs[i]) if g is None else g
+    return tuple(result)
+
+
+_family_registered = False
+
+
+def _register_family() -> None:
+    global _family_registered
+    if _family_registered:
+        return
+    torch.library.register_fake("gru_torch::family_layer")(_family_fake)
+    torch.library.register_fake("gru_torch::family_layer_backward")(_family_backward_fake)
+    torch.library.register_autograd("gru_torch::family_layer", _family_backward,
+                                    setup_context=_family_setup)
+    _family_registered = True
+
+
+def family_layer(cell: Cell, gx: Tensor, hx: Tensor, cx: Tensor | None, w_hh: Tensor,
+                 b_hn: Tensor | None, mask: Tensor | None, lengths: Tensor | None
+                 ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The family op from the input projection gx [T, B, D, G] (csrc/cpu/family_layer.cpp
+    has the shapes). Returns (output, h_n, c_n or None)."""
+    if not _ext.status().loaded:
+        raise RuntimeError(f"gru_torch: the fused op is unavailable: {_ext.status().reason}. "
+                           + _ext.HOW_TO_BUILD)
+    _register_family()
+    need_reserve = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (gx, hx, cx, w_hh, b_hn))
+    out, h_n, c_n, _ = torch.ops.gru_torch.family_layer(
+        gx, hx, cx, w_hh, b_hn, mask, lengths, cell_code(cell),
+        GATE_CODES.get(cell.recurrent_activation, 0), need_reserve)
+    return out, h_n, (c_n if cx is not None else None)
+
+
+def _input_projection(cell: Cell, input: Tensor, w_ih: Tensor, bias: Tensor | None,
+                      input_mask: Tensor | None) -> Tensor:
+    """gx [T, B, D, G] = (input * mask) W_ih^T + bias per direction: without masks one
+    GEMM for both directions (and its backward one for the input's gradient and one for
+    W_ih's); with masks one per direction (and gate, for per-gate masks)."""
+    from .reference import _per_gate
+
+    D, G, I = w_ih.shape
+    T, B = input.shape[:2]
+    if input_mask is None:
+        flat_bias = None if bias is None else bias.reshape(D * G)
+        return torch.nn.functional.linear(input, w_ih.reshape(D * G, I), flat_bias).view(T, B, D, G)
+    H = G // cell.gates
+    per_dir = [_per_gate(cell.gates, H, input, input_mask[d].unsqueeze(0), w_ih[d],
+                         None if bias is None else bias[d]) for d in range(D)]
+    return torch.stack(per_dir, dim=2)
+
+
 def rnn_layer(cell: Cell, input: Tensor, hx: Tensor, cx: Tensor | None, w_ih: Tensor,
               w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, w_hr: Tensor | None,
               input_mask: Tensor | None, recurrent_mask: Tensor | None,
               lengths: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
-    """One layer of `cell` on the fused op, with gru_torch.reference.rnn_layer_reference's
-    arguments and results."""
+    """One layer of `cell` on the fused ops, with gru_torch.reference.rnn_layer_reference's
+    arguments and results: the GRU op where it computes the cell and masks, else (on the
+    CPU) the family op."""
     per_gate = any(m is not None and m.shape[2] > 1 for m in (input_mask, recurrent_mask))
-    why = cell_reason(cell, input_mask is not None or recurrent_mask is not None,
-                      "per_gate" if per_gate else "shared", input_mask is not None,
-                      w_hr is not None, w_ih.shape[0])
+    masks = "per_gate" if per_gate else "shared"
+    dropout = input_mask is not None or recurrent_mask is not None
+    D = w_ih.shape[0]
+    why = cell_reason(cell, dropout, masks, input_mask is not None, w_hr is not None, D,
+                      input.device)
     if why:
         raise RuntimeError(f"gru_torch: the fused op cannot run this layer: {why}")
-    if input_mask is not None:  # one direction, one mask for every gate and step
-        input = input * input_mask[0, :, 0].unsqueeze(0)
-    mask = None if recurrent_mask is None else recurrent_mask.squeeze(2)
-    out, h_n = gru_layer(input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, cell.reset_after)
-    return out, h_n, None
+    if gru_op_reason(cell, dropout, masks, input_mask is not None, D) is None:
+        if input_mask is not None:  # one direction, one mask for every gate and step
+            input = input * input_mask[0, :, 0].unsqueeze(0)
+        mask = None if recurrent_mask is None else recurrent_mask.squeeze(2)
+        out, h_n = gru_layer(input, hx, w_ih, w_hh, b_ih, b_hh, mask, lengths, cell.reset_after)
+        return out, h_n, None
+    # The family op: b_hh joins the input projection's bias, but for the GRU's b_hn
+    # (scaled by r with reset_after=True).
+    H = w_hh.shape[-1]
+    b_hn = None
+    bias = b_ih
+    if b_hh is not None:
+        if cell.kind == "gru" and cell.reset_after:
+            b_hn = b_hh[:, 2 * H:]
+            b_hh = torch.cat([b_hh[:, :2 * H], torch.zeros_like(b_hn)], 1)
+        bias = b_hh if bias is None else bias + b_hh
+    # in the layer's dtype, as the op computes it (CPU autocast would make it bfloat16)
+    with torch.autocast("cpu", enabled=False) if input.device.type == "cpu" else contextlib.nullcontext():
+        gx = _input_projection(cell, input, w_ih, bias, input_mask)
+    if recurrent_mask is not None and recurrent_mask.dim() == 3:
+        recurrent_mask = recurrent_mask.unsqueeze(2)
+    return family_layer(cell, gx, hx, cx, w_hh, b_hn, recurrent_mask, lengths)

@@ -116,3 +116,35 @@ def gru_layer_reference(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
     out, h_n, _ = rnn_layer_reference(Cell("gru", reset_after), input, hx, None, w_ih, w_hh,
                                       b_ih, b_hh, None, None, mask, lengths)
     return out, h_n
+
+
+def family_layer_reference(cell: Cell, gx: Tensor, hx: Tensor, cx: Tensor | None,
+                           w_hh: Tensor, b_hn: Tensor | None, mask: Tensor | None,
+                           lengths: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The family op (gru_torch.ops.family_layer) in plain torch: from the input
+    projection gx [T, B, D, G], with b_hn [D, H] the GRU's n bias (reset_after=True) and
+    mask [D, B, M, H]; returns (output [T, B, D*H], h_n, c_n or None)."""
+    T, D = gx.shape[0], gx.shape[2]
+    H = hx.shape[-1]
+    outputs, finals, cells = [], [], []
+    for d in range(D):
+        b_hh = None if b_hn is None else torch.cat([b_hn.new_zeros(2 * H), b_hn[d]])
+        h, c = hx[d], None if cx is None else cx[d]
+        steps: list[Tensor] = [None] * T  # type: ignore[list-item]
+        rows = gx[:, :, d].unbind(0)
+        for t in (range(T) if d == 0 else range(T - 1, -1, -1)):
+            h_new, c_new = _step(cell, rows[t], h, c, w_hh[d], b_hh, None,
+                                 None if mask is None else mask[d])
+            if lengths is not None:
+                active = (t < lengths).unsqueeze(-1)
+                h = torch.where(active, h_new, h)
+                c = None if c is None else torch.where(active, c_new, c)
+                steps[t] = torch.where(active, h_new, torch.zeros_like(h_new))
+            else:
+                h, c = h_new, c_new
+                steps[t] = h_new
+        outputs.append(torch.stack(steps))
+        finals.append(h)
+        cells.append(c)
+    c_n = torch.stack(cells) if cell.has_c else None
+    return torch.cat(outputs, dim=-1), torch.stack(finals), c_n

@@ -1,6 +1,7 @@
 """Timing modes of scripts/benchmark.py beyond its default interleaved medians.
 
-- alternate: nn.GRU, the fused op (and onnxruntime, forward only) take turns in one
+- alternate: nn.GRU (nn.LSTM, nn.RNN with --cell), the fused op (and onnxruntime,
+  forward only) take turns in one
   process, one step each per round in an order that changes (round_order), every training step
   `out.sum().backward()` with the input requiring grad and fresh gradients (as a training
   loop has them). Each round gives ratios of the others' times to the fused op's; the
@@ -9,8 +10,9 @@
 - busy: measure once quietly, then again while N processes each burn one core, and
   report every backend's slowdown.
 - the GEMM floor: the op's GEMM FLOPs at the rate torch.mm reaches in this run on one
-  [T*B, H] x [H, 3H] product (the recurrent products of all steps as one large GEMM);
-  "fused / GEMM floor" is how far the fused op is from doing nothing but its GEMMs.
+  [T*B, H] x [H, G] product (the recurrent products of all steps as one large GEMM; G = 3H
+  for a GRU, 4H for an LSTM, H for an RNN); "fused / GEMM floor" is how far the fused op
+  is from doing nothing but its GEMMs.
 """
 from __future__ import annotations
 
@@ -28,23 +30,30 @@ from torch import Tensor, nn
 NAMES = {"fused": "fused", "cudnn": "nn.GRU", "onnxruntime": "onnxruntime", "reference": "reference"}
 
 
-def display_name(backend: str) -> str:
-    """"cudnn+ftz" -> "nn.GRU (FTZ)": a backend run with denormals flushed by the caller."""
+def display_name(backend: str, nn_name: str = "nn.GRU") -> str:
+    """"cudnn+ftz" -> "nn.GRU (FTZ)": a backend run with denormals flushed by the caller;
+    nn_name names the "cudnn" backend (nn.LSTM, nn.RNN for those cells)."""
     base = backend.removesuffix("+ftz")
-    return NAMES.get(base, base) + (" (FTZ)" if backend.endswith("+ftz") else "")
+    names = {**NAMES, "cudnn": nn_name}
+    return names.get(base, base) + (" (FTZ)" if backend.endswith("+ftz") else "")
 
 
-def gemm_rate(shape, device: torch.device, repeats: int = 5) -> float:
-    """GFLOP/s of torch.mm on [T*B, H] x [H, 3H] (the median of `repeats`)."""
+def hidden(state: Tensor | tuple[Tensor, Tensor]) -> Tensor:
+    """h_n of a module's final state: an LSTM's is (h_n, c_n), the others' h_n alone."""
+    return state[0] if isinstance(state, tuple) else state
+
+
+def gemm_rate(shape, device: torch.device, repeats: int = 5, gates: int = 3) -> float:
+    """GFLOP/s of torch.mm on [T*B, H] x [H, gates*H] (the median of `repeats`)."""
     a = torch.randn(shape.T * shape.B, shape.H, device=device)
-    w = torch.randn(shape.H, 3 * shape.H, device=device)
+    w = torch.randn(shape.H, gates * shape.H, device=device)
     torch.mm(a, w)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         torch.mm(a, w)
         times.append(time.perf_counter() - t0)
-    return 2 * a.shape[0] * shape.H * 3 * shape.H / statistics.median(times) / 1e9
+    return 2 * a.shape[0] * shape.H * gates * shape.H / statistics.median(times) / 1e9
 
 
 def floor_ms(gemm_flops: float, rate_gflops: float) -> float:
@@ -63,7 +72,8 @@ def alternate_steps(modules: dict[str, nn.Module], ort, x: Tensor, pass_: str,
                     loss: str = "all") -> dict[str, Callable[[int], None]]:
     """One step per backend, taking the round's T: forward under no_grad (eval), or a
     training step with fresh gradients, its loss out.sum() (loss "all") or, as a
-    classifier's, the last layer's h_n averaged over the batch (loss "final")."""
+    classifier's, the last layer's h_n averaged over the batch (loss "final"; an LSTM's
+    h_n, not its c_n)."""
     steps: dict[str, Callable[[int], None]] = {}
     for name, module in modules.items():
         if pass_ == "forward":
@@ -79,8 +89,9 @@ def alternate_steps(modules: dict[str, nn.Module], ort, x: Tensor, pass_: str,
             def train_step(T: int, m=module) -> None:
                 m.zero_grad(set_to_none=True)
                 xt = x[:T].detach().requires_grad_()
-                out, h_n = m(xt)
+                out, state = m(xt)
                 if loss == "final":
+                    h_n = hidden(state)
                     D = out.shape[-1] // h_n.shape[-1]
                     (h_n[-D:].sum() / x.shape[1]).backward()
                 else:
@@ -155,17 +166,18 @@ def fmt_ratio(row: dict | None) -> str:
     return fmt(row["median_ratio_to_fused"], "x") + spread
 
 
-def render_alternate(rows: list[dict]) -> str:
+def render_alternate(rows: list[dict], nn_name: str = "nn.GRU") -> str:
     """One line per case: each backend's median ms, then each other backend's median ratio
-    to the fused op's (with the rounds' range), and the fused op's over the GEMM floor."""
+    to the fused op's (with the rounds' range), and the fused op's over the GEMM floor.
+    nn_name: the "cudnn" backend's name in the header."""
     cases: dict[tuple, dict[str, dict]] = {}
     for row in rows:
         key = (f"{row['B']},{row['T']},{row['I']},{row['H']}", row["pass"])
         cases.setdefault(key, {})[row["backend"]] = row
     backends = list(dict.fromkeys(r["backend"] for r in rows))
     others = [b for b in backends if b != "fused"]
-    header = (["B,T,I,H", "pass"] + [f"{display_name(b)} ms" for b in backends]
-              + [f"{display_name(b)} / fused (rounds' range)" for b in others]
+    header = (["B,T,I,H", "pass"] + [f"{display_name(b, nn_name)} ms" for b in backends]
+              + [f"{display_name(b, nn_name)} / fused (rounds' range)" for b in others]
               + ["fused / GEMM floor"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (shape, pass_), by in cases.items():
@@ -207,10 +219,10 @@ def busy_rows(quiet: list[dict], busy: list[dict], n: int) -> list[dict]:
     return rows
 
 
-def render_busy(rows: list[dict]) -> str:
+def render_busy(rows: list[dict], nn_name: str = "nn.GRU") -> str:
     lines = ["| B,T,I,H | pass | backend | quiet ms | busy ms | slowdown |", "|" + "---|" * 6]
     for r in rows:
         lines.append(f"| {r['B']},{r['T']},{r['I']},{r['H']} | {r['pass']} | "
-                     f"{display_name(r['backend'])} | {fmt(r['quiet_ms'])} | "
+                     f"{display_name(r['backend'], nn_name)} | {fmt(r['quiet_ms'])} | "
                      f"{fmt(r['median_ms'])} | {fmt(r['slowdown'], 'x')} |")
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Times gru_torch's fused GRU against nn.GRU (cuDNN on a GPU) and the reference loop.
+"""Times gru_torch's fused GRU against nn.GRU (cuDNN on a GPU) and the reference loop
+(--cell lstm, rnn_tanh or rnn_relu: its fused LSTM or RNN against nn.LSTM or nn.RNN).
 
 Before timing anything it checks every shape: on a small slice of it (B<=8, T<=20) in
 float64, the fused backend (and nn.GRU) must match the reference to 1e-8 in the output,
@@ -22,6 +23,15 @@ Usage (from the repository root, in the venv):
   python scripts/benchmark.py --mode alternate --vary-t     # each round a different T
   python scripts/benchmark.py --mode alternate --busy 1     # quiet, then with a core burned
   python scripts/benchmark.py --mode alternate --loss final --backends fused,fused+ftz,cudnn,cudnn+ftz
+  python scripts/benchmark.py --cell lstm --shapes "8,20,16,16" --backends fused,cudnn,onnxruntime
+  python scripts/benchmark.py --cell rnn_relu --mode alternate --repeats 7
+
+--cell picks the layer: gru (the default), lstm (gru_torch.LSTM against nn.LSTM and ONNX's
+LSTM operator), rnn_tanh or rnn_relu (gru_torch.RNN with that nonlinearity against nn.RNN
+and ONNX's RNN operator). Everything else works as for the GRU: the check (an LSTM's c_n,
+cx gradient and c_n gradient too), the passes, the modes and the losses ("final" reads the
+last layer's h_n, not an LSTM's c_n); the report names the cell's nn module, and the
+results' file names end in -<cell> (runs/bench/<device>-lstm.json).
 
 --loss picks what the training step's loss reads: "all" (every output and h_n, fixed
 random gradients; out.sum() in --mode alternate) or "final" (a classifier's: the last
@@ -35,7 +45,8 @@ its best, "fused+ftz" tells how much the fused op's own flushing leaves on the t
 --mode alternate, --busy and the GEMM floor are described in scripts/bench_modes.py, the
 onnxruntime backend (forward only) in scripts/bench_onnxruntime.py.
 
-Results: runs/bench/<device>.json (cpu-<cpu model> or the GPU's name, as a slug), the
+Results: runs/bench/<device>.json (cpu-<cpu model> or the GPU's name, as a slug;
+<device>-<cell>.json for a --cell other than gru, which the JSON records as "cell"), the
 printed report as markdown beside it (.md) and a speedup plot (.png); --out picks another
 path. --record writes them to benchmarks/results/ instead, the figures the README quotes,
 and refuses while the load average says other work is running (--force records anyway,
@@ -58,7 +69,8 @@ import torch
 from torch import Tensor, nn
 
 import gru_torch
-from gru_torch import GRU, machine, ops
+from gru_torch import GRU, LSTM, RNN, machine, ops
+from gru_torch.cellspec import Cell
 from gru_torch.train import pyplot
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules below
@@ -78,6 +90,24 @@ CHECK_TOLERANCE = 1e-8
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 RUNS_DIR = Path(__file__).resolve().parents[1] / "runs" / "bench"
 RECORD_MAX_LOAD = 0.5  # --record refuses above this 1-minute load average
+CELLS = {"gru": Cell("gru"), "lstm": Cell("lstm"), "rnn_tanh": Cell("rnn", activation="tanh"),
+         "rnn_relu": Cell("rnn", activation="relu")}
+
+
+def cell_title(cell: str) -> str:
+    """"GRU", "LSTM" or "RNN": the layer's name (an RNN's nonlinearity aside)."""
+    return CELLS[cell].kind.upper()
+
+
+def cell_label(cell: str) -> str:
+    """cell_title with an RNN's nonlinearity: "GRU", "LSTM", "RNN (tanh)", "RNN (relu)"."""
+    spec = CELLS[cell]
+    return cell_title(cell) + (f" ({spec.activation})" if spec.kind == "rnn" else "")
+
+
+def nn_name(cell: str) -> str:
+    """"nn.GRU", "nn.LSTM" or "nn.RNN": the "cudnn" backend's module."""
+    return f"nn.{cell_title(cell)}"
 
 
 @dataclass(frozen=True)
@@ -117,6 +147,9 @@ def parse_list(values: list[str], allowed) -> list[str]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--cell", choices=tuple(CELLS), default="gru",
+                   help="the layer timed: gru_torch.GRU, LSTM or RNN (tanh or relu) against "
+                        "nn.GRU, nn.LSTM or nn.RNN (default gru)")
     p.add_argument("--shapes", default="notebooks", help="notebooks | sweep | B,T,I,H[;B,T,I,H...]")
     p.add_argument("--dtype", action="append", help="float32 | bfloat16; repeatable or a comma list")
     p.add_argument("--layers", type=int, default=1)
@@ -148,7 +181,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(off here: the spinning takes the cores of the backend timed next)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads(N) first (default: torch's choice)")
     p.add_argument("--out", type=Path, help="JSON path (default runs/bench/<device>.json, or "
-                                            "benchmarks/results/<device>.json with --record)")
+                                            "benchmarks/results/<device>.json with --record; "
+                                            "<device>-<cell>.json for a --cell other than gru)")
     p.add_argument("--no-save", action="store_true")
     p.add_argument("--record", action="store_true",
                    help="write to benchmarks/results/ (refused while the machine is busy)")
@@ -209,11 +243,17 @@ def with_ftz(name: str, step: Callable) -> Callable:
 
 def build_modules(shape: Shape, args: argparse.Namespace, dtype: torch.dtype,
                   device: torch.device, backends: list[str]) -> dict[str, nn.Module]:
-    """One module per backend, all with the same weights; "cudnn" is a plain nn.GRU and
-    "onnxruntime" an OrtGRU session (checked against nn.GRU on a sample input)."""
-    def make(backend: str) -> GRU:
-        return GRU(shape.I, shape.H, args.layers, bidirectional=args.bidirectional, device=device,
-                   dtype=dtype, recurrent_dropout=args.recurrent_dropout, backend=backend)
+    """One module per backend, all with the same weights; "cudnn" is a plain nn.GRU (nn.LSTM,
+    nn.RNN for --cell) and "onnxruntime" an OrtRNN session (checked against it on a sample
+    input)."""
+    def make(backend: str) -> nn.Module:
+        kw = {"bidirectional": args.bidirectional, "device": device, "dtype": dtype,
+              "recurrent_dropout": args.recurrent_dropout, "backend": backend}
+        if args.cell == "gru":
+            return GRU(shape.I, shape.H, args.layers, **kw)
+        if args.cell == "lstm":
+            return LSTM(shape.I, shape.H, args.layers, **kw)
+        return RNN(shape.I, shape.H, args.layers, nonlinearity=CELLS[args.cell].activation, **kw)
 
     base = make("reference")
     modules = {name: base.to_torch() if base_backend(name) == "cudnn" else make(base_backend(name))
@@ -221,10 +261,10 @@ def build_modules(shape: Shape, args: argparse.Namespace, dtype: torch.dtype,
     for module in modules.values():  # to_torch() copied them already; the others need it
         module.load_state_dict(base.state_dict())
     if "onnxruntime" in backends:
-        nn_gru = base.to_torch()
-        ort = bench_onnxruntime.OrtGRU(nn_gru, torch.get_num_threads(), args.ort_spinning)
+        nn_module = base.to_torch()
+        ort = bench_onnxruntime.OrtRNN(nn_module, torch.get_num_threads(), args.ort_spinning)
         sample = torch.randn(min(shape.T, 20), min(shape.B, 8), shape.I, dtype=dtype)
-        bench_onnxruntime.check(ort, nn_gru, sample)
+        bench_onnxruntime.check(ort, nn_module, sample)
         modules["onnxruntime"] = ort
     return modules
 
@@ -243,25 +283,42 @@ def make_inputs(shape: Shape, args: argparse.Namespace, dtype: torch.dtype,
             torch.randn(args.layers * D, shape.B, shape.H, **kw))
 
 
-def fused_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
+def fused_unavailable(device: torch.device, dtype: torch.dtype, cell: str = "gru") -> str | None:
     status = gru_torch.extension_status()  # may lack the op while it is being rebuilt
-    return ops.unsupported_reason(device, dtype) if status.loaded else f"not loaded: {status.reason}"
+    if not status.loaded:
+        return f"not loaded: {status.reason}"
+    why = ops.unsupported_reason(device, dtype)
+    if why or cell == "gru":
+        return why
+    # e.g. an LSTM on a GPU, where the fused kernels compute the GRU alone
+    return gru_torch.backends.fused_reason(gru_torch.backends.Config(device, dtype, CELLS[cell]))
 
 
 def outputs_and_grads(module: nn.Module, x: Tensor, h0: Tensor, g_out: Tensor,
-                      g_h: Tensor) -> dict[str, Tensor]:
+                      g_h: Tensor, c0: Tensor | None = None,
+                      g_c: Tensor | None = None) -> dict[str, Tensor]:
+    """The outputs and every gradient of one training step; an LSTM's (c0 given) with
+    c_n, its gradient g_c and cx's gradient too."""
     x, h0 = x.clone().requires_grad_(), h0.clone().requires_grad_()
     module.train().zero_grad(set_to_none=True)
     torch.manual_seed(1234)  # the same recurrent-dropout masks for every backend
-    out, h_n = module(x, h0)
-    torch.autograd.backward((out, h_n), (g_out, g_h))
-    found = {"output": out, "h_n": h_n, "grad input": x.grad, "grad hx": h0.grad}
+    if c0 is None:
+        out, h_n = module(x, h0)
+        torch.autograd.backward((out, h_n), (g_out, g_h))
+        found = {"output": out, "h_n": h_n, "grad input": x.grad, "grad hx": h0.grad}
+    else:
+        c0 = c0.clone().requires_grad_()
+        out, (h_n, c_n) = module(x, (h0, c0))
+        torch.autograd.backward((out, h_n, c_n), (g_out, g_h, g_c))
+        found = {"output": out, "h_n": h_n, "c_n": c_n, "grad input": x.grad,
+                 "grad hx": h0.grad, "grad cx": c0.grad}
     return found | {f"grad {n}": p.grad for n, p in module.named_parameters()}
 
 
 def check_shape(shape: Shape, args: argparse.Namespace, device: torch.device) -> str:
-    """Compares fused (and nn.GRU) with the reference on a slice of shape; exits on a mismatch."""
-    why = fused_unavailable(device, torch.float64)
+    """Compares fused (and nn.GRU, nn.LSTM or nn.RNN) with the reference on a slice of
+    shape; exits on a mismatch."""
+    why = fused_unavailable(device, torch.float64, args.cell)
     if why:
         return f"check {shape}: SKIPPED, the fused op is unavailable: {why}"
     small = Shape(min(shape.B, 8), min(shape.T, 20), shape.I, shape.H)
@@ -269,9 +326,11 @@ def check_shape(shape: Shape, args: argparse.Namespace, device: torch.device) ->
     modules = build_modules(small, args, torch.float64, device, ["reference"] + others)
     x, g_out, g_h = make_inputs(small, args, torch.float64, device)
     h0 = torch.randn_like(g_h)
-    expected = outputs_and_grads(modules["reference"], x, h0, g_out, g_h)
+    lstm = args.cell == "lstm"  # its c0 and c_n's gradient
+    c0, g_c = (torch.randn_like(g_h), torch.randn_like(g_h)) if lstm else (None, None)
+    expected = outputs_and_grads(modules["reference"], x, h0, g_out, g_h, c0, g_c)
     for name in others:
-        got = outputs_and_grads(modules[name], x, h0, g_out, g_h)
+        got = outputs_and_grads(modules[name], x, h0, g_out, g_h, c0, g_c)
         for key, want in expected.items():
             err = (got[key] - want).abs().max().item()
             if not err <= CHECK_TOLERANCE:  # also catches NaN
@@ -282,7 +341,7 @@ def check_shape(shape: Shape, args: argparse.Namespace, device: torch.device) ->
 
 def make_step(module: nn.Module, pass_: str, x: Tensor, g_out: Tensor, g_h: Tensor,
               loss: str = "all") -> Callable[[], None]:
-    if isinstance(module, bench_onnxruntime.OrtGRU):
+    if isinstance(module, bench_onnxruntime.OrtRNN):
         return lambda: module.run(x)
     if pass_ == "forward":
         module.eval()
@@ -299,7 +358,8 @@ def make_step(module: nn.Module, pass_: str, x: Tensor, g_out: Tensor, g_h: Tens
     def forward_backward() -> None:
         module.zero_grad(set_to_none=True)
         x.grad = None
-        out, h_n = module(x)
+        out, state = module(x)
+        h_n = bench_modes.hidden(state)  # an LSTM's h_n: its loss reads no c_n
         if loss == "final":  # the last layer's state alone, as a classifier reads it
             torch.autograd.backward(h_n[-D:], g_h[-D:])
         else:
@@ -343,15 +403,15 @@ def skip_reason(name: str, shape: Shape, args: argparse.Namespace, device: torch
     steps = shape.T * args.layers * (2 if args.bidirectional else 1)
     name = base_backend(name)
     if name == "fused":
-        why = fused_unavailable(device, dtype)
-        failed = None if why else ops.self_check_failure(device, dtype, gru_torch.cellspec.Cell())
+        why = fused_unavailable(device, dtype, args.cell)
+        failed = None if why else ops.self_check_failure(device, dtype, CELLS[args.cell])
         return why or (f"the fused kernel failed its self-check: {failed}" if failed else None)
     if name == "onnxruntime":
         if args.recurrent_dropout:
             return "onnxruntime times inference only"
-        return bench_onnxruntime.unavailable(args.layers, dtype, device)
+        return bench_onnxruntime.unavailable(args.layers, dtype, device, cell_title(args.cell))
     if name == "cudnn" and args.recurrent_dropout:
-        return "nn.GRU has no recurrent dropout"
+        return f"{nn_name(args.cell)} has no recurrent dropout"
     if name == "reference" and args.reference_max_steps is not None and steps > args.reference_max_steps:
         return f"T*layers*directions = {steps} > --reference-max-steps {args.reference_max_steps}"
     return None
@@ -381,7 +441,8 @@ def bench_case(shape: Shape, dtype_name: str, args: argparse.Namespace,
     x, g_out, g_h = make_inputs(shape, args, dtype, device)
     repeats = {n: min(args.repeats, args.reference_repeats) if base_backend(n) == "reference"
                else args.repeats for n in backends}
-    rate = bench_modes.gemm_rate(shape, device) if device.type == "cpu" else None
+    rate = bench_modes.gemm_rate(shape, device, gates=CELLS[args.cell].gates) \
+        if device.type == "cpu" else None
     rows = []
     for pass_ in ["forward+backward"] if args.recurrent_dropout else ["forward", "forward+backward"]:
         steps = {n: with_ftz(n, make_step(m, pass_, x, g_out, g_h, args.loss))
@@ -411,8 +472,8 @@ def bench_case(shape: Shape, dtype_name: str, args: argparse.Namespace,
 def pass_flops(shape: Shape, args: argparse.Namespace, pass_: str, T: int | None = None) -> float:
     """The GEMM FLOPs of one pass (forward+backward: 3x the forward's), at T steps."""
     s = shape if T is None else Shape(shape.B, T, shape.I, shape.H)
-    return forward_flops(s, args.layers, 2 if args.bidirectional else 1)[2] * (
-        3 if "backward" in pass_ else 1)
+    return forward_flops(s, args.layers, 2 if args.bidirectional else 1,
+                         CELLS[args.cell].gates)[2] * (3 if "backward" in pass_ else 1)
 
 
 def bench_case_alternate(shape: Shape, dtype_name: str, args: argparse.Namespace,
@@ -425,7 +486,7 @@ def bench_case_alternate(shape: Shape, dtype_name: str, args: argparse.Namespace
     modules = build_modules(shape, args, dtype, device, backends)
     ort = modules.pop("onnxruntime", None)
     x = make_inputs(shape, args, dtype, device)[0]
-    rate = bench_modes.gemm_rate(shape, device)
+    rate = bench_modes.gemm_rate(shape, device, gates=CELLS[args.cell].gates)
     lengths = bench_modes.round_lengths(shape.T, args.repeats, args.vary_t)
     if args.loss == "final":
         x = (torch.rand_like(x) * 2 - 1) * EMBEDDING_SCALE
@@ -443,10 +504,12 @@ def bench_case_alternate(shape: Shape, dtype_name: str, args: argparse.Namespace
     return rows
 
 
-def forward_flops(shape: Shape, layers: int, directions: int) -> tuple[int, int, int]:
+def forward_flops(shape: Shape, layers: int, directions: int,
+                  gates: int = 3) -> tuple[int, int, int]:
     """GEMM FLOPs: (recurrent, per step and layer-direction; layer 0's input GEMM over all
-    steps, per direction; the whole forward)."""
-    G = 3 * shape.H
+    steps, per direction; the whole forward), for a cell of `gates` gate blocks (GRU 3,
+    LSTM 4, RNN 1)."""
+    G = gates * shape.H
     recurrent = 2 * shape.B * shape.H * G
     inputs = [2 * shape.T * shape.B * (shape.I if k == 0 else directions * shape.H) * G
               for k in range(layers)]
@@ -458,10 +521,11 @@ def flop(n: float) -> str:
     return f"{n / scale:.3g} {unit}FLOP"
 
 
-def napkin(shape: Shape, layers: int, directions: int) -> str:
-    recurrent, input_gemm, total = forward_flops(shape, layers, directions)
-    return (f"{shape}: recurrent GEMM 2*B*H*3H = {flop(recurrent)}/step ({flop(shape.T * recurrent)} "
-            f"over T, in sequence); input GEMM 2*T*B*I*3H = {flop(input_gemm)} (one GEMM, all "
+def napkin(shape: Shape, layers: int, directions: int, gates: int = 3) -> str:
+    recurrent, input_gemm, total = forward_flops(shape, layers, directions, gates)
+    G = f"{gates}H" if gates > 1 else "H"
+    return (f"{shape}: recurrent GEMM 2*B*H*{G} = {flop(recurrent)}/step ({flop(shape.T * recurrent)} "
+            f"over T, in sequence); input GEMM 2*T*B*I*{G} = {flop(input_gemm)} (one GEMM, all "
             f"steps); forward, {layers} layer(s) x {directions} direction(s): {flop(total)}; "
             f"forward+backward ~3x that")
 
@@ -472,7 +536,7 @@ def fmt(value: float | None, unit: str = "") -> str:
     return (f"{value:.2f}" if unit == "x" else f"{value:.0f}" if value >= 100 else f"{value:.3g}") + unit
 
 
-def render_table(rows: list[dict]) -> str:
+def render_table(rows: list[dict], cell: str = "gru") -> str:
     cases: dict[tuple, dict[str, float]] = {}
     floors: dict[tuple, float] = {}
     for row in rows:
@@ -481,13 +545,15 @@ def render_table(rows: list[dict]) -> str:
         cases.setdefault(key, {})[row["backend"]] = row["median_ms"]
         if "gemm_floor_ms" in row:
             floors[key] = row["gemm_floor_ms"]
-    lines = ["| B,T,I,H | dtype | pass | fused ms | nn.GRU ms | reference ms | onnxruntime ms "
-             "| fused us/step | fused GFLOP/s | fused vs nn.GRU | fused vs reference "
+    nn_ = nn_name(cell)
+    lines = [f"| B,T,I,H | dtype | pass | fused ms | {nn_} ms | reference ms | onnxruntime ms "
+             f"| fused us/step | fused GFLOP/s | fused vs {nn_} | fused vs reference "
              "| fused vs onnxruntime | fused / GEMM floor |", "|" + "---|" * 13]
     for key, ms in cases.items():
         shape, layers, bidi, dtype, pass_ = key
         fused = ms.get("fused")
-        flops = forward_flops(shape, layers, 2 if bidi else 1)[2] * (3 if "backward" in pass_ else 1)
+        flops = forward_flops(shape, layers, 2 if bidi else 1, CELLS[cell].gates)[2] * (
+            3 if "backward" in pass_ else 1)
         per_step, rate = (fused * 1e3 / shape.T, flops / fused / 1e6) if fused else (None, None)
         speedups = [ms[n] / fused if fused and n in ms else None
                     for n in ("cudnn", "reference", "onnxruntime")]
@@ -505,15 +571,18 @@ def device_name(device: torch.device) -> str:
     return machine.cpu_model()
 
 
-def default_out(device: torch.device, name: str, record: bool = False) -> Path:
+def default_out(device: torch.device, name: str, record: bool = False, cell: str = "gru") -> Path:
+    """<folder>/<device>.json, or <device>-<cell>.json for a cell other than the GRU."""
     if device.type == "cpu":  # "AMD EPYC 7763 64-Core Processor" -> "cpu-amd-epyc-7763"
         name = "cpu " + re.sub(r"\((R|TM)\)|@.*|\bCPU\b|\bProcessor\b|\b\d+-Core\b", " ", name, flags=re.I)
+    name += "" if cell == "gru" else f" {cell}"  # rnn_tanh -> "-rnn-tanh"
     folder = RESULTS_DIR if record else RUNS_DIR
     return folder / (re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") + ".json")
 
 
-def plot_speedups(rows: list[dict], path: Path, title: str) -> bool:
-    """Bars of the fused op's speedup over nn.GRU and over the reference, per case."""
+def plot_speedups(rows: list[dict], path: Path, title: str, cell: str = "gru") -> bool:
+    """Bars of the fused op's speedup over nn.GRU (nn.LSTM, nn.RNN) and over the
+    reference, per case."""
     plt = pyplot()
     if plt is None:
         return False
@@ -525,12 +594,14 @@ def plot_speedups(rows: list[dict], path: Path, title: str) -> bool:
     if not cases:
         return False
     names = [n for n in ("cudnn", "reference") if any(n in v for v in cases.values())]
+    if not names:  # e.g. --backends fused,cudnn+ftz,onnxruntime: no bars to draw
+        return False
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(cases)), 4.2))
     width = 0.8 / len(names)
     for k, name in enumerate(names):
         xs = [i + (k - (len(names) - 1) / 2) * width for i in range(len(cases))]
         ys = [v[name] / v["fused"] if name in v else 0 for v in cases.values()]
-        bars = ax.bar(xs, ys, width, label=f"fused vs {'nn.GRU' if name == 'cudnn' else name}")
+        bars = ax.bar(xs, ys, width, label=f"fused vs {nn_name(cell) if name == 'cudnn' else name}")
         ax.bar_label(bars, labels=[f"{y:.2f}x" if y else "" for y in ys], fontsize=7)
     ax.axhline(1.0, color="k", linewidth=0.8)
     top = max(v[n] / v["fused"] for v in cases.values() for n in names if n in v)
@@ -559,6 +630,8 @@ def main(argv: list[str] | None = None) -> int:
     env = {"device": device_name(device), "torch": torch.__version__,
            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
            "threads": torch.get_num_threads()}
+    if args.cell != "gru":  # a GRU's files stay as before --cell: no "cell" means gru
+        env["cell"] = args.cell
     if "onnxruntime" in args.backends:
         env["ort_spinning"] = args.ort_spinning
     print(", ".join(f"{k}: {v}" for k, v in env.items()))
@@ -571,38 +644,44 @@ def main(argv: list[str] | None = None) -> int:
                 for row in case(shape, dtype, args, device)]
 
     rows = measure_all()
-    tables = [bench_modes.render_alternate(rows) if args.mode == "alternate" else render_table(rows)]
+    tables = [bench_modes.render_alternate(rows, nn_name(args.cell)) if args.mode == "alternate"
+              else render_table(rows, args.cell)]
     if args.busy:
         print(f"again, with {args.busy} process(es) burning a core each:", flush=True)
         with bench_modes.burning(args.busy):
             busy = bench_modes.busy_rows(rows, measure_all(), args.busy)
         rows += busy
         tables += ["", f"With {args.busy} process(es) burning a core each (slowdown = busy ms / "
-                       "quiet ms, both measured in this run):", "", bench_modes.render_busy(busy)]
+                       "quiet ms, both measured in this run):", "",
+                   bench_modes.render_busy(busy, nn_name(args.cell))]
     env["mode"] = args.mode
     directions = 2 if args.bidirectional else 1
     dropout = f", recurrent_dropout={args.recurrent_dropout}" if args.recurrent_dropout else ""
+    spec = CELLS[args.cell]
+    nonlinearity = f", nonlinearity={spec.activation}" if spec.kind == "rnn" else ""
     how = (f"median of {args.repeats} per-round ratios (alternating, fresh gradients"
            f"{', T varying in [T/2, T]' if args.vary_t else ''})" if args.mode == "alternate"
            else f"median ms of {args.repeats} repeats ({min(args.repeats, args.reference_repeats)} "
                 "for the reference)")
     report = "\n".join([
-        f"# GRU benchmark: {env['device']}", "",
+        f"# {cell_title(args.cell)} benchmark: {env['device']}", "",
         f"torch {env['torch']}, cuDNN {env['cudnn']}, {env['threads']} threads, layers={args.layers}, "
-        f"bidirectional={args.bidirectional}{dropout}; {how}, after {args.warmup} warm-up run(s)."
+        f"bidirectional={args.bidirectional}{nonlinearity}{dropout}; {how}, "
+        f"after {args.warmup} warm-up run(s)."
         + ("" if "ort_spinning" not in env else " ONNX Runtime's threads "
            + ("spin-wait after each run (its default)." if args.ort_spinning
               else "do not spin-wait after a run (scripts/bench_onnxruntime.py says why).")), "",
         *tables, "", "Napkin math (GEMM FLOPs):",
-        *(f"- {napkin(shape, args.layers, directions)}" for shape in args.shapes), ""])
+        *(f"- {napkin(shape, args.layers, directions, spec.gates)}" for shape in args.shapes), ""])
     print("\n" + report)
     if not args.no_save:
-        out = args.out or default_out(device, env["device"], args.record)
+        out = args.out or default_out(device, env["device"], args.record, args.cell)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({**env, "rows": rows}, indent=2) + "\n")
         out.with_suffix(".md").write_text(report)
         plotted = plot_speedups(rows, out.with_suffix(".png"),
-                                f"gru_torch fused GRU: {env['device']}, {env['threads']} threads")
+                                f"gru_torch fused {cell_label(args.cell)}: "
+                                f"{env['device']}, {env['threads']} threads", args.cell)
         print(f"wrote {out}, {out.with_suffix('.md')}"
               + (f" and {out.with_suffix('.png')}" if plotted else ""))
     return 0

@@ -141,8 +141,8 @@ class Family:
 
     @property
     def fused(self) -> bool:
-        """Whether the fused op computes this cell (the GRU's alone, so far)."""
-        return self.nn_cls in (nn.GRU, nn.GRUCell)
+        """Whether the fused op computes this cell: every one but the LSTM with projections."""
+        return self.proj_size == 0
 
     @property
     def proj_size(self) -> int:
@@ -159,8 +159,8 @@ class Family:
 
     def backends(self) -> list[str]:
         """The backends that must give nn's outcome: every one that runs on the CPU for
-        the GRU ("auto" is "fused" there); "reference", "cudnn" and "auto" (which falls
-        back to nn's kernel) for the others, whose forced "fused" raises instead."""
+        a fused cell ("auto" is "fused" there); "reference", "cudnn" and "auto" (which falls
+        back to nn's kernel) for the LSTM with projections, whose forced "fused" raises."""
         return available_backends() if self.fused else ["reference", "cudnn", "auto"]
 
     def pair(self, *args, backend: str = "auto", seed: int = 0, **kwargs):
@@ -189,7 +189,7 @@ CELLS = [GRU_CELL, LSTM_CELL, RNN_CELL_TANH, RNN_CELL_RELU]
 LAYER_CELL = {GRU: GRU_CELL, LSTM: LSTM_CELL, LSTM_PROJ: LSTM_CELL, RNN_TANH: RNN_CELL_TANH,
               RNN_RELU: RNN_CELL_RELU}  # each layer's one step
 
-FUSED_IS_GRU_ONLY = "the fused op computes the GRU cell"  # what forcing it elsewhere says
+FUSED_HAS_NO_PROJ = "the fused op has no LSTM projections"  # what forcing it there says
 
 
 def family_params(families) -> list:

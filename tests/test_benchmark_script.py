@@ -1,4 +1,5 @@
-"""scripts/benchmark.py: a tiny run end to end, and its correctness check failing loudly."""
+"""scripts/benchmark.py: a tiny run end to end (GRU, LSTM, RNN), and its correctness check
+failing loudly."""
 from __future__ import annotations
 
 import importlib.util
@@ -78,6 +79,15 @@ def test_results_go_to_runs_unless_recorded(bench):
     assert bench.RUNS_DIR.parts[-2:] == ("runs", "bench")
 
 
+def test_other_cells_put_the_cell_in_their_file_names(bench):
+    cpu = torch.device("cpu")
+    name = "AMD EPYC 7763 64-Core Processor"
+    assert bench.default_out(cpu, name, cell="gru") == bench.RUNS_DIR / "cpu-amd-epyc-7763.json"
+    assert bench.default_out(cpu, name, cell="lstm") == bench.RUNS_DIR / "cpu-amd-epyc-7763-lstm.json"
+    assert bench.default_out(cpu, name, record=True, cell="rnn_relu") == \
+        bench.RESULTS_DIR / "cpu-amd-epyc-7763-rnn-relu.json"
+
+
 def test_record_refuses_on_a_busy_machine(bench, monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(bench.machine, "load_average", lambda: 1.7)
     out = tmp_path / "rec.json"
@@ -105,6 +115,20 @@ def test_check_aborts_when_fused_disagrees(monkeypatch, bench):
     monkeypatch.setattr(gru_torch.ops, "gru_layer", off_by_a_little)
     args = bench.parse_args(["--shapes", "3,5,2,4", "--no-save"])
     with pytest.raises(SystemExit, match="CHECK FAILED.*fused and reference differ in output"):
+        bench.check_shape(args.shapes[0], args, torch.device("cpu"))
+
+
+@pytest.mark.skipif(not gru_torch.extension_status().loaded, reason="needs the fused op")
+def test_lstm_check_compares_c_n(monkeypatch, bench):
+    real = gru_torch.ops.family_layer
+
+    def c_n_off_by_a_little(*args, **kwargs):
+        out, h_n, c_n = real(*args, **kwargs)
+        return out, h_n, c_n * (1 + 1e-6)
+
+    monkeypatch.setattr(gru_torch.ops, "family_layer", c_n_off_by_a_little)
+    args = bench.parse_args(["--cell", "lstm", "--shapes", "3,5,2,4", "--no-save"])
+    with pytest.raises(SystemExit, match="CHECK FAILED.*fused and reference differ in c_n"):
         bench.check_shape(args.shapes[0], args, torch.device("cpu"))
 
 
@@ -162,6 +186,70 @@ def test_onnxruntime_backend_matches_nn_gru_and_times_forward_only(tmp_path):
     assert {(r["backend"], r["pass"]) for r in rows} == {
         ("cudnn", "forward"), ("cudnn", "forward+backward"), ("onnxruntime", "forward")}
     assert json.loads(out.read_text())["ort_spinning"] is False
+
+
+@pytest.mark.skipif(not has_onnxruntime(), reason="needs onnx and onnxruntime")
+def test_onnxruntime_lstm_and_rnn_nodes_match_nn():
+    """ONNX's LSTM (gates i, o, f, c; Y_c beside Y_h) and RNN (Tanh or Relu) nodes."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    import bench_onnxruntime
+
+    x = torch.randn(9, 3, 5)
+    for bidirectional, bias in ((False, True), (True, True), (False, False)):
+        for module in (torch.nn.LSTM(5, 7, bidirectional=bidirectional, bias=bias),
+                       torch.nn.RNN(5, 7, bidirectional=bidirectional, bias=bias),
+                       torch.nn.RNN(5, 7, nonlinearity="relu", bidirectional=bidirectional,
+                                    bias=bias)):
+            ort = bench_onnxruntime.OrtRNN(module, 1)
+            assert bench_onnxruntime.check(ort, module, x) < 1e-5
+    out, (h_n, c_n) = bench_onnxruntime.OrtRNN(torch.nn.LSTM(5, 7), 1)(x)
+    assert out.shape == (9, 3, 7) and h_n.shape == c_n.shape == (1, 3, 7)
+    relu = torch.nn.RNN(5, 7, nonlinearity="relu")
+    tanh = torch.nn.RNN(5, 7)
+    tanh.load_state_dict(relu.state_dict())
+    with pytest.raises(RuntimeError, match="onnxruntime's RNN differs from nn.RNN"):
+        bench_onnxruntime.check(bench_onnxruntime.OrtRNN(relu, 1), tanh, x)
+
+
+@pytest.mark.skipif(not gru_torch.extension_status().loaded, reason="needs the fused op")
+@pytest.mark.parametrize("cell, mode, extra", [
+    ("lstm", "interleaved", ["--bidirectional"]),
+    ("lstm", "alternate", ["--loss", "final"]),
+    ("rnn_tanh", "interleaved", ["--loss", "final"]),
+    ("rnn_tanh", "alternate", ["--bidirectional"]),
+])
+def test_lstm_and_rnn_cells_are_checked_timed_and_named(tmp_path, cell, mode, extra):
+    out = tmp_path / f"{cell}-{mode}.json"
+    backends = "fused,cudnn,onnxruntime" if has_onnxruntime() else "fused,cudnn"
+    proc = run_script("--cell", cell, "--shapes", "4,6,3,5", "--mode", mode, "--repeats", "2",
+                      "--warmup", "0", "--backends", backends, *extra, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "check B=4 T=6 I=3 H=5: ok on B=4 T=6 I=3 H=5 in float64, fused and cudnn vs " \
+           "reference" in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["cell"] == cell and data["mode"] == mode
+    expected = {(b, p) for b in ("fused", "cudnn") for p in ("forward", "forward+backward")}
+    if has_onnxruntime():
+        expected.add(("onnxruntime", "forward"))  # inference only
+    assert {(r["backend"], r["pass"]) for r in data["rows"]} == expected
+    assert all(r["median_ms"] > 0 and r["bidirectional"] == ("--bidirectional" in extra)
+               for r in data["rows"])
+    nn_name, gates = ("nn.LSTM", "4H") if cell == "lstm" else ("nn.RNN", "H")
+    markdown = out.with_suffix(".md").read_text()
+    assert markdown.startswith(f"# {nn_name[3:]} benchmark: ")
+    assert "GRU" not in markdown
+    assert (", nonlinearity=tanh;" in markdown) == (cell == "rnn_tanh")
+    assert f"recurrent GEMM 2*B*H*{gates} = " in markdown
+    if mode == "alternate":
+        assert f"| {nn_name} ms |" in markdown and f"| {nn_name} / fused (rounds' range) |" in markdown
+        assert re.search(r"\| 4,6,3,5 \| forward\+backward \| [\d.]+ \| [\d.]+ \| (- \| )?"
+                         r"\d+\.\d\dx \(\d+\.\d\d-\d+\.\d\d\) \|", markdown)
+    else:
+        assert f"| {nn_name} ms |" in markdown and f"| fused vs {nn_name} |" in markdown
+        row = next(line for line in markdown.splitlines()
+                   if line.startswith("| 4,6,3,5 | float32 | forward+backward |"))
+        assert re.fullmatch(r"\d+\.\d\dx", row.split(" | ")[9])  # fused vs nn.LSTM / nn.RNN
+    assert out.with_suffix(".png").stat().st_size > 1000
 
 
 @pytest.mark.skipif(not has_onnxruntime(), reason="needs onnx and onnxruntime")

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import gru_torch
-from gru_torch import backends
+from gru_torch import backends, ops
 from gru_torch.reference import gru_layer_reference
 from conftest import (assert_close, available_backends, dropout_backends,
                       keras_capable_backends)
@@ -526,7 +526,11 @@ def test_input_dropout_with_shared_masks_runs_fused_as_the_reference(reset_after
     for a, b in zip(grads, r_grads):
         assert_close(a, b, atol=1e-11, what="gradient")
     assert (run("fused", p=0.0)[0] - out).abs().max() > 1e-3  # the input masks drop something
+    # the GRU op takes neither of these; on the CPU the family op does, on a GPU nothing yet
     bi = gru_torch.GRU(I, H, bidirectional=True, input_dropout=0.4, dtype=DT)
-    assert "two directions" in backends.fused_reason(bi.training_config())
+    assert backends.fused_reason(bi.training_config()) is None
+    assert "two directions" in ops.gru_op_reason(bi.cell, True, "shared", True, 2)
+    assert "GPU" in ops.cell_reason(bi.cell, True, "shared", True, False, 2, torch.device("cuda"))
     per_gate = gru_torch.GRU(I, H, input_dropout=0.4, dropout_masks="per_gate", dtype=DT)
-    assert "per-gate input" in backends.fused_reason(per_gate.training_config())
+    assert backends.fused_reason(per_gate.training_config()) is None
+    assert "one per gate" in ops.gru_op_reason(per_gate.cell, True, "per_gate", True, 1)

@@ -15,7 +15,7 @@ from torch import nn
 
 import gru_torch
 from conftest import keras_capable_backends
-from contract import (CELLS, FUSED_IS_GRU_ONLY, GRU_CELL, LSTM_CELL, Family, assert_same_layout,
+from contract import (CELLS, GRU_CELL, LSTM_CELL, Family, assert_same_layout,
                       assert_same_outcome, backend_param, family_params)
 from gru_torch import ops
 
@@ -103,7 +103,7 @@ REJECTED = [
     Case("hx_wrong_and_dtype", lambda s: (rand(B, I, dtype=F32), s(lambda w: rand(B, w + 1)))),
     Case("input_on_meta", lambda s: (rand(B, I, device="meta"),), needs_bias=lambda fam: True),
     Case("hx_on_meta", lambda s: (rand(B, I), s(h(B, device="meta"))),
-         needs_bias=lambda fam: not fam.fused),
+         needs_bias=lambda fam: fam is not GRU_CELL),
     Case("module_on_meta", lambda s: (rand(B, I), s(h(B))), module_device="meta",
          needs_bias=lambda fam: True),
     # an LSTMCell's state: not a pair, or a fault in c alone
@@ -176,21 +176,6 @@ def test_unbatched_input_with_square_hx_is_rejected(fam):
         with pytest.raises(RuntimeError, match=r"hx must be 1-D \[hidden_size\] for 1-D input"):
             fam.ours_cls(I, size, **fam.kw)(torch.randn(I),
                                             fam.state(lambda w: torch.randn(w, w), size))
-
-
-@pytest.mark.skipif(not gru_torch.extension_status().loaded, reason="gru_torch extension not built")
-@pytest.mark.parametrize("fam", family_params(CELLS[1:]))
-def test_forced_fused_backend_says_it_computes_the_gru_only(fam):
-    """Forced on another cell than the GRU's, the fused op raises an error that says why
-    (after nn's checks: a call nn rejects fails as nn's does)."""
-    theirs, ours = fam.pair(I, H, dtype=F64, backend="fused")
-    x, hx = rand(B, I), fam.state(h(B), H)
-    theirs(x, hx)
-    with pytest.raises(RuntimeError, match=f"backend='fused' cannot run: {FUSED_IS_GRU_ONLY}"):
-        ours(x, hx)
-    bad = fam.state(h(B + 1), H)
-    t, _ = assert_same_outcome(lambda: theirs(x, bad), lambda: ours(x, bad))
-    assert t.error is not None
 
 
 # ---------------------------------------------------------------- the module itself

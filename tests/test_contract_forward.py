@@ -16,7 +16,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import gru_torch
-from contract import (FUSED_IS_GRU_ONLY, GRU, LAYERS, OTHER_LAYERS, Family, assert_same_layout,
+from contract import (FUSED_HAS_NO_PROJ, GRU, LAYERS, LSTM_PROJ, OTHER_LAYERS, Family, assert_same_layout,
                       assert_same_outcome, backend_param)
 
 T, B, I, H = 4, 3, 3, 5
@@ -327,19 +327,19 @@ def test_rejected_calls_fail_like_nn(fam, config, case, backend):
 
 
 @pytest.mark.skipif(not gru_torch.extension_status().loaded, reason="gru_torch extension not built")
-@pytest.mark.parametrize("fam", OTHER_LAYERS, ids=str)
+@pytest.mark.parametrize("fam", [LSTM_PROJ], ids=str)
 @pytest.mark.parametrize("case", [c for c in VALID if c.name in (
     "batched_hx", "unbatched", "packed_unsorted", "zero_batch", "float32", "meta")],
     ids=lambda k: k.name)
-def test_forced_fused_backend_says_it_computes_the_gru_only(fam, case):
-    """The fused op computes the GRU cell alone: forced on another family, a call nn
-    accepts raises a RuntimeError that says so (a call nn rejects fails as nn's does:
-    the arguments are checked first)."""
+def test_forced_fused_backend_says_it_has_no_projections(fam, case):
+    """The fused op has no LSTM projections: forced there, a call nn accepts raises a
+    RuntimeError that says so (a call nn rejects fails as nn's does: the arguments are
+    checked first)."""
     k = Setup(SAMPLED_CONFIGS[1], fam)
     theirs, ours = _modules(k, case, "fused")
     args = case.args(k)
     theirs(*args)
-    with pytest.raises(RuntimeError, match=f"backend='fused' cannot run: {FUSED_IS_GRU_ONLY}"):
+    with pytest.raises(RuntimeError, match=f"backend='fused' cannot run: {FUSED_HAS_NO_PROJ}"):
         ours(*args)
     bad = REJECTED[[c.name for c in REJECTED].index("hx_batch_more")]
     t, _ = assert_same_outcome(lambda: theirs(*bad.args(k)), lambda: ours(*bad.args(k)))

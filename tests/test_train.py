@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import gru_torch
-from gru_torch import backends, cli, presets, train
+from gru_torch import backends, cli, ops, presets, train
 from gru_torch.data.batching import ReviewBatches
 
 REAL = Path(os.environ.get("GRU_TORCH_TEST_DATA", Path(__file__).resolve().parents[1].parent
@@ -134,20 +134,24 @@ def test_list_presets(capsys):
 
 
 def test_dropout_masks_and_gate_flags_override_the_preset(capsys):
-    """--dropout-masks and --recurrent-activation trade a preset's Keras semantics for the
-    fused op: notebook A's GRU, with shared masks and sigmoid gates, is one it runs."""
+    """--dropout-masks and --recurrent-activation change a preset's Keras semantics:
+    notebook A's GRU runs on the family op as the notebook computed it, and with shared
+    masks and sigmoid gates on the GRU op (the input projection fused into its loop)."""
     from gru_torch.rnn_base import RNNBase
     args = ["--preset", "gru100-recdrop"]
 
     def fused(*more):
+        """(fused at all, on the GRU op) per recurrent layer."""
         model = presets.SentimentClassifier(cli.chosen_preset(cli._parse_train([*args, *more])).model)
-        return [backends.fused_reason(m.training_config(torch.device("cpu"))) is None
-                for m in model.modules() if isinstance(m, RNNBase)]
+        return [(backends.fused_reason(cfg) is None,
+                 ops.gru_op_reason(cfg.cell, True, cfg.masks, cfg.input_dropout) is None)
+                for cfg in (m.training_config(torch.device("cpu"))
+                            for m in model.modules() if isinstance(m, RNNBase))]
 
-    assert fused() == [False]
-    assert fused("--dropout-masks", "shared") == [False]          # still the hard sigmoid
-    want = [gru_torch.extension_status().loaded]
-    assert fused("--dropout-masks", "shared", "--recurrent-activation", "sigmoid") == want
+    loaded = gru_torch.extension_status().loaded
+    assert fused() == [(loaded, False)]
+    assert fused("--dropout-masks", "shared") == [(loaded, False)]   # still the hard sigmoid
+    assert fused("--dropout-masks", "shared", "--recurrent-activation", "sigmoid") == [(loaded, True)]
     model = cli.chosen_preset(cli._parse_train([*args, "--recurrent-activation",
                                                 "hard_sigmoid_keras3"])).model
     assert model.recurrent_activation == "hard_sigmoid_keras3" and model.dropout_masks == "per_gate"
@@ -250,8 +254,11 @@ def test_backend_that_cannot_run_the_preset_stops_before_training(tmp_path, cach
 def test_epoch_seconds_script_times_fused_against_the_right_baseline(tmp_path):
     """scripts/epoch_seconds.py: every preset; those whose cell or dropout torch.nn cannot
     express (the Keras 2 hard sigmoid, per-gate masks) are timed against the reference
-    loop, the others against torch.nn's kernel; a preset the fused op cannot run yet is
-    timed once, on what backend="auto" picks. One run on the sample."""
+    loop, the others against torch.nn's kernel. Every preset runs on the fused op (the
+    GRU op, or the family op for the LSTM, the RNN and the Keras GRUs). One run on the
+    sample."""
+    if not gru_torch.extension_status().loaded:
+        pytest.skip("the fused extension is not loaded")
     sys.path.insert(0, str(ROOT / "scripts"))
     import epoch_seconds
     assert set(epoch_seconds.PRESETS) == set(presets.PRESETS)
@@ -259,8 +266,7 @@ def test_epoch_seconds_script_times_fused_against_the_right_baseline(tmp_path):
         "gru128": "cudnn", "rnn128": "cudnn", "lstm128": "cudnn",
         "gru100-recdrop": "reference", "gru50-rawids": "reference", "gru32-onehot": "reference",
         "gru32x2": "reference", "lstm32x2": "reference", "bilstm32x2": "reference"}
-    fused = {p for p in epoch_seconds.PRESETS if epoch_seconds.fused_runs(p)}
-    assert "gru128" in fused and not fused & {"lstm128", "rnn128", "gru100-recdrop"}
+    assert {p for p in epoch_seconds.PRESETS if epoch_seconds.fused_runs(p)} == set(presets.PRESETS)
     env = {**os.environ, "GRU_TORCH_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "epoch_seconds.py"), "--data", "sample",
@@ -268,17 +274,15 @@ def test_epoch_seconds_script_times_fused_against_the_right_baseline(tmp_path):
          "--results", str(tmp_path / "res"), "--machine", "test"],
         capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    row, auto = json.loads((tmp_path / "res" / "epoch-seconds-test.json").read_text())["rows"]
-    assert auto["preset"] == "rnn128" and auto["baseline"] == "auto"
-    assert auto["fused_epoch_s"] is None and auto["baseline_epoch_s"] > 0
-    assert auto["baseline_ran"] and auto["baseline_ran"] != "fused"
-    assert row["preset"] == "gru128" and row["baseline"] == "cudnn"
-    assert row["fused_epoch_s"] > 0 and row["baseline_epoch_s"] > 0
-    assert row["speedup"] == pytest.approx(row["baseline_epoch_s"] / row["fused_epoch_s"])
+    rows = json.loads((tmp_path / "res" / "epoch-seconds-test.json").read_text())["rows"]
     table = (tmp_path / "res" / "epoch-seconds-test.md").read_text()
-    assert "| gru128 | torch.nn |" in table and epoch_seconds.cpu_model() in table
-    ran = epoch_seconds.NAMES.get(auto['baseline_ran'], auto['baseline_ran'])
-    assert f"| rnn128 | auto ({ran}) | - |" in table
+    assert [r["preset"] for r in rows] == ["gru128", "rnn128"]
+    for row in rows:
+        assert row["baseline"] == "cudnn"
+        assert row["fused_epoch_s"] > 0 and row["baseline_epoch_s"] > 0
+        assert row["speedup"] == pytest.approx(row["baseline_epoch_s"] / row["fused_epoch_s"])
+        assert f"| {row['preset']} | torch.nn |" in table
+    assert epoch_seconds.cpu_model() in table
 
 
 def test_train_presets_collects_finished_runs_with_counted_parameters(tmp_path):
