@@ -35,6 +35,16 @@ from .train import (CheckpointError, EarlyStopping, RunOptions, evaluate, fit, l
 START, OOV, INDEX_FROM = 1, 2, 3
 
 
+
+def peak_rss_mb() -> float | None:
+    """The process's peak resident memory so far, in MiB (None where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(kb / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)
+
 def default_recipe(cell: str, bidirectional: bool) -> presets.Preset:
     """The project's own recipe for a cell (used without --preset): length-aware batches
     of post-padded reviews, a 20,000-word vocabulary, dropout around the recurrent layer,
@@ -310,7 +320,8 @@ def _train_run(args, preset, epochs, batch_size, out, device, resume, log, ranks
     result = evaluate(model, test, use_lengths, progress="test", opts=opts, log=log)
     metrics = {"test_accuracy": result["accuracy"], "test_loss": result["loss"],
                "epochs": len(history.rows), "train_seconds": round(train_seconds, 2),
-               "backend": preset.model.backend, "recurrent_backend": recurrent_backend}
+               "backend": preset.model.backend, "recurrent_backend": recurrent_backend,
+               "peak_rss_mb": peak_rss_mb()}
     if rank == 0:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
         history.test_accuracy = result["accuracy"]

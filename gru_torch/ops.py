@@ -222,7 +222,7 @@ def gru_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tenso
 
 # The family op's cell and gate codes (csrc/cpu/family.h).
 GATE_CODES = {"sigmoid": 0, "hard_sigmoid_keras2": 1, "hard_sigmoid_keras3": 2}
-FAMILY_RESERVE_SLOTS = (4, 3, 5, 0, 0)  # per cell code: csrc/cpu/family.h, reserve_slots
+FAMILY_RESERVE_SLOTS = (4, 4, 5, 0, 0)  # per cell code: csrc/cpu/family.h, reserve_slots
 
 
 def cell_code(cell: Cell) -> int:
@@ -264,16 +264,21 @@ def _family_setup(ctx, inputs, output):
 
 
 def _prev_product(dg: Tensor, out: Tensor, hx: Tensor, lengths: Tensor | None,
-                  reverse: bool, mask: Tensor | None) -> Tensor:
+                  reverse: bool, mask: Tensor | None, buf: Tensor | None = None) -> Tensor:
     """sum over steps t and rows b of dg[t, b]^T (h_prev[t, b] * mask[b]): dg [T, B, K] a
     direction's gradients of a recurrent product, out [T, B, H] its output, hx [B, H] its
     initial state. h_prev is the output of the step before, or hx at a row's first step;
     past a row's length dg is 0 (and so is the output, read there by the reverse
-    direction's last active step, whose h_prev is hx)."""
+    direction's last active step, whose h_prev is hx). buf [T, B, H], where given, holds
+    the masked states (one buffer for every gate, rather than a fresh tensor each)."""
     K, H = dg.shape[-1], hx.shape[-1]
 
     def masked(h):
-        return h if mask is None else h * mask
+        if mask is None:
+            return h
+        if buf is None or h.dim() == 2:  # (hx: one step)
+            return h * mask
+        return torch.mul(h, mask, out=buf[:h.shape[0]])
 
     if not reverse:
         body, first, h_first = dg[1:], dg[0], hx
@@ -301,38 +306,32 @@ def _family_weight_grads(code: int, g_gx: Tensor, reserve: Tensor, output: Tenso
     H = hx.shape[-1]
     gates = G // H
     g_w, g_b = [], []
+    buf = None if mask is None else pooled_empty((T, B, H), hx)
     for d in range(D):
         out_d = output[..., d * H:(d + 1) * H]
         dgh = g_gx[:, :, d]
         m = None if mask is None else mask[d]  # [B, M, H]
         per_gate = m is not None and m.shape[1] > 1
+
+        def product(g, k):
+            return _prev_product(g, out_d, hx[d], lengths, d == 1,
+                                 None if m is None else m[:, min(k, m.shape[1] - 1)], buf)
+
         blocks = []
         if code == 0:  # the n gate's product is scaled by r
             dgh_n = dgh[..., 2 * H:] * reserve[d, ..., :H]
             if want_b_hn:
                 g_b.append(dgh_n.sum((0, 1)))
-        if not per_gate and code in (2, 3, 4):
-            blocks.append(_prev_product(dgh, out_d, hx[d], lengths, d == 1,
-                                        None if m is None else m[:, 0]))
-        elif not per_gate:
-            blocks.append(_prev_product(dgh[..., :2 * H], out_d, hx[d], lengths, d == 1,
-                                        None if m is None else m[:, 0]))
+        if not per_gate:
+            blocks.append(product(dgh if code in (2, 3, 4) else dgh[..., :2 * H], 0))
+            if code == 0:
+                blocks.append(product(dgh_n, 0))
         else:
-            for k in range(gates if code != 1 else 2):
-                g = dgh_n if (code == 0 and k == 2) else dgh[..., k * H:(k + 1) * H]
-                blocks.append(_prev_product(g, out_d, hx[d], lengths, d == 1, m[:, k]))
-        if code == 0 and not per_gate:
-            blocks.append(_prev_product(dgh_n, out_d, hx[d], lengths, d == 1,
-                                        None if m is None else m[:, 0]))
-        if code == 1:  # n: operand q = r * h_prev * mask_n, r from the reserve
-            hp = torch.cat([hx[d].unsqueeze(0), out_d[:-1]]) if d == 0 else \
-                torch.cat([out_d[1:], hx[d].unsqueeze(0)])
-            if d == 1 and lengths is not None:
-                first = torch.arange(T).unsqueeze(1) == (lengths - 1).unsqueeze(0)
-                hp = torch.where(first.unsqueeze(-1), hx[d].unsqueeze(0), hp)
-            q = reserve[d, ..., :H] * hp
-            if m is not None:
-                q = q * m[:, m.shape[1] - 1]
+            for k in range(2 if code == 1 else gates):
+                blocks.append(product(dgh_n if (code == 0 and k == 2)
+                                      else dgh[..., k * H:(k + 1) * H], k))
+        if code == 1:  # n: the operand q = r * h_prev * mask_n, which the reserve keeps
+            q = reserve[d, ..., 3 * H:]
             blocks.append(dgh[..., 2 * H:].reshape(-1, H).t() @ q.reshape(-1, H))
         g_w.append(torch.cat(blocks) if len(blocks) > 1 else blocks[0])
     return torch.stack(g_w), (torch.stack(g_b) if want_b_hn else None)
@@ -433,22 +432,124 @@ def family_layer(cell: Cell, gx: Tensor, hx: Tensor, cx: Tensor | None, w_hh: Te
     return out, h_n, (c_n if cx is not None else None)
 
 
-def _input_projection(cell: Cell, input: Tensor, w_ih: Tensor, bias: Tensor | None,
-                      input_mask: Tensor | None) -> Tensor:
-    """gx [T, B, D, G] = (input * mask) W_ih^T + bias per direction: without masks one
-    GEMM for both directions (and its backward one for the input's gradient and one for
-    W_ih's); with masks one per direction (and gate, for per-gate masks)."""
+def pooled_empty(shape, like: Tensor) -> Tensor:
+    """An uninitialized CPU tensor from the op's buffer pool (csrc/cpu_pool.h: huge pages,
+    freed buffers reused), where the op is built; elsewhere, and while torch.compile
+    traces, a plain torch.empty."""
+    if like.device.type != "cpu" or torch.compiler.is_compiling() or not _ext.status().loaded:
+        return like.new_empty(shape)
+    return torch.ops.gru_torch._pooled_empty(list(shape), like.dtype)
+
+
+def _projection_reference(gates: int, x: Tensor, w_ih: Tensor, bias: Tensor | None,
+                          mask: Tensor | None) -> Tensor:
+    """_Projection's result in plain differentiable torch ops."""
     from .reference import _per_gate
 
     D, G, I = w_ih.shape
-    T, B = input.shape[:2]
-    if input_mask is None:
+    T, B = x.shape[:2]
+    if mask is None:
         flat_bias = None if bias is None else bias.reshape(D * G)
-        return torch.nn.functional.linear(input, w_ih.reshape(D * G, I), flat_bias).view(T, B, D, G)
-    H = G // cell.gates
-    per_dir = [_per_gate(cell.gates, H, input, input_mask[d].unsqueeze(0), w_ih[d],
-                         None if bias is None else bias[d]) for d in range(D)]
-    return torch.stack(per_dir, dim=2)
+        return torch.nn.functional.linear(x, w_ih.reshape(D * G, I), flat_bias).view(T, B, D, G)
+    H = G // gates
+    return torch.stack([_per_gate(gates, H, x, mask[d].unsqueeze(0), w_ih[d],
+                                  None if bias is None else bias[d]) for d in range(D)], dim=2)
+
+
+class _Projection(torch.autograd.Function):
+    """gx [T, B, D, G] = (x * mask[d, :, k]) W_ih[d, gate k]^T + bias[d] for every direction
+    d and mask k (one for all gates, or one per gate), written into one pooled buffer,
+    and its backward likewise: every training step of a long sequence makes tensors of
+    hundreds of MB here, whose fresh pages would fault in on every call."""
+
+    @staticmethod
+    def forward(ctx, x, w_ih, bias, mask, gates):
+        T, B, I = x.shape
+        D, G, _ = w_ih.shape
+        M = 1 if mask is None else mask.shape[2]
+        W = G // M  # the columns one mask covers
+        gx = pooled_empty((T, B, D, G), x)
+        gx2 = gx.view(T * B, D * G)
+        if mask is None:
+            x2, w2 = x.reshape(T * B, I), w_ih.reshape(D * G, I)
+            if bias is None:
+                torch.mm(x2, w2.t(), out=gx2)
+            else:
+                torch.addmm(bias.reshape(D * G), x2, w2.t(), out=gx2)
+        else:
+            buf = pooled_empty((T, B, I), x)
+            for d in range(D):
+                for k in range(M):
+                    cols = slice(d * G + k * W, d * G + (k + 1) * W)
+                    torch.mul(x, mask[d, :, k], out=buf)
+                    w = w_ih[d, k * W:(k + 1) * W].t()
+                    if bias is None:
+                        torch.mm(buf.view(T * B, I), w, out=gx2[:, cols])
+                    else:
+                        torch.addmm(bias[d, k * W:(k + 1) * W], buf.view(T * B, I), w,
+                                    out=gx2[:, cols])
+        ctx.save_for_backward(x, w_ih, bias, mask)
+        ctx.gates = gates
+        return gx
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w_ih, bias, mask = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: differentiate the plain expression
+            with torch.enable_grad():
+                inputs = [None if t is None else (t.view_as(t) if t.requires_grad
+                                                  else t.detach().requires_grad_())
+                          for t in (x, w_ih, bias)]
+                gx = _projection_reference(ctx.gates, *inputs, mask)
+                want = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[i]]
+                grads = torch.autograd.grad(gx, [inputs[i] for i in want], g, create_graph=True)
+            result = [None] * 5
+            for i, v in zip(want, grads):
+                result[i] = v
+            return tuple(result)
+        T, B, I = x.shape
+        D, G, _ = w_ih.shape
+        M = 1 if mask is None else mask.shape[2]
+        W = G // M
+        g2 = g.reshape(T * B, D * G)
+        dx = dw = db = None
+        if mask is None:
+            w2 = w_ih.reshape(D * G, I)
+            if ctx.needs_input_grad[0]:
+                dx = pooled_empty((T, B, I), x)
+                torch.mm(g2, w2, out=dx.view(T * B, I))
+            if ctx.needs_input_grad[1]:
+                dw = (g2.t() @ x.reshape(T * B, I)).view(D, G, I)
+        else:
+            buf = pooled_empty((T, B, I), x)
+            if ctx.needs_input_grad[0]:
+                dx = pooled_empty((T, B, I), x).zero_()
+            if ctx.needs_input_grad[1]:
+                dw = torch.empty_like(w_ih)
+            for d in range(D):
+                for k in range(M):
+                    gk = g2[:, d * G + k * W:d * G + (k + 1) * W]
+                    m = mask[d, :, k]
+                    if dx is not None:
+                        torch.mm(gk, w_ih[d, k * W:(k + 1) * W], out=buf.view(T * B, I))
+                        dx.addcmul_(buf, m)
+                    if dw is not None:
+                        torch.mul(x, m, out=buf)
+                        torch.mm(gk.t(), buf.view(T * B, I), out=dw[d, k * W:(k + 1) * W])
+        if bias is not None and ctx.needs_input_grad[2]:
+            db = g2.sum(0).view(D, G)
+        return dx, dw, db, None, None
+
+
+def _input_projection(cell: Cell, input: Tensor, w_ih: Tensor, bias: Tensor | None,
+                      input_mask: Tensor | None) -> Tensor:
+    """gx [T, B, D, G] = (input * mask) W_ih^T + bias per direction: without masks one
+    GEMM for both directions (W_ih of both as one [D*G, I] matrix; its backward one GEMM
+    for the input's gradient and one for W_ih's), with masks one per direction and mask."""
+    if (input.device.type != "cpu" or torch.compiler.is_compiling()
+            or torch._C._functorch.peek_interpreter_stack() is not None):  # (vmap)
+        return _projection_reference(cell.gates, input, w_ih, bias, input_mask)
+    return _Projection.apply(input, w_ih, bias, input_mask, cell.gates)
 
 
 def rnn_layer(cell: Cell, input: Tensor, hx: Tensor, cx: Tensor | None, w_ih: Tensor,

@@ -11,7 +11,8 @@ Each run is `scripts/train.py --preset NAME --backend B --epochs N` in its own p
 backends taking turns within a round. An epoch's seconds are train.py's: the training
 batches from the in-memory dataset through the optimizer step (validation and the test
 evaluation are not in them); "run s" is the whole process, data loading from the token
-cache and the test evaluation included. The table, headed by the CPU's model name, goes to
+cache and the test evaluation included; "peak RSS" the process's peak resident memory
+(train.py's metrics.json). The table, headed by the CPU's model name, goes to
 benchmarks/results/epoch-seconds-<machine>.md and .json.
 """
 from __future__ import annotations
@@ -67,7 +68,8 @@ def run(name: str, backend: str, args, out: Path) -> dict:
     history = json.loads((out / "history.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
     return {"epoch_seconds": [r["seconds"] for r in history], "run_seconds": round(seconds, 1),
-            "recurrent_backend": metrics.get("recurrent_backend")}
+            "recurrent_backend": metrics.get("recurrent_backend"),
+            "peak_rss_mb": metrics.get("peak_rss_mb")}
 
 
 def main(argv=None) -> int:
@@ -98,6 +100,8 @@ def main(argv=None) -> int:
             key = "fused" if backend == "fused" else "baseline"
             row[f"{key}_epoch_s"] = statistics.median(s for x in runs for s in x["epoch_seconds"])
             row[f"{key}_run_s"] = statistics.median(x["run_seconds"] for x in runs)
+            rss = [x["peak_rss_mb"] for x in runs if x.get("peak_rss_mb") is not None]
+            row[f"{key}_peak_rss_mb"] = max(rss) if rss else None
             if key == "baseline":
                 row["baseline_ran"] = runs[0]["recurrent_backend"]
         if fused:
@@ -121,7 +125,8 @@ def table(meta: dict) -> str:
 
     lines = [f"{meta['cpu']}, {meta['threads']} threads, torch {meta['torch']}", "",
              "| preset | baseline | fused s/epoch | baseline s/epoch | fused speedup "
-             "| fused run s | baseline run s |", "|---|---|---|---|---|---|---|"]
+             "| fused run s | baseline run s | fused peak RSS MiB | baseline peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in meta["rows"]:
         base = NAMES[r["baseline"]]
         if r["baseline"] == "auto":
@@ -129,7 +134,8 @@ def table(meta: dict) -> str:
         lines.append(f"| {r['preset']} | {base} | {f(r['fused_epoch_s'], '.1f')} | "
                      f"{r['baseline_epoch_s']:.1f} | {f(r['speedup'], '.2f')}"
                      f"{'x' if r['speedup'] else ''} | {f(r['fused_run_s'], '.0f')} | "
-                     f"{r['baseline_run_s']:.0f} |")
+                     f"{r['baseline_run_s']:.0f} | {f(r.get('fused_peak_rss_mb'), '.0f')} | "
+                     f"{f(r.get('baseline_peak_rss_mb'), '.0f')} |")
     return "\n".join(lines)
 
 

@@ -70,7 +70,8 @@ def test_short_training_run_loss_falls(tmp_path, cache):
     assert len(history) == 3 and history[-1]["loss"] < history[0]["loss"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"test_accuracy", "test_loss", "epochs", "train_seconds", "backend",
-                            "recurrent_backend"}
+                            "recurrent_backend", "peak_rss_mb"}
+    assert metrics["peak_rss_mb"] > 100  # MiB: torch itself takes more
     for name in ("best.pt", "last.pt", "history.csv", "history.png"):
         assert (out / name).is_file(), name
     state = torch.load(out / "last.pt", weights_only=True)
@@ -281,7 +282,9 @@ def test_epoch_seconds_script_times_fused_against_the_right_baseline(tmp_path):
         assert row["baseline"] == "cudnn"
         assert row["fused_epoch_s"] > 0 and row["baseline_epoch_s"] > 0
         assert row["speedup"] == pytest.approx(row["baseline_epoch_s"] / row["fused_epoch_s"])
+        assert row["fused_peak_rss_mb"] > 100 and row["baseline_peak_rss_mb"] > 100  # torch alone
         assert f"| {row['preset']} | torch.nn |" in table
+        assert f"| {row['fused_peak_rss_mb']:.0f} | {row['baseline_peak_rss_mb']:.0f} |" in table
     assert epoch_seconds.cpu_model() in table
 
 

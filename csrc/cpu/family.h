@@ -31,13 +31,13 @@ constexpr int64_t gates_of(int64_t cell) {
 
 // Reserve slots (H values each) per row-step, gate outputs after their functions:
 //   GRU reset_after=True   r, z, n, gh_n  (gh_n = h~ W_hn^T + b_hn, scaled by r)
-//   GRU reset_after=False  r, z, n
+//   GRU reset_after=False  r, z, n, q      (q = r * h~_n, W_hn's operand: its gradient's)
 //   LSTM                   i, f, g, o, c
 //   RNN                    none: the output h gives the derivative (1 - h^2, or h > 0)
 // The states h_prev come from the output (hx at a row's first step), c_prev from the
 // previous step's c slot (cx at a row's first step).
 constexpr int64_t reserve_slots(int64_t cell) {
-  return cell == kGruAfter ? 4 : cell == kGruBefore ? 3 : cell == kLstm ? 5 : 0;
+  return cell == kGruAfter ? 4 : cell == kGruBefore ? 4 : cell == kLstm ? 5 : 0;
 }
 
 }  // namespace gru_torch::cpu::family

@@ -288,9 +288,10 @@ void forward_row(const Direction<T>& f, FwdRows<T>& r, int64_t t, int64_t i, int
         const V<T> rg = gate_fn(gate, ld(gx + u, c) + ld(pre + u, c));
         const V<T> zg = gate_fn(gate, ld(gx + H + u, c) + ld(pre + H + u, c));
         const T* hm = r.hm ? r.hm + ((s.M > 1 ? 2 : 0) * r.n + i) * H : h;
-        (rg * ld(hm + u, c)).store(r.q + i * H + u, c);
+        const V<T> q = rg * ld(hm + u, c);
+        q.store(r.q + i * H + u, c);
         zg.store(r.pre + i * s.G() + H + u, c);  // z, for phase 1
-        if (res) rg.store(res + u, c), zg.store(res + H + u, c);
+        if (res) rg.store(res + u, c), zg.store(res + H + u, c), q.store(res + 3 * H + u, c);
       } else {
         const V<T> zg = ld(pre + H + u, c);
         const V<T> ng = tanh(ld(gx + 2 * H + u, c) + ld(pre + 2 * H + u, c));
@@ -721,9 +722,17 @@ std::tuple<Tensor, Tensor, Tensor> family_layer_backward_cpu(
   return {g_gx, g_hx, g_cx};
 }
 
+// A CPU buffer from cpu_pool (huge pages, freed buffers reused): for the large tensors
+// the family op's caller makes every step of training (the input projection and its
+// gradient), whose fresh pages would otherwise fault in on every call.
+Tensor pooled_empty_op(at::IntArrayRef size, at::ScalarType dtype) {
+  return pooled_empty(size, at::TensorOptions().dtype(dtype));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(gru_torch, m) {
+  m.def("_pooled_empty(int[] size, ScalarType dtype) -> Tensor", &pooled_empty_op);
   m.def(
       "family_layer(Tensor gx, Tensor hx, Tensor? cx, Tensor w_hh, Tensor? b_hn, "
       "Tensor? mask, Tensor? lengths, int cell, int gate, bool need_reserve) "

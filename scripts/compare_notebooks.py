@@ -1,0 +1,360 @@
+#!/usr/bin/env python
+"""The notebooks' comparison, reproduced: trains every notebook preset and the default
+recipe with several seeds, then writes a report of their accuracy, speed and parameters,
+with the notebooks' own figures and claims checked against the measurements.
+
+  python scripts/compare_notebooks.py --data ../shared/data/aclImdb_v1-text.tar.gz
+  python scripts/compare_notebooks.py --data ... --presets gru128 lstm128 --seeds 5
+  python scripts/compare_notebooks.py --data sample --epochs 1 --limit-train 400   # a short run
+  python scripts/compare_notebooks.py --collect       # the report from the finished runs only
+
+Each run is `scripts/train.py --preset NAME --seed S` (the default recipe: `--cell gru`) in
+its own process, into runs/notebooks/<name>/seed<S>/. A run whose metrics.json exists with
+the same settings is kept and skipped, so an interrupted comparison resumes where it
+stopped. Before training it says how long it expects to take, from the seconds per epoch
+that scripts/epoch_seconds.py measured on this CPU (benchmarks/results/epoch-seconds-*.json).
+Progress goes to the terminal and to runs/notebooks/compare.log.
+
+The report: benchmarks/results/notebooks/report.md (--out), report.json, and three
+pictures beside them: accuracy per preset with the notebooks' figures marked, accuracy
+against training time, validation curves per notebook.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from gru_torch import machine, presets  # noqa: E402
+from gru_torch.train import pyplot  # noqa: E402
+
+DEFAULT = "default"  # the default recipe: train.py --cell gru
+RESULTS = ROOT / "benchmarks" / "results"
+# Epochs an early-stopping preset is expected to run, for the time estimate only.
+EXPECTED_EARLY_STOP_EPOCHS = 12
+log = logging.getLogger("compare_notebooks")
+
+
+def run_names(chosen: list[str] | None) -> list[str]:
+    return chosen or [*presets.PRESETS, DEFAULT]
+
+
+def train_command(name: str, seed: int, args, out: Path) -> list[str]:
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"),
+           *(["--cell", "gru"] if name == DEFAULT else ["--preset", name]),
+           "--seed", str(seed), "--data", args.data, "--out", str(out)]
+    for flag, value in (("--epochs", args.epochs), ("--limit-train", args.limit_train),
+                        ("--limit-test", args.limit_test)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    return cmd
+
+
+def settings(cmd: list[str]) -> list[str]:
+    """What makes two runs the same run: the command without its interpreter and paths."""
+    return [c for c in cmd[2:] if not c.startswith("/")]
+
+
+def finished(out: Path, cmd: list[str]) -> bool:
+    marker = out / "compare.json"
+    return ((out / "metrics.json").is_file() and marker.is_file()
+            and json.loads(marker.read_text()).get("settings") == settings(cmd))
+
+
+def expected_epochs(name: str, args) -> int:
+    if args.epochs is not None:
+        return args.epochs
+    if name == DEFAULT:
+        return 5  # train.py's default
+    p = presets.get(name)
+    return min(p.epochs, EXPECTED_EARLY_STOP_EPOCHS) if p.early_stopping else p.epochs
+
+
+def measured_epoch_seconds() -> tuple[dict[str, float], str | None]:
+    """Fused seconds per epoch per preset on this CPU, from the newest epoch-seconds file
+    whose CPU is this one; ({}, None) where there is none."""
+    cpu = machine.cpu_model()
+    files = sorted(RESULTS.glob("epoch-seconds-*.json"), key=lambda p: p.stat().st_mtime,
+                   reverse=True)
+    for f in files:
+        meta = json.loads(f.read_text())
+        if meta.get("cpu") == cpu:
+            return ({r["preset"]: r["fused_epoch_s"] or r["baseline_epoch_s"]
+                     for r in meta["rows"]}, f.name)
+    return {}, None
+
+
+def estimate(todo: list[tuple[str, int]], args) -> str:
+    seconds, source = measured_epoch_seconds()
+    if not todo:
+        return "every run is finished already: nothing to train"
+    if not source:
+        return (f"{len(todo)} runs to train; no seconds per epoch measured on this CPU "
+                f"({machine.cpu_model()}), so no time estimate (scripts/epoch_seconds.py "
+                "measures them)")
+    gru = seconds.get("gru128")
+    scale = 1.0 if args.limit_train is None else min(1.0, args.limit_train / 25000)
+    total, unknown = 0.0, []
+    for name, _ in todo:
+        per_epoch = seconds.get(name if name != DEFAULT else "gru128", gru)
+        if per_epoch is None:
+            unknown.append(name)
+            continue
+        total += per_epoch * scale * expected_epochs(name, args) + 20  # + loading, testing
+    note = f"; not estimated: {', '.join(sorted(set(unknown)))}" if unknown else ""
+    return (f"{len(todo)} runs to train: expect about {total / 60:.0f} minutes (seconds per "
+            f"epoch from {source}; early stopping taken as {EXPECTED_EARLY_STOP_EPOCHS} "
+            f"epochs{note})")
+
+
+# ---- the report
+
+def collect(names: list[str], seeds: list[int], runs: Path) -> list[dict]:
+    rows = []
+    for name in names:
+        done = []
+        for s in seeds:
+            out = runs / name / f"seed{s}"
+            if (out / "metrics.json").is_file():
+                done.append((s, json.loads((out / "metrics.json").read_text()),
+                             json.loads((out / "history.json").read_text())))
+        if not done:
+            continue
+        accs = [m["test_accuracy"] for _, m, _ in done]
+        p = presets.get(name) if name != DEFAULT else None
+        model = presets.build(name) if p else None
+        sd = statistics.stdev(accs) if len(accs) > 1 else None
+        reported = p.reported if p else None
+        epoch_s = [r["seconds"] for _, _, h in done for r in h]
+        rows.append({
+            "preset": name, "notebook": p.notebook if p else "-",
+            "keras_params": p.keras_params if p else None,
+            "params": presets.count_parameters(model) if model else None,
+            "seeds": [s for s, _, _ in done], "accuracies": accs,
+            "mean": statistics.mean(accs), "sd": sd, "reported": reported,
+            "diff_sd": (statistics.mean(accs) - reported) / sd if reported and sd else None,
+            "seconds_per_epoch": statistics.mean(epoch_s),
+            "epochs": [m["epochs"] for _, m, _ in done],
+            "train_seconds": statistics.mean(m["train_seconds"] for _, m, _ in done),
+            "backends": sorted({str(m.get("recurrent_backend")) for _, m, _ in done}),
+            "val_curves": [[r.get("val_accuracy") for r in h] for _, _, h in done],
+        })
+    return rows
+
+
+def _row(rows, name):
+    return next((r for r in rows if r["preset"] == name), None)
+
+
+def _pct(v):
+    return "-" if v is None else f"{v:.2%}"
+
+
+def claims(rows: list[dict]) -> list[str]:
+    """Each of the notebooks' claims, held or not, with the numbers."""
+    lines = []
+
+    def same_kind(a, b):
+        return a["backends"] == b["backends"] == ["fused"]
+
+    for gru, lstm in (("gru128", "lstm128"), ("gru32x2", "lstm32x2")):
+        g, l = _row(rows, gru), _row(rows, lstm)
+        if not (g and l):
+            continue
+        faster = g["seconds_per_epoch"] < l["seconds_per_epoch"]
+        sd = max(v for v in (g["sd"], l["sd"], 0.005) if v is not None)
+        similar = abs(g["mean"] - l["mean"]) <= 2 * sd
+        kind = ("both on the fused ops" if same_kind(g, l) else
+                f"not a claim about the cells: they ran on {g['backends']} and {l['backends']}")
+        lines.append(
+            f"- **GRUs train faster than LSTMs for similar accuracy** ({gru} against {lstm}): "
+            f"{'held' if faster and similar else 'did not hold'}: {g['seconds_per_epoch']:.1f} "
+            f"against {l['seconds_per_epoch']:.1f} s an epoch "
+            f"({l['seconds_per_epoch'] / g['seconds_per_epoch']:.2f}x), accuracy "
+            f"{_pct(g['mean'])} against {_pct(l['mean'])} (similar: within 2 sd = "
+            f"{2 * sd:.2%}); {kind}.")
+    for gru, lstm in (("gru128", "lstm128"), ("gru32x2", "lstm32x2")):
+        g, l = _row(rows, gru), _row(rows, lstm)
+        if g and l and g["params"] and l["params"]:
+            lines.append(f"- **GRUs have fewer parameters** ({gru} against {lstm}): "
+                         f"{'held' if g['params'] < l['params'] else 'did not hold'}: "
+                         f"{g['params']:,} against {l['params']:,}.")
+    b, u = _row(rows, "bilstm32x2"), _row(rows, "lstm32x2")
+    if b and u:
+        ratio = b["seconds_per_epoch"] / u["seconds_per_epoch"]
+        lines.append(f"- **A bidirectional RNN takes about twice the time** (bilstm32x2 against "
+                     f"lstm32x2): {'held' if 1.6 <= ratio <= 2.4 else 'did not hold'}: "
+                     f"{ratio:.2f}x ({b['seconds_per_epoch']:.1f} against "
+                     f"{u['seconds_per_epoch']:.1f} s an epoch; 'about twice' taken as "
+                     f"1.6x to 2.4x).")
+    r = _row(rows, "rnn128")
+    others = [x for x in (_row(rows, "gru128"), _row(rows, "lstm128")) if x]
+    if r and others:
+        worse = all(r["mean"] < o["mean"] for o in others)
+        lines.append(f"- **A SimpleRNN does worse** (rnn128 against "
+                     f"{' and '.join(o['preset'] for o in others)}): "
+                     f"{'held' if worse else 'did not hold'}: {_pct(r['mean'])} against "
+                     f"{', '.join(_pct(o['mean']) for o in others)}.")
+    return lines
+
+
+def plots(rows: list[dict], out: Path) -> list[str]:
+    plt = pyplot()
+    if plt is None:
+        return []
+    names = [r["preset"] for r in rows]
+    xs = range(len(rows))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    ax.errorbar(xs, [r["mean"] * 100 for r in rows], [(r["sd"] or 0) * 100 for r in rows],
+                fmt="o", capsize=4, label="gru_torch: mean ± sd over seeds")
+    for i, r in enumerate(rows):
+        ax.scatter([i] * len(r["accuracies"]), [a * 100 for a in r["accuracies"]], s=10,
+                   color="gray", alpha=0.6)
+    rep = [(i, r["reported"] * 100) for i, r in enumerate(rows) if r["reported"]]
+    if rep:
+        ax.scatter(*zip(*rep), marker="x", s=80, color="red", label="the notebook's figure")
+    ax.set_xticks(list(xs), names, rotation=30, ha="right")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("IMDB test accuracy per preset")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for r in rows:
+        ax.scatter(r["train_seconds"] / 60, r["mean"] * 100)
+        ax.annotate(r["preset"], (r["train_seconds"] / 60, r["mean"] * 100), fontsize=8,
+                    xytext=(4, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("training time, minutes (mean over seeds, log scale)")
+    ax.set_ylabel("test accuracy (%, mean over seeds)")
+    ax.set_title("Accuracy against training time")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(out / "accuracy-vs-time.png", dpi=110)
+    plt.close(fig)
+
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["notebook"] if r["notebook"] != "-" else "default", []).append(r)
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups), 3.6), squeeze=False)
+    for ax, (nb, rs) in zip(axes[0], sorted(groups.items())):
+        for k, r in enumerate(rs):
+            for j, curve in enumerate(r["val_curves"]):
+                ys = [v * 100 for v in curve if v is not None]
+                if ys:
+                    ax.plot(range(1, len(ys) + 1), ys, color=f"C{k}", alpha=0.8,
+                            label=r["preset"] if j == 0 else None)
+        ax.set_title(f"notebook {nb}" if nb != "default" else "default recipe")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("validation accuracy (%)")
+    fig.tight_layout()
+    fig.savefig(out / "validation-curves.png", dpi=110)
+    plt.close(fig)
+    return ["accuracy.png", "accuracy-vs-time.png", "validation-curves.png"]
+
+
+def report(rows: list[dict], out: Path, seeds: list[int], args) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"cpu": machine.cpu_model(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "seeds": seeds, "epochs": args.epochs,
+            "limit_train": args.limit_train, "limit_test": args.limit_test, "rows": rows}
+    (out / "report.json").write_text(json.dumps(meta, indent=1) + "\n")
+    pictures = plots(rows, out)
+    short = any(v is not None for v in (args.epochs, args.limit_train, args.limit_test))
+    lines = ["# The notebooks' comparison, reproduced", "",
+             f"{meta['cpu']}, {meta['threads']} threads, torch {meta['torch']}; seeds "
+             f"{', '.join(map(str, seeds))}; `python scripts/compare_notebooks.py"
+             f"{' --data ' + args.data if args.data else ''}`."
+             + (" A shortened run (--epochs / --limit-train / --limit-test): not the "
+                "notebooks' training." if short else ""), "",
+             "| preset | notebook | Keras params | ours | test accuracy (mean ± sd) | "
+             "notebook's | difference in sd | s/epoch | epochs | ran on |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        sd = f" ± {r['sd']:.2%}" if r["sd"] is not None else " (one seed)"
+        diff = "-" if r["diff_sd"] is None else f"{r['diff_sd']:+.1f}"
+        kp = "-" if r["keras_params"] is None else f"{r['keras_params']:,}"
+        ours = "-" if r["params"] is None else f"{r['params']:,}"
+        lines.append(f"| {r['preset']} | {r['notebook']} | {kp} | {ours} | {_pct(r['mean'])}{sd} "
+                     f"| {_pct(r['reported'])} | {diff} | {r['seconds_per_epoch']:.1f} | "
+                     f"{', '.join(map(str, r['epochs']))} | {', '.join(r['backends'])} |")
+    lines += ["", "Each seed's test accuracy: " + "; ".join(
+        f"{r['preset']} {', '.join(f'{a:.2%}' for a in r['accuracies'])}" for r in rows), "",
+        "## The notebooks' claims", ""]
+    lines += claims(rows) or ["- (the presets that the claims compare did not run)"]
+    if pictures:
+        lines += ["", "## Pictures", ""] + [f"![{p}]({p})" for p in pictures]
+    text = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(text)
+    return text
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", help="IMDB archive or folder, or 'sample' (needed unless --collect)")
+    ap.add_argument("--presets", nargs="*", choices=[*presets.PRESETS, DEFAULT],
+                    help=f"presets, and '{DEFAULT}' for the default recipe (default: all)")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    ap.add_argument("--epochs", type=int, help="epochs per run (default: each preset's own)")
+    ap.add_argument("--limit-train", type=int)
+    ap.add_argument("--limit-test", type=int)
+    ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "notebooks")
+    ap.add_argument("--out", type=Path, default=RESULTS / "notebooks", help="the report's folder")
+    ap.add_argument("--collect", action="store_true", help="train nothing: report the finished runs")
+    args = ap.parse_args(argv)
+    if args.seeds < 1:
+        ap.error("--seeds must be >= 1")
+    if not args.collect and not args.data:
+        ap.error("--data is required unless --collect")
+    args.runs.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                        handlers=[logging.StreamHandler(sys.stdout),
+                                  logging.FileHandler(args.runs / "compare.log")])
+    names, seeds = run_names(args.presets), list(range(args.seeds))
+    if not args.collect:
+        plan = [(n, s) for n in names for s in seeds]
+        todo = [(n, s) for n, s in plan
+                if not finished(args.runs / n / f"seed{s}",
+                                train_command(n, s, args, args.runs / n / f"seed{s}"))]
+        log.info("compare_notebooks: %d runs, %d finished already; %s", len(plan),
+                 len(plan) - len(todo), estimate(todo, args))
+        for k, (name, seed) in enumerate(todo, 1):
+            out = args.runs / name / f"seed{seed}"
+            cmd = train_command(name, seed, args, out)
+            log.info("[%d/%d] %s seed %d: %s", k, len(todo), name, seed, " ".join(cmd))
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd)
+            if proc.returncode != 0:
+                log.error("[%d/%d] %s seed %d failed (exit %d); see %s", k, len(todo), name,
+                          seed, proc.returncode, out / "train.log")
+                return 1
+            (out / "compare.json").write_text(json.dumps({"settings": settings(cmd)}) + "\n")
+            metrics = json.loads((out / "metrics.json").read_text())
+            log.info("[%d/%d] %s seed %d: test accuracy %.2f%% in %.0f s", k, len(todo), name,
+                     seed, 100 * metrics["test_accuracy"], time.perf_counter() - t0)
+    rows = collect(names, seeds, args.runs)
+    if not rows:
+        log.error("no finished runs in %s", args.runs)
+        return 1
+    text = report(rows, args.out, seeds, args)
+    print(text)
+    log.info("report: %s", args.out / "report.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
