@@ -71,27 +71,35 @@ def rnn_layer_reference(cell: Cell, input: Tensor, hx: Tensor, cx: Tensor | None
                         recurrent_mask: Tensor | None, lengths: Tensor | None
                         ) -> tuple[Tensor, Tensor, Tensor | None]:
     """One layer of `cell`, every direction: see the module's docstring for the shapes."""
-    T = input.shape[0]
     D = w_ih.shape[0]
     G = w_ih.shape[1]
     H = G // cell.gates
     if recurrent_mask is not None and recurrent_mask.dim() == 3:
         recurrent_mask = recurrent_mask.unsqueeze(2)  # [D, B, P]: one mask for every gate
-    outputs, finals, cells = [], [], []
+    gx = []
     for d in range(D):
+        in_mask = None if input_mask is None else input_mask[d].unsqueeze(0)
+        # unbind, not gx[t]: each select's backward writes a full-size zero gradient
+        gx.append(_per_gate(cell.gates, H, input, in_mask, w_ih[d],
+                            None if b_ih is None else b_ih[d]).unbind(0))
+    return _directions(cell, gx, hx, cx, w_hh, b_hh, w_hr, recurrent_mask, lengths)
+
+
+def _directions(cell: Cell, gx: list, hx: Tensor, cx: Tensor | None, w_hh: Tensor,
+                b_hh, w_hr, mask, lengths: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Every direction's loop over time from its input projection: gx[d] holds the T
+    steps' [B, G] slices of direction d; b_hh, w_hr and mask are indexed by direction (or
+    None). Returns (output [T, B, D*P], h_n, c_n or None)."""
+    T = len(gx[0])
+    outputs, finals, cells = [], [], []
+    for d, rows in enumerate(gx):
         def pick(t):
             return None if t is None else t[d]
 
-        in_mask = pick(input_mask)
-        # unbind, not gx[t]: each select's backward writes a full-size zero gradient
-        gx = _per_gate(cell.gates, H, input, None if in_mask is None else in_mask.unsqueeze(0),
-                       w_ih[d], pick(b_ih)).unbind(0)
         h, c = hx[d], pick(cx)
         steps: list[Tensor] = [None] * T  # type: ignore[list-item]
-        order = range(T) if d == 0 else range(T - 1, -1, -1)
-        for t in order:
-            h_new, c_new = _step(cell, gx[t], h, c, w_hh[d], pick(b_hh), pick(w_hr),
-                                 pick(recurrent_mask))
+        for t in (range(T) if d == 0 else range(T - 1, -1, -1)):
+            h_new, c_new = _step(cell, rows[t], h, c, w_hh[d], pick(b_hh), pick(w_hr), pick(mask))
             if lengths is not None:
                 active = (t < lengths).unsqueeze(-1)
                 h = torch.where(active, h_new, h)
@@ -124,27 +132,7 @@ def family_layer_reference(cell: Cell, gx: Tensor, hx: Tensor, cx: Tensor | None
     """The family op (gru_torch.ops.family_layer) in plain torch: from the input
     projection gx [T, B, D, G], with b_hn [D, H] the GRU's n bias (reset_after=True) and
     mask [D, B, M, H]; returns (output [T, B, D*H], h_n, c_n or None)."""
-    T, D = gx.shape[0], gx.shape[2]
-    H = hx.shape[-1]
-    outputs, finals, cells = [], [], []
-    for d in range(D):
-        b_hh = None if b_hn is None else torch.cat([b_hn.new_zeros(2 * H), b_hn[d]])
-        h, c = hx[d], None if cx is None else cx[d]
-        steps: list[Tensor] = [None] * T  # type: ignore[list-item]
-        rows = gx[:, :, d].unbind(0)
-        for t in (range(T) if d == 0 else range(T - 1, -1, -1)):
-            h_new, c_new = _step(cell, rows[t], h, c, w_hh[d], b_hh, None,
-                                 None if mask is None else mask[d])
-            if lengths is not None:
-                active = (t < lengths).unsqueeze(-1)
-                h = torch.where(active, h_new, h)
-                c = None if c is None else torch.where(active, c_new, c)
-                steps[t] = torch.where(active, h_new, torch.zeros_like(h_new))
-            else:
-                h, c = h_new, c_new
-                steps[t] = h_new
-        outputs.append(torch.stack(steps))
-        finals.append(h)
-        cells.append(c)
-    c_n = torch.stack(cells) if cell.has_c else None
-    return torch.cat(outputs, dim=-1), torch.stack(finals), c_n
+    D, H = gx.shape[2], hx.shape[-1]
+    b_hh = None if b_hn is None else torch.cat([b_hn.new_zeros(D, 2 * H), b_hn], 1)
+    return _directions(cell, [gx[:, :, d].unbind(0) for d in range(D)], hx, cx, w_hh, b_hh,
+                       None, mask, lengths)

@@ -288,20 +288,67 @@ def test_epoch_seconds_script_times_fused_against_the_right_baseline(tmp_path):
     assert epoch_seconds.cpu_model() in table
 
 
-def test_train_presets_collects_finished_runs_with_counted_parameters(tmp_path):
-    """scripts/train_presets.py --collect: a table of the finished runs, each preset's
-    parameters counted from its model (they are Keras's), its accuracy and backend."""
+def _fake_run(out: Path, acc: float, seconds=(10.0, 14.0), backend="fused"):
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text(json.dumps(
+        {"test_accuracy": acc, "epochs": len(seconds), "train_seconds": sum(seconds),
+         "recurrent_backend": backend}))
+    (out / "history.json").write_text(json.dumps(
+        [{"seconds": s, "val_accuracy": 0.5 + 0.1 * k} for k, s in enumerate(seconds)]))
+
+
+def test_compare_notebooks_reports_seeds_and_checks_the_claims(tmp_path):
+    """scripts/compare_notebooks.py --collect: per preset Keras's and our parameter
+    counts, mean ± sd over seeds beside the notebook's figure, and each notebook claim
+    held or not, with its numbers; pictures beside the report."""
     runs = tmp_path / "runs"
-    for name, acc in (("gru128", 0.8612), ("rnn128", 0.7531)):
-        (runs / name).mkdir(parents=True)
-        (runs / name / "metrics.json").write_text(json.dumps(
-            {"test_accuracy": acc, "epochs": 5, "recurrent_backend": "fused"}))
-        (runs / name / "history.json").write_text(json.dumps([{"seconds": 10.0}, {"seconds": 14.0}]))
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_presets.py"), "--collect",
-                           "--runs", str(runs), "--machine", "t", "--results", str(tmp_path)],
+    accs = {"gru128": (0.86, 0.87, 0.85), "lstm128": (0.85, 0.86, 0.84),
+            "rnn128": (0.70, 0.72, 0.74), "lstm32x2": (0.85, 0.85, 0.86),
+            "bilstm32x2": (0.86, 0.86, 0.87)}
+    secs = {"gru128": (10.0,), "lstm128": (20.0,), "rnn128": (5.0,), "lstm32x2": (30.0,),
+            "bilstm32x2": (90.0,)}
+    for name, values in accs.items():
+        for seed, acc in enumerate(values):
+            _fake_run(runs / name / f"seed{seed}", acc, secs[name])
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_notebooks.py"),
+                           "--collect", "--runs", str(runs), "--out", str(out), "--presets",
+                           *accs],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    table = (tmp_path / "presets-t.md").read_text()
-    assert "| gru128 | C | 1,379,201 | 86.08% | 86.12% | 5 | fused | 12 |" in table
-    assert "| rnn128 | C | 1,313,025 | 74.97% | 75.31% |" in table
-    assert "lstm128" not in table and "no finished run" in proc.stdout
+    report = (out / "report.md").read_text()
+    # mean 86.00% sd 1.00%: the notebook's 86.08% is 0.1 sd below
+    assert "| gru128 | C | 1,379,201 | 1,379,201 | 86.00% ± 1.00% | 86.08% | -0.1 | 10.0 |" in report
+    assert "- **GRUs train faster than LSTMs for similar accuracy** (gru128 against lstm128): held" in report
+    assert "- **GRUs have fewer parameters** (gru128 against lstm128): held: 1,379,201 against 1,411,713." in report
+    assert "- **A bidirectional RNN takes about twice the time** (bilstm32x2 against lstm32x2): did not hold: 3.00x" in report
+    assert "- **A SimpleRNN does worse** (rnn128 against gru128 and lstm128): held: 72.00% against 86.00%, 85.00%." in report
+    meta = json.loads((out / "report.json").read_text())
+    assert [r["preset"] for r in meta["rows"]] == list(accs)
+    for picture in ("accuracy.png", "accuracy-vs-time.png", "validation-curves.png"):
+        assert (out / picture).stat().st_size > 10_000, picture
+        assert f"![{picture}]({picture})" in report
+
+
+def test_compare_notebooks_trains_resumes_and_estimates(tmp_path):
+    """A short real comparison on the sample data: two seeds of a preset and of the default
+    recipe; run again, it keeps every finished run; the log says what it expects."""
+    runs, out = tmp_path / "runs", tmp_path / "report"
+    cmd = [sys.executable, str(ROOT / "scripts" / "compare_notebooks.py"), "--data", "sample",
+           "--presets", "gru128", "default", "--seeds", "2", "--epochs", "1",
+           "--limit-train", "200", "--limit-test", "100", "--runs", str(runs), "--out", str(out)]
+    env = {**os.environ, "GRU_TORCH_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    assert "4 runs, 0 finished already; 4 runs to train" in proc.stdout
+    assert "[4/4] default seed 1: test accuracy" in proc.stdout
+    report = (out / "report.md").read_text()
+    assert "A shortened run" in report and "| default | - | - | - |" in report
+    first = (runs / "gru128" / "seed0" / "metrics.json").stat().st_mtime
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "4 runs, 4 finished already; every run is finished already" in again.stdout
+    assert (runs / "gru128" / "seed0" / "metrics.json").stat().st_mtime == first
+    assert "4 runs, 4 finished already" in (runs / "compare.log").read_text()
+    seeds = json.loads((out / "report.json").read_text())["rows"][0]["accuracies"]
+    assert len(seeds) == 2

@@ -359,10 +359,14 @@ Split family_split(const Shape& s) {
   return sp;
 }
 
-template <typename T, typename Dir, typename Rows, typename Run>
-void run_chunks(const Shape& s, std::vector<std::optional<Dir>>& dirs, int64_t per_row,
-                const Run& run) {
+// Both directions' chunks of rows as the tasks of one parallel region: run(direction,
+// rows) for each, with the direction's packed weights (forward's or backward's).
+template <typename T, typename Rows, typename Run>
+void run_layer(const Shape& s, const Args<T>& a, bool forward, const Run& run) {
+  std::vector<std::optional<Direction<T>>> dirs(s.D);
+  for (int64_t d = 0; d < s.D; ++d) dirs[d].emplace(s, a, d, forward);
   const Split sp = family_split(s);
+  const int64_t per_row = Rows::per_row(s);
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
   Tensor ws = pooled_empty({sp.threads, sp.chunk_rows * per_row}, opts);
   run_tasks(s.D * sp.chunks, sp.threads, [&](int64_t task, int64_t slot) {
@@ -371,16 +375,6 @@ void run_chunks(const Shape& s, std::vector<std::optional<Dir>>& dirs, int64_t p
            ws.data_ptr<T>() + slot * sp.chunk_rows * per_row);
     run(*dirs[d], r);
   });
-}
-
-template <typename T, int64_t CELL>
-void forward_cell(const Shape& s, const Args<T>& a) {
-  std::vector<std::optional<Direction<T>>> dirs(s.D);
-  for (int64_t d = 0; d < s.D; ++d) dirs[d].emplace(s, a, d, true);
-  run_chunks<T, Direction<T>, FwdRows<T>>(s, dirs, FwdRows<T>::per_row(s),
-                                          [](const Direction<T>& f, FwdRows<T>& r) {
-                                            forward_rows<T, CELL>(f, r);
-                                          });
 }
 
 // ---- backward
@@ -545,16 +539,6 @@ void backward_rows(const Direction<T>& f, BwdRows<T>& r) {
   if (CELL == kLstm) std::memcpy(f.a.g_cx + (f.d * s.B + r.b0) * H, r.dc, sizeof(T) * r.n * H);
 }
 
-template <typename T, int64_t CELL>
-void backward_cell(const Shape& s, const Args<T>& a) {
-  std::vector<std::optional<Direction<T>>> dirs(s.D);
-  for (int64_t d = 0; d < s.D; ++d) dirs[d].emplace(s, a, d, false);
-  run_chunks<T, Direction<T>, BwdRows<T>>(s, dirs, BwdRows<T>::per_row(s),
-                                          [](const Direction<T>& f, BwdRows<T>& r) {
-                                            backward_rows<T, CELL>(f, r);
-                                          });
-}
-
 template <typename F>
 void with_cell(int64_t cell, const F& f) {
   switch (cell) {
@@ -669,7 +653,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> family_layer_cpu(
     a.out = out.data_ptr<T>(), a.h_n = h_n.data_ptr<T>();
     a.c_n = cx ? c_n.data_ptr<T>() : nullptr;
     a.res = need_reserve && s.S() > 0 ? res.data_ptr<T>() : nullptr;
-    with_cell(cell, [&](auto C) { forward_cell<T, decltype(C)::value>(s, a); });
+    with_cell(cell, [&](auto C) {
+      run_layer<T, FwdRows<T>>(s, a, true, [](const Direction<T>& f, FwdRows<T>& r) {
+        forward_rows<T, decltype(C)::value>(f, r);
+      });
+    });
   });
   return {out, h_n, c_n, res};
 }
@@ -717,7 +705,11 @@ std::tuple<Tensor, Tensor, Tensor> family_layer_backward_cpu(
     a.g_hn = g_hn.const_data_ptr<T>(), a.g_cn = static_cast<const T*>(ptr_or_null(g_cn));
     a.g_gx = g_gx.data_ptr<T>(), a.g_hx = g_hx.data_ptr<T>();
     a.g_cx = cx ? g_cx.data_ptr<T>() : nullptr;
-    with_cell(cell, [&](auto C) { backward_cell<T, decltype(C)::value>(s, a); });
+    with_cell(cell, [&](auto C) {
+      run_layer<T, BwdRows<T>>(s, a, false, [](const Direction<T>& f, BwdRows<T>& r) {
+        backward_rows<T, decltype(C)::value>(f, r);
+      });
+    });
   });
   return {g_gx, g_hx, g_cx};
 }
