@@ -77,8 +77,8 @@ def quick_line(line: str, skip_setup: bool = True) -> str | None:
         return f'{command} BENCH_ARGS="{QUICK_BENCH}"'
     if words[:2] == ["python", "scripts/train.py"]:
         return f"{command} {QUICK_TRAIN}"
-    if words[:2] == ["python", "scripts/benchmark.py"] and "--shapes" not in words:
-        return f"{command} {QUICK_BENCH}"
+    if words[:2] == ["python", "scripts/benchmark.py"] and "--no-save" not in words:
+        return f"{command} {QUICK_BENCH}"  # (argparse takes the last --shapes, --repeats)
     return command
 
 

@@ -258,6 +258,7 @@ def plots(rows: list[dict], out: Path) -> list[str]:
                             label=r["preset"] if j == 0 else None)
         ax.set_title(f"notebook {nb}" if nb != "default" else "default recipe")
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("validation accuracy (%)")

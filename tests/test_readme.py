@@ -57,6 +57,8 @@ def test_quick_mode_shortens_runs_and_leaves_setup_to_ci(check):
         'python scripts/benchmark.py --shapes "8,20,4,8" --no-save'
     assert q("GRU_TORCH_CPU_POOL_MB=0 python scripts/benchmark.py --mode alternate").endswith(
         check.QUICK_BENCH), "an environment assignment before the command"
+    assert q('python scripts/benchmark.py --cell lstm --shapes "32,200,128,128" --repeats 7'
+             ).endswith(check.QUICK_BENCH), "a recorded run's shapes, shortened"
     assert q(". .venv/bin/activate") == ". .venv/bin/activate"
     assert q("pip install --no-build-isolation .", skip_setup=False) == \
         "pip install --no-build-isolation ."  # --short: a fresh clone's set-up, as written
