@@ -231,12 +231,17 @@ def plots(rows: list[dict], out: Path) -> list[str]:
     fig.savefig(out / "accuracy.png", dpi=110)
     plt.close(fig)
 
+    from matplotlib.ticker import ScalarFormatter
+
     fig, ax = plt.subplots(figsize=(7, 5))
-    for r in rows:
+    for k, r in enumerate(rows):
         ax.scatter(r["train_seconds"] / 60, r["mean"] * 100)
+        # labels alternate above and below their points, so that close points stay legible
         ax.annotate(r["preset"], (r["train_seconds"] / 60, r["mean"] * 100), fontsize=8,
-                    xytext=(4, 3), textcoords="offset points")
+                    xytext=(5, 4 if k % 2 == 0 else -11), textcoords="offset points")
     ax.set_xscale("log")
+    for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+        axis(ScalarFormatter())
     ax.set_xlabel("training time, minutes (mean over seeds, log scale)")
     ax.set_ylabel("test accuracy (%, mean over seeds)")
     ax.set_title("Accuracy against training time")
