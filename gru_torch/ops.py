@@ -383,8 +383,7 @@ def _family_reference_vjp(ctx, grad_out, grad_h_n, grad_c_n):
     gx, hx, cx, w_hh, b_hn, mask, lengths, _ = ctx.saved_tensors
     inputs = [gx, hx, cx, w_hh, b_hn]
     with torch.enable_grad():
-        leaves = [None if t is None else (t if t.requires_grad else t.detach().requires_grad_())
-                  for t in inputs]
+        leaves = [None if t is None else _backward_autograd._independent(t) for t in inputs]
         out, h_n, c_n = family_layer_reference(_family_cell(ctx.cell, ctx.gate), *leaves, mask,
                                                lengths)
         outs, cots = [], []
@@ -497,8 +496,7 @@ class _Projection(torch.autograd.Function):
         x, w_ih, bias, mask = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: differentiate the plain expression
             with torch.enable_grad():
-                inputs = [None if t is None else (t.view_as(t) if t.requires_grad
-                                                  else t.detach().requires_grad_())
+                inputs = [None if t is None else _backward_autograd._independent(t)
                           for t in (x, w_ih, bias)]
                 gx = _projection_reference(ctx.gates, *inputs, mask)
                 want = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[i]]

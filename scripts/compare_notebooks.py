@@ -105,6 +105,7 @@ def estimate(todo: list[tuple[str, int]], args) -> str:
     scale = 1.0 if args.limit_train is None else min(1.0, args.limit_train / 25000)
     total, unknown = 0.0, []
     for name, _ in todo:
+        # the default recipe has no row of its own: gru128's (a GRU of 128 too) stands in
         per_epoch = seconds.get(name if name != DEFAULT else "gru128", gru)
         if per_epoch is None:
             unknown.append(name)
