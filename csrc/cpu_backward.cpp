@@ -19,7 +19,7 @@
 #include "cpu_layer.h"
 #include "cpu_pool.h"
 
-namespace gru_torch::cpu {
+namespace gru_torch::cpu::CPU_CAPABILITY {
 namespace {
 
 // Rows of a block of steps: enough for the block's weight-gradient GEMMs to run near
@@ -181,20 +181,28 @@ void write_input_grad(const Direction<scalar_t>& f, const scalar_t* src, int64_t
   }
 }
 
-// Adds a tile's sums of its rows' gate gradients, per vector s of units starting at
-// col[s]: [da_r, da_z, da_n] to b_ih's gradient and da_n * r to b_hh's n part (its r and z
-// parts are b_ih's; reset_after=false has no b_hh). A gate's sum is 0 where its phase
-// did not add to it.
+// The bias-gradient sums of a tile's vectors of units, per vector s of units starting at
+// col[s]: [da_r, da_z, da_n] for b_ih's gradient and da_n * r for b_hh's n part (its r and
+// z parts are b_ih's; reset_after=false has no b_hh). A tile loads them from the group's
+// running sums (r.db), its cells add their rows one by one in row order, and it stores
+// them back, so each is a plain running sum over steps and rows, whatever the tiles are:
+// the AVX2 and AVX-512 copies tile differently and must give the same bits
+// (cpu/capability.h). A gate its phase does not add to is stored back as it was.
 template <typename scalar_t, int S>
-void add_bias_sums(const Direction<scalar_t>& f, const Rows<scalar_t>& r, const int64_t* col,
-                   const int* count, const Vec<scalar_t> (&sum)[S][4]) {
+void load_bias_sums(const Direction<scalar_t>& f, const Rows<scalar_t>& r, const int64_t* col,
+                    const int* count, Vec<scalar_t> (&sum)[S][4]) {
   const int64_t H = f.s.H;
   for (int s = 0; s < S; ++s) {
-    const int c = count[s];
-    for (int g = 0; g < 4; ++g) {
-      scalar_t* dst = r.db + (g < 3 ? g * H : f.s.G() + 2 * H) + col[s];
-      (load(dst, c) + sum[s][g]).store(dst, c);
-    }
+    for (int g = 0; g < 4; ++g) sum[s][g] = load(r.db + (g < 3 ? g * H : f.s.G() + 2 * H) + col[s], count[s]);
+  }
+}
+
+template <typename scalar_t, int S>
+void store_bias_sums(const Direction<scalar_t>& f, const Rows<scalar_t>& r, const int64_t* col,
+                     const int* count, const Vec<scalar_t> (&sum)[S][4]) {
+  const int64_t H = f.s.H;
+  for (int s = 0; s < S; ++s) {
+    for (int g = 0; g < 4; ++g) sum[s][g].store(r.db + (g < 3 ? g * H : f.s.G() + 2 * H) + col[s], count[s]);
   }
 }
 
@@ -224,7 +232,7 @@ void tile_dh(const Step<scalar_t>& st, int64_t p, int64_t i0) {
     return;
   }
   Vec<scalar_t> sum[S][4];
-  for (auto& v : sum) v[0] = v[1] = v[2] = v[3] = Vec<scalar_t>(scalar_t(0));
+  load_bias_sums(f, r, col, count, sum);
   for (int m = 0; m < R; ++m) {
     const int64_t i = i0 + m;
     for (int s = 0; s < S; ++s) {
@@ -235,7 +243,7 @@ void tile_dh(const Step<scalar_t>& st, int64_t p, int64_t i0) {
       else backward_before_zn(acc[m][s], cell, H, c, sum[s]);
     }
   }
-  add_bias_sums(f, r, col, count, sum);
+  store_bias_sums(f, r, col, count, sum);
 }
 
 // reset_after=false, phase 1, rows [i0, i0+R) by panel p: dq = da_n W_hn in registers,
@@ -253,7 +261,7 @@ void tile_r(const Step<scalar_t>& st, int64_t p, int64_t i0) {
   }
   accumulate_all(st.dgh + i0 * G + 2 * H, G, H, f.w_n->panel_data(p), acc);
   Vec<scalar_t> sum[S][4];
-  for (auto& v : sum) v[0] = v[1] = v[2] = v[3] = Vec<scalar_t>(scalar_t(0));
+  load_bias_sums(f, r, col, count, sum);
   for (int m = 0; m < R; ++m) {
     const int64_t i = i0 + m;
     for (int s = 0; s < S; ++s) {
@@ -263,7 +271,7 @@ void tile_r(const Step<scalar_t>& st, int64_t p, int64_t i0) {
       else backward_before_r(acc[m][s], st.cell(i, col[s]), dqr, H, c, sum[s]);
     }
   }
-  add_bias_sums(f, r, col, count, sum);
+  store_bias_sums(f, r, col, count, sum);
 }
 
 // Rows [i0, i0+R) of backward step k's input gradient by panel p (S vectors of inputs):
@@ -553,4 +561,4 @@ void backward_direction(const LayerShape& s, int64_t d, const BackwardArgs<scala
 template void backward_direction<float>(const LayerShape&, int64_t, const BackwardArgs<float>&);
 template void backward_direction<double>(const LayerShape&, int64_t, const BackwardArgs<double>&);
 
-}  // namespace gru_torch::cpu
+}  // namespace gru_torch::cpu::CPU_CAPABILITY

@@ -18,7 +18,7 @@
 #include "cpu_layer.h"
 #include "cpu_pool.h"
 
-namespace gru_torch::cpu {
+namespace gru_torch::cpu::CPU_CAPABILITY {
 namespace {
 
 template <typename scalar_t>
@@ -331,4 +331,4 @@ void forward_layer(const LayerShape& s, const ForwardArgs<scalar_t>* args) {
 template void forward_layer<float>(const LayerShape&, const ForwardArgs<float>*);
 template void forward_layer<double>(const LayerShape&, const ForwardArgs<double>*);
 
-}  // namespace gru_torch::cpu
+}  // namespace gru_torch::cpu::CPU_CAPABILITY

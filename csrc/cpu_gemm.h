@@ -25,7 +25,8 @@
 
 #include "cpu_pool.h"
 
-namespace gru_torch::cpu {
+// In the loops' namespace (cpu/capability.h): compiled once per instruction set.
+namespace gru_torch::cpu::CPU_CAPABILITY {
 
 constexpr int kMaxSlots = 3;
 
@@ -204,4 +205,4 @@ inline void with_slots(int64_t slots, const F& f) {
   f(Const<1>{});
 }
 
-}  // namespace gru_torch::cpu
+}  // namespace gru_torch::cpu::CPU_CAPABILITY

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <cstdint>
 
+#include "cpu/capability.h"
 #include "cpu_split.h"
 
 namespace gru_torch::cpu {
@@ -46,9 +47,6 @@ struct ForwardArgs {
   scalar_t* h;            // [B, H]: hx on entry, h_n on return
 };
 
-// Runs every direction d of the layer: args[d] for d < shape.D.
-template <typename scalar_t>
-void forward_layer(const LayerShape& shape, const ForwardArgs<scalar_t>* args);
 
 template <typename scalar_t>
 struct BackwardArgs {
@@ -72,7 +70,21 @@ struct BackwardArgs {
   at::Tensor grad_b_hh;   // [G]
 };
 
-template <typename scalar_t>
-void backward_direction(const LayerShape& shape, int64_t d, const BackwardArgs<scalar_t>& a);
-
 }  // namespace gru_torch::cpu
+
+// The loops, one copy per instruction set (cpu/capability.h): forward_layer runs every
+// direction d of the layer (args[d] for d < shape.D); backward_direction one direction.
+#define GRU_TORCH_LAYER_LOOPS                                                          \
+  template <typename scalar_t>                                                         \
+  void forward_layer(const LayerShape& shape, const ForwardArgs<scalar_t>* args);      \
+  template <typename scalar_t>                                                         \
+  void backward_direction(const LayerShape& shape, int64_t d, const BackwardArgs<scalar_t>& a);
+
+namespace gru_torch::cpu::CPU_CAPABILITY {
+GRU_TORCH_LAYER_LOOPS
+}  // namespace gru_torch::cpu::CPU_CAPABILITY
+#if defined(GRU_TORCH_CPU_AVX512)
+namespace gru_torch::cpu::AVX512 {
+GRU_TORCH_LAYER_LOOPS
+}  // namespace gru_torch::cpu::AVX512
+#endif

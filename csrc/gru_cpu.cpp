@@ -120,7 +120,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_layer_cpu(const Tensor& input_, const Ten
                       need_reserve ? reserve[d].data_ptr<scalar_t>() : nullptr,
                       h_n[d].data_ptr<scalar_t>()});
     }
-    cpu::forward_layer(shape, args.data());
+    GRU_TORCH_CPU_PICK(cpu, forward_layer<scalar_t>)(shape, args.data());
   });
   return {output, h_n, reserve};
 }
@@ -190,7 +190,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward_cp
           grad_h_n[d].const_data_ptr<scalar_t>(), grad_input.data_ptr<scalar_t>(),
           grad_hx[d].data_ptr<scalar_t>(), grad_w_ih[d], grad_w_hh[d], grad_b_ih[d],
           grad_b_hh[d]};
-      cpu::backward_direction(shape, d, args);
+      GRU_TORCH_CPU_PICK(cpu, backward_direction<scalar_t>)(shape, d, args);
     }
   });
   return {grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};

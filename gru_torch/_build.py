@@ -16,7 +16,13 @@ CSRC_DIRS = (Path(__file__).resolve().parent / "csrc", Path(__file__).resolve().
 # gru_cuda.cpp and emu_ops.cpp are the torch glue.
 KERNELS = ("selftest", "gru_persistent_f32", "gru_persistent_bf16", "gru_persistent_f16", "gru_step")
 CPU_SOURCES = ("ops.cpp", "gru_cpu.cpp", "cpu_forward.cpp", "cpu_backward.cpp", "cpu_pool.cpp",
-               "cpu/family_layer.cpp")
+               "cpu/capability.cpp", "cpu/family_layer.cpp", "cpu/family_loop.cpp")
+# The CPU loops once more for AVX-512 (csrc/cpu/capability.h), chosen at run time. Listed
+# last of all sources: the linker keeps the first copy of an inline function it meets,
+# and that must be the baseline's (csrc/cpu/avx512.h). Their names differ from the
+# baseline sources': torch's JIT build names each object after its source's file name.
+AVX512_SOURCES = ("cpu/avx512/cpu_forward_avx512.cpp", "cpu/avx512/cpu_backward_avx512.cpp",
+                  "cpu/avx512/family_loop_avx512.cpp")
 EMULATOR_SOURCES = ("emu/emulator.cpp", "emu/launch_check.cpp", "emu_ops.cpp") + tuple(
     f"emu/{k}.cpp" for k in KERNELS)
 CUDA_SOURCES = ("gru_cuda.cpp",) + tuple(f"kernels/{k}.cu" for k in KERNELS)
@@ -25,7 +31,8 @@ CUDA_SOURCES = ("gru_cuda.cpp",) + tuple(f"kernels/{k}.cu" for k in KERNELS)
 def csrc_dir() -> Path | None:
     """The folder holding the C++/CUDA sources, or None where they are not shipped."""
     for d in CSRC_DIRS:
-        if all((d / s).is_file() for s in CPU_SOURCES + EMULATOR_SOURCES + CUDA_SOURCES):
+        if all((d / s).is_file()
+               for s in CPU_SOURCES + EMULATOR_SOURCES + CUDA_SOURCES + AVX512_SOURCES):
             return d
     return None
 
@@ -66,9 +73,22 @@ def cxx_flags() -> list[str]:
     if arch not in ("native", "generic"):
         raise ValueError(f"GRU_TORCH_CPU_ARCH must be 'native' or 'generic', got {arch!r}")
     if arch == "native" and _cpu_has("avx2", "fma"):
-        # at::vec picks its AVX2 implementation (exp/tanh through Sleef in libtorch).
-        flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2"]
+        # at::vec picks its AVX2 implementation (exp/tanh through Sleef in libtorch), in
+        # the namespace CPU_CAPABILITY names; the loops' AVX-512 copies are compiled too.
+        flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+        if avx512_copies():
+            flags.append("-DGRU_TORCH_CPU_AVX512")
+    else:
+        flags.append("-DCPU_CAPABILITY=DEFAULT")
     return flags
+
+
+def avx512_copies() -> bool:
+    """Whether the CPU loops get an AVX-512 copy (csrc/cpu/avx512.h): on x86-64 Linux,
+    where the compiler is GCC. The CPU that builds need not have AVX-512."""
+    import platform
+
+    return sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")
 
 
 def cuda_include_dirs() -> list[str]:
@@ -124,7 +144,8 @@ def plan(cuda: bool, cores: int | None = None) -> str:
     """One line saying what the build compiles and about how long it takes."""
     cores = max(1, cores or int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1))
     emulated = [s for s in EMULATOR_SOURCES if s.startswith("emu/")]
-    work = [CPP_SECONDS] * (len(CPU_SOURCES) + len(EMULATOR_SOURCES) - len(emulated))
+    work = [CPP_SECONDS] * (len(CPU_SOURCES) + len(EMULATOR_SOURCES) - len(emulated)
+                            + len(AVX512_SOURCES))
     work += [EMU_SECONDS] * len(emulated)
     what = f"the C++ op and the CUDA emulator ({len(work)} sources)"
     if cuda:
@@ -149,17 +170,18 @@ def extension(name: str, cuda_setting: str | None):
     if src is None:
         raise FileNotFoundError(f"gru_torch: C++ sources not found in {CSRC_DIRS}")
     cpu = [os.path.relpath(src / s) for s in CPU_SOURCES + EMULATOR_SOURCES]
+    last = [os.path.relpath(src / s) for s in AVX512_SOURCES]  # see AVX512_SOURCES
     cuda = want_cuda(cuda_setting)
     print(plan(cuda), file=sys.stderr, flush=True)
     if cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
         return CUDAExtension(
             name,
-            cpu + [os.path.relpath(src / s) for s in CUDA_SOURCES],
+            cpu + [os.path.relpath(src / s) for s in CUDA_SOURCES] + last,
             include_dirs=[str(src)] + cuda_include_dirs(),
             extra_compile_args={"cxx": cxx_flags(), "nvcc": ["-O3", "-lineinfo"]},
         )
-    return CppExtension(name, cpu, include_dirs=[str(src)],
+    return CppExtension(name, cpu + last, include_dirs=[str(src)],
                         extra_compile_args={"cxx": cxx_flags()})
 
 

@@ -73,6 +73,7 @@ def _jit_build() -> None:
     if cuda:
         sources += [str(src / s) for s in _build.CUDA_SOURCES]
         extra_include += _build.cuda_include_dirs()
+    sources += [str(src / s) for s in _build.AVX512_SOURCES]  # last: see _build.AVX512_SOURCES
     load(
         name="gru_torch_C",
         sources=sources,

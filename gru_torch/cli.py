@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from . import backends, machine, presets
+from .capability import cpu_capability
 from .cellspec import DROPOUT_MASKS, RECURRENT_ACTIVATIONS
 from .data import archive, imdb
 from .data.archive import DataError
@@ -269,7 +270,8 @@ def _train_run(args, preset, epochs, batch_size, out, device, resume, log, ranks
               "limit_train": args.limit_train, "limit_test": args.limit_test,
               "device": str(device), "world_size": world, "bf16": args.bf16,
               "compile": args.compile, "threads": threads,
-              "flush_denormal": args.flush_denormal}
+              "flush_denormal": args.flush_denormal,
+              "cpu_capability": cpu_capability() if device.type == "cpu" else None}
     log(f"{config_line(config)} (all of it in {out / 'config.json'})")
     if rank == 0:
         (out / "config.json").write_text(json.dumps(config, indent=1) + "\n")

@@ -33,9 +33,10 @@ NAMES = {"fused": "fused", "cudnn": "nn.GRU", "onnxruntime": "onnxruntime", "ref
 def display_name(backend: str, nn_name: str = "nn.GRU") -> str:
     """"cudnn+ftz" -> "nn.GRU (FTZ)": a backend run with denormals flushed by the caller;
     nn_name names the "cudnn" backend (nn.LSTM, nn.RNN for those cells)."""
-    base = backend.removesuffix("+ftz")
+    base = backend.removesuffix("+ftz").removesuffix("+avx2")
     names = {**NAMES, "cudnn": nn_name}
-    return names.get(base, base) + (" (FTZ)" if backend.endswith("+ftz") else "")
+    return names.get(base, base) + (" (FTZ)" if backend.endswith("+ftz") else
+                                    " (AVX2)" if backend.endswith("+avx2") else "")
 
 
 def hidden(state: Tensor | tuple[Tensor, Tensor]) -> Tensor:

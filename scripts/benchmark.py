@@ -79,7 +79,9 @@ import bench_onnxruntime  # noqa: E402
 
 BACKENDS = ("fused", "cudnn", "reference", "onnxruntime")
 FTZ = "+ftz"  # a backend run with denormals flushed to zero by the caller
-BACKEND_CHOICES = BACKENDS + tuple(b + FTZ for b in ("fused", "cudnn", "reference"))
+AVX2 = "+avx2"  # the fused op run with its AVX2 loops where it would pick AVX-512
+BACKEND_CHOICES = BACKENDS + tuple(b + FTZ for b in ("fused", "cudnn", "reference")) \
+    + ("fused" + AVX2,)
 LOSSES = ("all", "final")
 EMBEDDING_SCALE = 0.05  # --loss final's inputs: U(-0.05, 0.05), Keras's Embedding init
 DEFAULT_BACKENDS = "fused,cudnn,reference"
@@ -159,7 +161,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backends", default=DEFAULT_BACKENDS,
                    help="comma list of fused,cudnn,reference,onnxruntime (onnxruntime: forward "
                         "only); +ftz after fused, cudnn or reference runs it with denormals "
-                        "flushed to zero by the caller")
+                        "flushed to zero by the caller; fused+avx2 runs the fused op's "
+                        "AVX2 loops where it would pick its AVX-512 ones")
     p.add_argument("--loss", choices=LOSSES, default="all",
                    help="what a training step's loss reads: all (every output) or final (the "
                         "last layer's h_n, as a classifier's loss; inputs of an embedding's scale)")
@@ -227,11 +230,20 @@ def busy_refusal(force: bool) -> str | None:
 
 def base_backend(name: str) -> str:
     """"fused+ftz" -> "fused": the backend a name runs."""
-    return name.removesuffix(FTZ)
+    return name.removesuffix(FTZ).removesuffix(AVX2)
 
 
 def with_ftz(name: str, step: Callable) -> Callable:
-    """The step, inside gru_torch.flush_denormal() for a "+ftz" backend."""
+    """The step, inside gru_torch.flush_denormal() for a "+ftz" backend, or with the fused
+    op's AVX2 loops for "fused+avx2" (gru_torch.set_cpu_capability)."""
+    if name.endswith(AVX2):
+        def on_avx2(*args) -> None:
+            before = gru_torch.set_cpu_capability("avx2")
+            try:
+                step(*args)
+            finally:
+                gru_torch.set_cpu_capability(before)
+        return on_avx2
     if not name.endswith(FTZ):
         return step
 
@@ -401,6 +413,8 @@ def skip_reason(name: str, shape: Shape, args: argparse.Namespace, device: torch
                 dtype: torch.dtype) -> str | None:
     """Why backend `name` is left out of this case, or None."""
     steps = shape.T * args.layers * (2 if args.bidirectional else 1)
+    if name.endswith(AVX2) and (device.type != "cpu" or gru_torch.cpu_capability() != "avx512"):
+        return "the fused op runs no AVX-512 loops here to compare its AVX2 ones with"
     name = base_backend(name)
     if name == "fused":
         why = fused_unavailable(device, dtype, args.cell)
@@ -630,6 +644,8 @@ def main(argv: list[str] | None = None) -> int:
     env = {"device": device_name(device), "torch": torch.__version__,
            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
            "threads": torch.get_num_threads()}
+    if device.type == "cpu":  # the fused op's loops: avx512 or avx2 (gru_torch.cpu_capability)
+        env["cpu_capability"] = gru_torch.cpu_capability()
     if args.cell != "gru":  # a GRU's files stay as before --cell: no "cell" means gru
         env["cell"] = args.cell
     if "onnxruntime" in args.backends:

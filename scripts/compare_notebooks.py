@@ -9,9 +9,12 @@ with the notebooks' own figures and claims checked against the measurements.
   python scripts/compare_notebooks.py --collect       # the report from the finished runs only
 
 Each run is `scripts/train.py --preset NAME --seed S` (the default recipe: `--cell gru`) in
-its own process, into runs/notebooks/<name>/seed<S>/. A run whose metrics.json exists with
-the same settings is kept and skipped, so an interrupted comparison resumes where it
-stopped. Before training it says how long it expects to take, from the seconds per epoch
+its own process, into runs/notebooks/<name>/seed<S>/. A finished run also leaves a small
+record beside the report (<out>/runs/<name>/seed<S>.json: its settings, CPU, threads,
+commit, load average, metrics and history), which the repository keeps. A run whose
+metrics.json exists with the same settings, or whose record does with the same settings
+and CPU, is kept and skipped, so an interrupted comparison resumes where it stopped, also
+in a fresh clone. Before training it says how long it expects to take, from the seconds per epoch
 that scripts/epoch_seconds.py measured on this CPU (benchmarks/results/epoch-seconds-*.json).
 Progress goes to the terminal and to runs/notebooks/compare.log.
 
@@ -41,6 +44,9 @@ DEFAULT = "default"  # the default recipe: train.py --cell gru
 RESULTS = ROOT / "benchmarks" / "results"
 # Epochs an early-stopping preset is expected to run, for the time estimate only.
 EXPECTED_EARLY_STOP_EPOCHS = 12
+# A run's seconds per epoch are flagged as timed on a busy machine above this 1-minute
+# load average (2 threads on the 2-core machine make about 2).
+BUSY_LOAD = 2.5
 log = logging.getLogger("compare_notebooks")
 
 
@@ -64,10 +70,42 @@ def settings(cmd: list[str]) -> list[str]:
     return [c for c in cmd[2:] if not c.startswith("/")]
 
 
-def finished(out: Path, cmd: list[str]) -> bool:
+def finished(out: Path, cmd: list[str], record: Path) -> bool:
     marker = out / "compare.json"
-    return ((out / "metrics.json").is_file() and marker.is_file()
-            and json.loads(marker.read_text()).get("settings") == settings(cmd))
+    if ((out / "metrics.json").is_file() and marker.is_file()
+            and json.loads(marker.read_text()).get("settings") == settings(cmd)):
+        return True
+    if record.is_file():
+        r = json.loads(record.read_text())
+        return r.get("settings") == settings(cmd) and r.get("cpu") == machine.cpu_model()
+    return False
+
+
+def record_path(out: Path, name: str, seed: int) -> Path:
+    """The record a finished run leaves beside the report."""
+    return out / "runs" / name / f"seed{seed}.json"
+
+
+def commit() -> str | None:
+    """The checked-out commit, with "+changes" where the work tree differs from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                              capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=ROOT, text=True, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+changes" if dirty.strip() else "")
+
+
+def write_record(path: Path, run: Path, cmd: list[str], load_start: float | None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "settings": settings(cmd), "cpu": machine.cpu_model(),
+        "threads": json.loads((run / "config.json").read_text()).get("threads"),
+        "commit": commit(), "load_average": [load_start, machine.load_average()],
+        "metrics": json.loads((run / "metrics.json").read_text()),
+        "history": json.loads((run / "history.json").read_text())}, indent=1) + "\n")
 
 
 def expected_epochs(name: str, args) -> int:
@@ -119,15 +157,22 @@ def estimate(todo: list[tuple[str, int]], args) -> str:
 
 # ---- the report
 
-def collect(names: list[str], seeds: list[int], runs: Path) -> list[dict]:
+def collect(names: list[str], seeds: list[int], runs: Path, out: Path) -> list[dict]:
+    """Per preset, the finished runs' figures: from runs/ where a run is there, else from
+    its record of this CPU (out/runs/)."""
     rows = []
     for name in names:
-        done = []
+        done, commits, loads = [], set(), []
         for s in seeds:
-            out = runs / name / f"seed{s}"
-            if (out / "metrics.json").is_file():
-                done.append((s, json.loads((out / "metrics.json").read_text()),
-                             json.loads((out / "history.json").read_text())))
+            run, rec = runs / name / f"seed{s}", record_path(out, name, s)
+            if (run / "metrics.json").is_file():
+                done.append((s, json.loads((run / "metrics.json").read_text()),
+                             json.loads((run / "history.json").read_text())))
+            elif rec.is_file() and json.loads(rec.read_text()).get("cpu") == machine.cpu_model():
+                r = json.loads(rec.read_text())
+                done.append((s, r["metrics"], r["history"]))
+                commits.add(r.get("commit") or "?")
+                loads += [v for v in r.get("load_average") or [] if v is not None]
         if not done:
             continue
         accs = [m["test_accuracy"] for _, m, _ in done]
@@ -148,6 +193,7 @@ def collect(names: list[str], seeds: list[int], runs: Path) -> list[dict]:
             "train_seconds": statistics.mean(m["train_seconds"] for _, m, _ in done),
             "backends": sorted({str(m.get("recurrent_backend")) for _, m, _ in done}),
             "val_curves": [[r.get("val_accuracy") for r in h] for _, _, h in done],
+            "commits": sorted(commits), "max_load": max(loads) if loads else None,
         })
     return rows
 
@@ -300,8 +346,17 @@ def report(rows: list[dict], out: Path, seeds: list[int], args) -> str:
                      f"| {_pct(r['reported'])} | {diff} | {r['seconds_per_epoch']:.1f} | "
                      f"{', '.join(map(str, r['epochs']))} | {', '.join(r['backends'])} |")
     lines += ["", "Each seed's test accuracy: " + "; ".join(
-        f"{r['preset']} {', '.join(f'{a:.2%}' for a in r['accuracies'])}" for r in rows), "",
-        "## The notebooks' claims", ""]
+        f"{r['preset']} {', '.join(f'{a:.2%}' for a in r['accuracies'])}" for r in rows)]
+    commits = sorted({c for r in rows for c in r.get("commits", [])})
+    if commits:
+        lines += ["", f"Runs from their records, trained at commit{'s' * (len(commits) > 1)} "
+                  f"{', '.join(commits)}."]
+    busy = [r["preset"] for r in rows if (r.get("max_load") or 0) > BUSY_LOAD]
+    if busy:
+        lines += ["", f"Seconds per epoch of {', '.join(busy)}: timed while other work ran "
+                  f"(a load average over {BUSY_LOAD} during a run); "
+                  "scripts/epoch_seconds.py times the presets alone."]
+    lines += ["", "## The notebooks' claims", ""]
     lines += claims(rows) or ["- (the presets that the claims compare did not run)"]
     if pictures:
         lines += ["", "## Pictures", ""] + [f"![{p}]({p})" for p in pictures]
@@ -336,24 +391,26 @@ def main(argv=None) -> int:
         plan = [(n, s) for n in names for s in seeds]
         todo = [(n, s) for n, s in plan
                 if not finished(args.runs / n / f"seed{s}",
-                                train_command(n, s, args, args.runs / n / f"seed{s}"))]
+                                train_command(n, s, args, args.runs / n / f"seed{s}"),
+                                record_path(args.out, n, s))]
         log.info("compare_notebooks: %d runs, %d finished already; %s", len(plan),
                  len(plan) - len(todo), estimate(todo, args))
         for k, (name, seed) in enumerate(todo, 1):
             out = args.runs / name / f"seed{seed}"
             cmd = train_command(name, seed, args, out)
             log.info("[%d/%d] %s seed %d: %s", k, len(todo), name, seed, " ".join(cmd))
-            t0 = time.perf_counter()
+            t0, load = time.perf_counter(), machine.load_average()
             proc = subprocess.run(cmd)
             if proc.returncode != 0:
                 log.error("[%d/%d] %s seed %d failed (exit %d); see %s", k, len(todo), name,
                           seed, proc.returncode, out / "train.log")
                 return 1
             (out / "compare.json").write_text(json.dumps({"settings": settings(cmd)}) + "\n")
+            write_record(record_path(args.out, name, seed), out, cmd, load)
             metrics = json.loads((out / "metrics.json").read_text())
             log.info("[%d/%d] %s seed %d: test accuracy %.2f%% in %.0f s", k, len(todo), name,
                      seed, 100 * metrics["test_accuracy"], time.perf_counter() - t0)
-    rows = collect(names, seeds, args.runs)
+    rows = collect(names, seeds, args.runs, args.out)
     if not rows:
         log.error("no finished runs in %s", args.runs)
         return 1

@@ -29,7 +29,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from gru_torch import backends, presets  # noqa: E402
+from gru_torch import backends, cpu_capability, presets  # noqa: E402
 from gru_torch.machine import cpu_model  # noqa: E402
 from gru_torch.rnn_base import RNNBase  # noqa: E402
 
@@ -110,7 +110,8 @@ def main(argv=None) -> int:
     res = args.results
     res.mkdir(parents=True, exist_ok=True)
     meta = {"machine": args.machine, "cpu": cpu_model(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "rows": rows}
+            "threads": torch.get_num_threads(),
+            "cpu_capability": cpu_capability(), "rows": rows}
     (res / f"epoch-seconds-{args.machine}.json").write_text(json.dumps(meta, indent=1) + "\n")
     lines = [table(meta)]
     (res / f"epoch-seconds-{args.machine}.md").write_text("\n".join(lines) + "\n")

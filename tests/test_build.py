@@ -35,7 +35,7 @@ def test_forced_cuda_build_that_cannot_happen_says_why(monkeypatch):
 def test_plan_says_what_and_how_long(monkeypatch):
     monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
     cpu = _build.plan(cuda=False, cores=2)
-    n_cpu = len(_build.CPU_SOURCES) + len(_build.EMULATOR_SOURCES)
+    n_cpu = len(_build.CPU_SOURCES) + len(_build.EMULATOR_SOURCES) + len(_build.AVX512_SOURCES)
     assert f"the C++ op and the CUDA emulator ({n_cpu} sources), no CUDA kernels" in cpu
     assert "GRU_TORCH_CUDA=1" in cpu and "minute" in cpu
     gpu = _build.plan(cuda=True, cores=2)

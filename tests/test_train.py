@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -352,3 +353,12 @@ def test_compare_notebooks_trains_resumes_and_estimates(tmp_path):
     assert "4 runs, 4 finished already" in (runs / "compare.log").read_text()
     seeds = json.loads((out / "report.json").read_text())["rows"][0]["accuracies"]
     assert len(seeds) == 2
+    # a fresh clone has no runs/, but the records beside the report: nothing to train again
+    record = json.loads((out / "runs" / "default" / "seed1.json").read_text())
+    assert record["settings"][:2] == ["--cell", "gru"] and record["metrics"]["epochs"] == 1
+    assert record["cpu"] and len(record["history"]) == 1
+    shutil.rmtree(runs)
+    third = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "4 runs, 4 finished already" in third.stdout
+    assert json.loads((out / "report.json").read_text())["rows"][0]["accuracies"] == seeds

@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "cpu/capability.h"
+
 namespace gru_torch::cpu::family {
 
 // The cell, a compile-time parameter of the time loops (family_layer.cpp).
@@ -39,5 +41,59 @@ constexpr int64_t gates_of(int64_t cell) {
 constexpr int64_t reserve_slots(int64_t cell) {
   return cell == kGruAfter ? 4 : cell == kGruBefore ? 4 : cell == kLstm ? 5 : 0;
 }
+
+// One call's shape: M recurrent masks per row (0 without them).
+struct Shape {
+  int64_t T, B, H, D, M;
+  int64_t cell, gate;
+  int64_t G() const { return gates_of(cell) * H; }
+  int64_t S() const { return reserve_slots(cell); }
+  // The columns of G whose recurrent product reads h~ (all but the GRU's n with
+  // reset_after=False, whose operand is r * h~).
+  int64_t G1() const { return cell == kGruBefore ? 2 * H : G(); }
+  int64_t time_of(int64_t d, int64_t k) const { return d == 0 ? k : T - 1 - k; }
+};
+
+// One call's data; the backward's part is null in the forward, and gx in the backward.
+template <typename T>
+struct Args {
+  const T* gx;          // [T, B, D, G]
+  const T* w_hh;        // [D, G, H]
+  const T* b_hn;        // [D, H] or null
+  const T* mask;        // [D, B, M, H] or null
+  const int64_t* len;   // [B] or null
+  const T* hx;          // [D, B, H]
+  const T* cx;          // [D, B, H] or null
+  T* out;               // [T, B, D*H]
+  T* h_n;               // [D, B, H]
+  T* c_n;               // [D, B, H] or null
+  T* res;               // [D, T, B, S*H] or null
+  // backward
+  const T* gout;        // grad of output, strides gout_stride (the unit stride 0 or 1)
+  int64_t gout_stride[3];
+  const T* g_hn;        // [D, B, H]
+  const T* g_cn;        // [D, B, H] or null
+  T* g_gx;              // [T, B, D, G]
+  T* g_hx;              // [D, B, H]
+  T* g_cx;              // [D, B, H] or null
+};
+
+// The time loops, one copy per instruction set (cpu/capability.h): forward runs every
+// direction of a.gx into a.out, h_n, c_n and the reserve; backward from the output's
+// gradients into a.g_gx, g_hx, g_cx.
+#define GRU_TORCH_FAMILY_LOOPS                        \
+  template <typename T>                               \
+  void forward(const Shape& s, const Args<T>& a);     \
+  template <typename T>                               \
+  void backward(const Shape& s, const Args<T>& a);
+
+namespace CPU_CAPABILITY {
+GRU_TORCH_FAMILY_LOOPS
+}  // namespace CPU_CAPABILITY
+#if defined(GRU_TORCH_CPU_AVX512)
+namespace AVX512 {
+GRU_TORCH_FAMILY_LOOPS
+}  // namespace AVX512
+#endif
 
 }  // namespace gru_torch::cpu::family
