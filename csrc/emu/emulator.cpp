@@ -881,13 +881,18 @@ Span static_smem(const void* site, size_t bytes, size_t align) {
   if (total > p.smem_optin)
     fail(ErrorKind::Launch, format("static and dynamic shared memory reach %zu bytes, over the "
                                    "%s's limit of %zu", total, p.name, p.smem_optin));
-  // The arena only grows at a declaration, which every thread reaches before using it,
-  // so no pointer into it is held across the reallocation by a running access.
-  b.arena.resize(total, 0xff);
-  b.shadow.resize((total + 1) / 2);
-  const Span s{&b, uint32_t(lo), uint32_t(total)};
-  b.static_sites.emplace_back(site, s);
-  return s;
+  // On a GPU the static layout is fixed before the launch, the same in every block, so
+  // another block of the cluster may be reached through map_rank before it runs this
+  // declaration: allocate it in every block of the group at once (their arenas grow in
+  // step and stay alike). The arena only grows at a declaration, which every thread
+  // reaches before using it, and an access never spans a fiber switch, so no pointer
+  // into an arena is held across the reallocation.
+  for (auto& ob : b.grp->blocks) {
+    ob->arena.resize(total, 0xff);
+    ob->shadow.resize((total + 1) / 2);
+    ob->static_sites.emplace_back(site, Span{ob.get(), uint32_t(lo), uint32_t(total)});
+  }
+  return b.static_sites.back().second;
 }
 
 Span map_shared_rank(const Span& s, unsigned rank) {
