@@ -290,8 +290,9 @@ def test_cp_async_destination_before_the_wait_is_a_race(bug, access):
     message = _bug("cp_async_hazard", testing.RaceError,
                    f"shared-memory {access} .* races with a cp.async by thread .* still in flight",
                    buffers=bufs, ints=ints)
-    if bug == 1:  # the issuing thread itself
-        assert message.count("thread (0,0,0)") == 2, message
+    issuer, accessor = re.search(r"by thread (\(\d+,0,0\)) .*\[block \(0,0,0\) thread (\(\d+,0,0\))\]",
+                                 message).groups()
+    assert (issuer == accessor) == (bug == 1), message  # bug 1: the issuing thread itself
 
 
 def test_cp_async_source_overwritten_before_the_wait_is_a_race():
@@ -345,7 +346,7 @@ def test_ldmatrix_and_cp_async_on_another_blocks_shared_memory_are_reported(bug,
     (.shared::cta): a map_rank pointer names another block's."""
     bufs, ints = _remote_case("emulated", bug)
     _bug("remote_shared", testing.SharedMemoryBoundsError,
-         f"{re.escape(op)} .*another block's shared memory", buffers=bufs, ints=ints)
+         rf"{re.escape(op)}\b.*another block's shared memory", buffers=bufs, ints=ints)
 
 
 # ---------------------------------------------------------------- the nvcc side of port.cuh
