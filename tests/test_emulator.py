@@ -3,6 +3,12 @@ collectives, cp.async and a clean kernel (each also on a real GPU where one is
 present), then one small kernel per bug class the emulator must report."""
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -254,6 +260,139 @@ def test_race_check_off_lets_the_order_show():
     shuffled = [result(s) for s in range(3)]
     assert any(not torch.equal(plain, s) for s in shuffled)
     assert torch.equal(result(7), result(7)), "a seed must give the same order every time"
+
+
+# ---------------------------------------------------------------- cp.async, .aligned, clusters
+# What the GPU leaves undefined and a CPU run would not show: each planted bug below
+# gives the right numbers in the emulator, so only the check can tell.
+def _cp_async_case(kind: str, bug: int):
+    dev = device_of(kind)
+    first = torch.arange(4 * 128, dtype=torch.float32) + 1
+    src, dst = first.clone().to(dev), torch.full((4 * 128,), float("nan"), device=dev)
+    return first, [src, dst], [bug]
+
+
+def test_cp_async_destination_read_and_source_overwritten_after_the_wait(kind):
+    """Each thread reads its neighbour's cp.async destination only after the wait and a
+    barrier, and overwrites its source only after the wait: correct, and not reported."""
+    first, bufs, ints = _cp_async_case(kind, 0)
+    run(kind, "cp_async_hazard", bufs, ints)
+    assert torch.equal(bufs[1].cpu(), first.view(128, 4).roll(-1, 0).flatten())
+    assert torch.equal(bufs[0].cpu(), -first)
+
+
+@pytest.mark.parametrize("bug,access", [(1, "read"), (2, "read"), (3, "write")],
+                         ids=["own-read", "read-after-barrier", "write-after-barrier"])
+def test_cp_async_destination_before_the_wait_is_a_race(bug, access):
+    """The copy may land at any time from its issue to its wait: an access to the
+    destination in between, by the issuing thread or by another after a barrier, races."""
+    _, bufs, ints = _cp_async_case("emulated", bug)
+    message = _bug("cp_async_hazard", testing.RaceError,
+                   f"shared-memory {access} .* races with a cp.async by thread .* still in flight",
+                   buffers=bufs, ints=ints)
+    issuer, accessor = re.search(r"by thread (\(\d+,0,0\)) .*\[block \(0,0,0\) thread (\(\d+,0,0\))\]",
+                                 message).groups()
+    assert (issuer == accessor) == (bug == 1), message  # bug 1: the issuing thread itself
+
+
+def test_cp_async_source_overwritten_before_the_wait_is_a_race():
+    """The copy may read its global source at any time until it completes."""
+    _, bufs, ints = _cp_async_case("emulated", 4)
+    _bug("cp_async_hazard", testing.RaceError,
+         "global source of a cp.async .* changed between its issue and the cp_async_wait",
+         buffers=bufs, ints=ints)
+
+
+def test_aligned_ops_in_warp_uniform_branches(kind):
+    """ldmatrix and mma in two branches that split the block by whole warps: correct."""
+    out = torch.full((2, 16, 8), float("nan"), device=device_of(kind))
+    run(kind, "aligned_call_sites", [out], [0])
+    rows = 16 * torch.arange(16, dtype=torch.float32) + 7.5  # sum over k of r + k / 16
+    assert torch.equal(out.cpu(), rows.view(1, 16, 1).expand(2, 16, 8))
+
+
+@pytest.mark.parametrize("bug,op", [(1, "ldmatrix"), (2, "mma")])
+def test_aligned_op_reached_from_two_call_sites_is_reported(bug, op):
+    """.aligned: every lane of the warp must execute the same ldmatrix or mma
+    instruction; half the lanes in each of two branches is undefined on a GPU."""
+    message = _bug("aligned_call_sites", testing.WarpSyncError,
+                   f"reach {op}[^ ]* from two call sites", buffers=[torch.zeros(2 * 16 * 8)],
+                   ints=[bug])
+    assert message.count("selftest_kernels.cuh:") == 2, message
+
+
+def _remote_case(kind: str, bug: int):
+    if kind == "cuda" and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("thread-block clusters need sm_90")
+    dev = device_of(kind)
+    src = torch.arange(64, dtype=torch.float32, device=dev) + 1
+    return [src, torch.full((2, 96), float("nan"), device=dev)], [bug]
+
+
+def test_distributed_shared_memory_with_plain_stores(kind):
+    """Plain stores into the other block's shared memory (map_rank), then ldmatrix and
+    cp.async on the block's own: correct."""
+    bufs, ints = _remote_case(kind, 0)
+    run(kind, "remote_shared", bufs, ints)
+    lanes = torch.arange(32)
+    tile = (lanes // 4).float().repeat_interleave(2)
+    expected = torch.stack([torch.cat([tile, bufs[0].cpu()[32 * r:32 * r + 32]]) for r in (0, 1)])
+    assert torch.equal(bufs[1].cpu(), expected)
+
+
+@pytest.mark.parametrize("bug,op", [(1, "ldmatrix"), (2, "cp.async")])
+def test_ldmatrix_and_cp_async_on_another_blocks_shared_memory_are_reported(bug, op):
+    """ldmatrix reads, and cp.async writes, only the block's own shared memory
+    (.shared::cta): a map_rank pointer names another block's."""
+    bufs, ints = _remote_case("emulated", bug)
+    _bug("remote_shared", testing.SharedMemoryBoundsError,
+         rf"{re.escape(op)}\b.*another block's shared memory", buffers=bufs, ints=ints)
+
+
+# ---------------------------------------------------------------- the nvcc side of port.cuh
+CSRC = Path(__file__).resolve().parent.parent / "csrc"
+
+
+def _nvcc() -> str | None:
+    home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+    path = Path(home) / "bin" / "nvcc"
+    return str(path) if path.is_file() else shutil.which("nvcc")
+
+
+@pytest.mark.skipif(_nvcc() is None, reason="no nvcc")
+def test_cp_async_source_is_a_global_address(tmp_path):
+    """cp.async.shared.global takes a .global address: port.cuh converts the generic
+    pointer (cvta.to.global) rather than passing it as it is."""
+    kernel = tmp_path / "cp_async.cu"
+    kernel.write_text(
+        '#include "device/port.cuh"\n'
+        "__global__ void copy(const float* g, float* out) {\n"
+        "  __shared__ __align__(16) float s[4];\n"
+        "  gt::cp_async<16>(gt::sptr<float>(s), gt::gptr<const float>(g), true);\n"
+        "  gt::cp_async_commit();\n"
+        "  gt::cp_async_wait<0>();\n"
+        "  out[threadIdx.x % 4] = s[threadIdx.x % 4];\n"
+        "}\n")
+    ptx = tmp_path / "cp_async.ptx"
+    subprocess.run([_nvcc(), "-ptx", "-arch=sm_80", f"-I{CSRC}", str(kernel), "-o", str(ptx)],
+                   check=True, capture_output=True, timeout=300)
+    text = ptx.read_text()
+    copy = re.search(r"cp\.async\.cg\.shared\.global \[%r\d+\], \[(%rd\d+)\]", text)
+    assert copy, text
+    assert re.search(rf"cvta\.to\.global\.u64\s+{copy.group(1)},", text), text
+
+
+def test_cp_async_asm_carries_a_memory_clobber():
+    """The inline PTX that issues and waits for cp.async tells the compiler it touches
+    memory, so no shared-memory access is moved across it (NVIDIA's inline PTX guide:
+    an asm with a memory operation needs the "memory" clobber). nvcc keeps asm volatile
+    in place today with or without it, so the PTX cannot show it: this reads the source."""
+    source = (CSRC / "device" / "port.cuh").read_text()
+    statements = re.findall(r'asm volatile\((".*?);\n', source, flags=re.S)
+    copies = [s for s in statements if "cp.async" in s and "commit_group" not in s]
+    assert len(copies) == 3, copies  # cp.async.cg, cp.async.ca, cp.async.wait_group
+    for s in copies:
+        assert re.search(r':\s*"memory"\)\s*$', s), s
 
 
 # ---------------------------------------------------------------- launch limits

@@ -570,7 +570,10 @@ template <class T> GT_DEV void ldmatrix_x4_trans(uint32_t (&r)[4], const T* row)
 // cp.async: copy `bytes` (4, 8 or 16) from global to shared memory asynchronously;
 // with valid=false nothing is read and the destination is zero-filled. The copy is
 // complete after cp_async_wait<n>() has retired its group (and visible to other
-// threads after the barrier that follows).
+// threads after the barrier that follows). Until then it may read the source and
+// write the destination at any time: neither may be touched in between, not even by
+// the issuing thread (the emulator reports it). dst must be the block's own shared
+// memory, not a map_rank pointer.
 template <int kBytes, class T>
 GT_DEV void cp_async(sptr<T> dst, gptr<const T> src, bool valid) {
   static_assert(kBytes == 4 || kBytes == 8 || kBytes == 16, "cp.async size");
@@ -578,13 +581,17 @@ GT_DEV void cp_async(sptr<T> dst, gptr<const T> src, bool valid) {
   gt_emu::cp_async(dst.span(), dst.offset(), valid ? src.checked(kBytes) : nullptr, kBytes,
                    valid ? kBytes : 0);
 #else
+  // The source operand is a .global address: convert the generic pointer. "memory":
+  // the asm reads and writes memory its operands do not show, so the compiler must not
+  // move other accesses across it (NVIDIA's inline PTX guide).
   const int src_bytes = valid ? kBytes : 0;
+  const size_t gsrc = __cvta_generic_to_global(src);
   if constexpr (kBytes == 16) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
-                 :: "r"(smem_u32(dst)), "l"(src), "r"(src_bytes));
+                 :: "r"(smem_u32(dst)), "l"(gsrc), "r"(src_bytes) : "memory");
   } else {
     asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n"
-                 :: "r"(smem_u32(dst)), "l"(src), "n"(kBytes), "r"(src_bytes));
+                 :: "r"(smem_u32(dst)), "l"(gsrc), "n"(kBytes), "r"(src_bytes) : "memory");
   }
 #endif
 }
@@ -600,7 +607,7 @@ GT_DEV void cp_async_wait() {
 #if GT_EMULATED
   gt_emu::cp_async_wait(kPending);
 #else
-  asm volatile("cp.async.wait_group %0;\n" :: "n"(kPending));
+  asm volatile("cp.async.wait_group %0;\n" :: "n"(kPending) : "memory");
 #endif
 }
 

@@ -244,6 +244,99 @@ __global__ void __launch_bounds__(kThreads) uninit_read(gptr<float> out) {
   out[threadIdx.x] = s[threadIdx.x];
 }
 
+// cp.async hazards. Each thread copies 16 bytes (4 floats) of src into its chunk of
+// shared memory; after the wait and a barrier, it writes its right neighbour's chunk
+// to dst and negates its own source (dst[4t + i] = src[4((t+1) % n) + i], src = -src).
+// bug 0 is that correct kernel; each other value adds one access a GPU does not order
+// after the copy, which may land at any time from the issue to the wait:
+//   1 the issuing thread reads its own destination before its wait;
+//   2 a neighbour reads it after a barrier, before the issuing thread's wait;
+//   3 a neighbour writes it there;
+//   4 the issuing thread overwrites its source before its wait (the copy may read the
+//     source at any time until it completes).
+__global__ void __launch_bounds__(kThreads) cp_async_hazard(gptr<float> src, gptr<float> dst, int bug) {
+  GT_DYNAMIC_SMEM(smem);
+  const int tid = int(threadIdx.x), n = int(blockDim.x);
+  sptr<float> s = smem_carve<float>(smem, 0, size_t(4) * n);
+  const int mine = 4 * tid, next = 4 * ((tid + 1) % n);
+  for (int i = 0; i < 4; ++i) s[mine + i] = -1.f;  // written, so no read below is of garbage
+  __syncthreads();
+  const gptr<const float> from = src;
+  cp_async<16>(s + mine, from + mine, true);
+  cp_async_commit();
+  float early = 0.f;
+  if (bug == 1) early = s[mine];
+  __syncthreads();  // a barrier orders accesses, not the copy: it is not complete here
+  if (bug == 2) early = s[next];
+  if (bug == 3) s[next] = 0.f;
+  if (bug == 4) src[mine] = 0.f;
+  __syncthreads();
+  cp_async_wait<0>();
+  __syncthreads();
+  for (int i = 0; i < 4; ++i) dst[mine + i] = float(s[next + i]) + early;
+  for (int i = 0; i < 4; ++i) src[mine + i] = -src[mine + i];  // the source is free after the wait
+}
+
+// ldmatrix and mma are .aligned: every lane of the warp must execute the same
+// instruction. out [warps, 16, 8] = A [16, 16] * ones, A[r][k] = r + k / 16 as bf16,
+// A loaded with ldmatrix.x4. bug 0: warp 0 takes one branch, warp 1 the other, each
+// with its own ldmatrix and mma (a warp-uniform branch: correct). bug 1: lanes 0-15 and
+// 16-31 of each warp reach ldmatrix from two branches; bug 2: the same for mma.
+__global__ void __launch_bounds__(kThreads) aligned_call_sites(gptr<float> out, int bug) {
+  GT_SHARED_ARRAY(uint16_t, tile, 16 * 16);
+  const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+  for (int i = tid; i < 16 * 16; i += int(blockDim.x))
+    tile[i] = float_to_bf16_bits(float(i / 16) + float(i % 16) / 16.f);
+  __syncthreads();
+  const bool other = bug == 0 ? warp == 1 : lane >= 16;  // the second branch
+  const int m = lane >> 3, r = lane & 7;
+  const sptr<uint16_t> row = tile + ((m & 1) * 8 + r) * 16 + (m >> 1) * 8;
+  uint32_t a[4];
+  if (bug == 2 || !other) ldmatrix_x4(a, row);
+  else ldmatrix_x4(a, row);
+  const uint32_t b[2] = {pack2<bf16>(1.f, 1.f), pack2<bf16>(1.f, 1.f)};
+  const float c[4] = {0.f, 0.f, 0.f, 0.f};
+  float d[4];
+  if (bug == 1 || !other) mma_m16n8k16<bf16>(d, a, b, c);
+  else mma_m16n8k16<bf16>(d, a, b, c);
+  const int g = lane >> 2, t = lane & 3;
+  gptr<float> o = out + warp * 16 * 8;
+  o[g * 8 + t * 2] = d[0];
+  o[g * 8 + t * 2 + 1] = d[1];
+  o[(g + 8) * 8 + t * 2] = d[2];
+  o[(g + 8) * 8 + t * 2 + 1] = d[3];
+}
+
+// Distributed shared memory on a cluster of two blocks of one warp. Plain stores reach
+// the other block's shared memory through map_rank; ldmatrix and cp.async take only the
+// block's own (.shared::cta). Block `rank` writes rows 4 rank .. 4 rank + 3 of an 8x8
+// bf16 tile (row r holds r) into both blocks' tiles; after the cluster barrier each
+// reads its own tile with ldmatrix.x1 and copies src[32 rank .. 32 rank + 31] into its
+// own buffer with cp.async. out [2, 96]: per block, lane L's two tile values (both
+// L / 4), then the 32 copied floats. bug 1: ldmatrix reads the other block's tile;
+// bug 2: cp.async writes into the other block's buffer. (The two tiles are equal, so
+// bug 1 reads the right values, and bug 2 only swaps the blocks' copies.)
+__global__ void __launch_bounds__(32) remote_shared(gptr<const float> src, gptr<float> out, int bug) {
+  GT_SHARED_ARRAY(uint16_t, tile, 8 * 8);
+  GT_SHARED_ARRAY(float, copied, 32);
+  const int lane = int(threadIdx.x & 31u);
+  const unsigned rank = cluster_rank(), peer = rank ^ 1u;
+  for (unsigned to = 0; to < 2; ++to)
+    map_rank(tile, to)[32 * int(rank) + lane] = float_to_bf16_bits(float(4 * int(rank) + lane / 8));
+  cluster_sync();
+  uint32_t v[1];
+  ldmatrix_x1(v, (bug == 1 ? map_rank(tile, peer) : tile) + (lane & 7) * 8);
+  const sptr<float> buf = bug == 2 ? map_rank(copied, peer) : copied;
+  if (lane < 8) cp_async<16>(buf + 4 * lane, src + 32 * int(rank) + 4 * lane, true);
+  cp_async_commit();
+  cp_async_wait<0>();
+  cluster_sync();  // the copies complete and are seen before any block reads them or exits
+  gptr<float> o = out + int(rank) * 96;
+  o[2 * lane] = bf16_bits_to_float(uint16_t(v[0]));
+  o[2 * lane + 1] = bf16_bits_to_float(uint16_t(v[0] >> 16));
+  o[64 + lane] = copied[lane];
+}
+
 // A kernel that does nothing, for launch-limit checks.
 constexpr unsigned kBigThreads = 1024;
 __global__ void __launch_bounds__(kBigThreads) empty_kernel(gptr<int> out) {
@@ -326,6 +419,19 @@ inline void run(const std::string& name, const std::vector<Buffer>& b, const std
   } else if (name == "uninit_read") {
     need(1, 0);
     launch(spec(name.c_str(), 1, kThreads, kThreads * 4), st, uninit_read, buf<float>(b[0]));
+  } else if (name == "cp_async_hazard") {
+    need(2, 1);  // src, dst [4 * kThreads]; bug
+    launch(spec(name.c_str(), 1, kThreads, kThreads * 16), st, cp_async_hazard, buf<float>(b[0]),
+           buf<float>(b[1]), int(v[0]));
+  } else if (name == "aligned_call_sites") {
+    need(1, 1);  // out [2, 16, 8]; bug
+    launch(spec(name.c_str(), 1, 64), st, aligned_call_sites, buf<float>(b[0]), int(v[0]));
+  } else if (name == "remote_shared") {
+    need(2, 1);  // src [64], out [2, 96]; bug
+    LaunchSpec s = spec(name.c_str(), 2, 32);
+    s.cluster = dim3(2);
+    s.max_threads = 32;
+    launch(s, st, remote_shared, buf<const float>(b[0]), buf<float>(b[1]), int(v[0]));
   } else if (name == "launch") {
     need(1, 4);  // threads, dynamic smem, cooperative, blocks
     LaunchSpec s = spec("empty_kernel", unsigned(v[3]), unsigned(v[0]), size_t(v[1]));

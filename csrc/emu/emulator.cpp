@@ -217,6 +217,7 @@ struct Cell {
   uint32_t w_tid = kNone, w_bep = 0, w_gep = 0, w_clk = 0;  // last write
   uint32_t r_tid = kNone, r_bep = 0, r_gep = 0, r_clk = 0;  // last plain read(s); kMany: several
   bool w_atomic = false;                                     // the last write was an atomic
+  bool w_async = false;  // the last write is a cp.async its thread has not waited for yet
 };
 
 enum class Wait : uint8_t { None, Bar, Warp, Cluster, Grid, Yield };
@@ -239,7 +240,13 @@ struct Copy {  // a cp.async in flight
   const void* src;
   size_t bytes, src_bytes;
   int group;
+  unsigned char data[16];  // the source as read at the issue, zero-filled past src_bytes
 };
+
+// How access_as treats an access: a plain one, an atomic, or one half of a cp.async:
+// its issue (checked and recorded as a write that stays in flight: any access to the
+// cells before the wait is a race) and its landing at the wait (the write, stamped then).
+enum class Mode : uint8_t { Plain, Atomic, CopyIssue, CopyLand };
 
 }  // namespace
 
@@ -484,6 +491,10 @@ const char* op_name(int op) {
   return "?";
 }
 
+// mma and ldmatrix are .aligned: every lane of the warp must execute the same
+// instruction, so lanes must also agree on the call site (file:line).
+bool is_aligned(int op) { return (op & 15) >= OP_MMA_F16 && (op & 15) <= OP_LDMATRIX; }
+
 using Hook = void (*)(WarpState&, Block&, unsigned warp, uint32_t mask, const void* extra);
 
 // Arrives at a warp collective. Returns once every lane of `mask` has arrived; the
@@ -512,6 +523,12 @@ void collective(uint32_t mask, int op, const void* in, size_t n, Hook hook, cons
   for (size_t i = 0; i < w.pending.size(); ++i) {
     const Pending& p = w.pending[i];
     if (p.mask == mask && p.op == op) {
+      if (is_aligned(op) && (p.line != line || std::strcmp(p.file, file) != 0))
+        fail(ErrorKind::Warp,
+             format("lanes of warp %u reach %s from two call sites: lane %u at %s:%d while lanes "
+                    "0x%08x wait at %s:%d (.aligned: every lane of the warp must execute the same "
+                    "instruction; undefined on a GPU)", wi, op_name(op), lane, file, line,
+                    p.arrived, p.file, p.line));
       gi = int(i);
     } else if (p.mask & mask) {
       fail(ErrorKind::Warp,
@@ -773,11 +790,12 @@ void maybe_yield(Group& g) {
 }
 
 void access_as(Fiber& f, const Span& s, int64_t off, size_t bytes, bool write, void* data,
-               bool atomic = false) {
+               Mode mode = Mode::Plain) {
   Group& g = *f.blk->grp;
   if (!s.blk) fail(ErrorKind::SharedBounds, "access through a null shared-memory pointer");
   Block& ob = *s.blk;
-  const char* what = write ? "write" : "read";
+  const bool atomic = mode == Mode::Atomic;
+  const char* what = mode == Mode::CopyIssue ? "cp.async write" : write ? "write" : "read";
   if (off < int64_t(s.lo) || off + int64_t(bytes) > int64_t(s.hi))
     fail(ErrorKind::SharedBounds,
          format("shared-memory %s of %zu bytes at offset 0x%llx is outside its allocation "
@@ -804,6 +822,13 @@ void access_as(Fiber& f, const Span& s, int64_t off, size_t bytes, bool write, v
                     str(ob.bid).c_str(), prev,
                     tid == kMany ? "several threads" : thread_name(g, tid).c_str()));
       };
+      // A cp.async may write its destination at any time from its issue until the wait
+      // that completes it: no barrier orders an access in between, not even its own thread's.
+      if (cell.w_async && mode != Mode::CopyLand && o.race_check)
+        fail(ErrorKind::Race,
+             format("shared-memory %s at offset 0x%llx of block %s races with a cp.async by %s "
+                    "still in flight: it may land at any time until its thread's cp_async_wait",
+                    what, (long long)(c * 2), str(ob.bid).c_str(), thread_name(g, cell.w_tid).c_str()));
       const bool w_unordered =
           cell.w_tid != kNone && !ordered(cell.w_tid, cell.w_bep, cell.w_gep, cell.w_clk, f, ob);
       // Atomics do not race with each other, only with plain accesses.
@@ -839,9 +864,11 @@ void access_as(Fiber& f, const Span& s, int64_t off, size_t bytes, bool write, v
       cell.w_gep = g.epoch;
       cell.w_clk = clk;
       cell.w_atomic = atomic;
+      cell.w_async = mode == Mode::CopyIssue;
       cell.r_tid = kNone;
     }
   }
+  if (mode == Mode::CopyIssue) return;  // the data lands at the wait
   unsigned char* p = ob.arena.data() + off;
   if (write) std::memcpy(p, data, bytes);
   else std::memcpy(data, p, bytes);
@@ -859,10 +886,10 @@ void smem_atomic_add_f32(const Span& s, int64_t off, float v, float* old) {
   // read then a write, with the atomic flag relaxing atomic-vs-atomic pairs).
   Fiber& f = cur_fiber();
   float x;
-  access_as(f, s, off, 4, false, &x, true);
+  access_as(f, s, off, 4, false, &x, Mode::Atomic);
   if (old) *old = x;
   x += v;
-  access_as(f, s, off, 4, true, &x, true);
+  access_as(f, s, off, 4, true, &x, Mode::Atomic);
 }
 
 Span dynamic_smem() {
@@ -881,13 +908,18 @@ Span static_smem(const void* site, size_t bytes, size_t align) {
   if (total > p.smem_optin)
     fail(ErrorKind::Launch, format("static and dynamic shared memory reach %zu bytes, over the "
                                    "%s's limit of %zu", total, p.name, p.smem_optin));
-  // The arena only grows at a declaration, which every thread reaches before using it,
-  // so no pointer into it is held across the reallocation by a running access.
-  b.arena.resize(total, 0xff);
-  b.shadow.resize((total + 1) / 2);
-  const Span s{&b, uint32_t(lo), uint32_t(total)};
-  b.static_sites.emplace_back(site, s);
-  return s;
+  // On a GPU the static layout is fixed before the launch, the same in every block, so
+  // another block of the cluster may be reached through map_rank before it runs this
+  // declaration: allocate it in every block of the group at once (their arenas grow in
+  // step and stay alike). The arena only grows at a declaration, which every thread
+  // reaches before using it, and an access never spans a fiber switch, so no pointer
+  // into an arena is held across the reallocation.
+  for (auto& ob : b.grp->blocks) {
+    ob->arena.resize(total, 0xff);
+    ob->shadow.resize((total + 1) / 2);
+    ob->static_sites.emplace_back(site, Span{ob.get(), uint32_t(lo), uint32_t(total)});
+  }
+  return b.static_sites.back().second;
 }
 
 Span map_shared_rank(const Span& s, unsigned rank) {
@@ -921,6 +953,11 @@ void ldmatrix_hook(WarpState& w, Block& b, unsigned wi, uint32_t, const void* ex
       const unsigned lane = i * 8 + r;
       LdmIn in;
       std::memcpy(&in, w.in[lane], sizeof in);
+      if (in.s.blk && in.s.blk != &b)
+        fail(ErrorKind::SharedBounds,
+             format("ldmatrix: lane %u's row address is in another block's shared memory (block %s, "
+                    "through map_rank): ldmatrix reads only its own block's (.shared::cta)", lane,
+                    str(in.s.blk->bid).c_str()));
       if (in.off % 16)
         fail(ErrorKind::Misaligned, format("ldmatrix: lane %u's row address 0x%llx is not 16-byte "
                                            "aligned", lane, (long long)in.off));
@@ -960,7 +997,17 @@ void cp_async(const Span& s, int64_t off, const void* src, size_t bytes, size_t 
   if (off < int64_t(s.lo) || off + int64_t(bytes) > int64_t(s.hi))
     fail(ErrorKind::SharedBounds, format("cp.async destination 0x%llx+%zu outside [0x%x, 0x%x)",
                                          (long long)off, bytes, s.lo, s.hi));
-  f.copies.push_back(Copy{s, off, src, bytes, src_bytes, f.open_group});
+  if (s.blk && s.blk != f.blk)
+    fail(ErrorKind::SharedBounds,
+         format("cp.async destination 0x%llx is in another block's shared memory (block %s, through "
+                "map_rank): cp.async writes only its own block's (.shared::cta)", (long long)off,
+                str(s.blk->bid).c_str()));
+  // The GPU may read the source at any time until the wait: read it now, and at the wait
+  // check that it has not changed since. The destination counts as written from now on.
+  Copy c{s, off, src, bytes, src_bytes, f.open_group, {}};
+  if (src_bytes) std::memcpy(c.data, src, src_bytes);
+  access_as(f, s, off, bytes, true, nullptr, Mode::CopyIssue);
+  f.copies.push_back(c);
 }
 
 void cp_async_commit() { ++cur_fiber().open_group; }
@@ -975,9 +1022,15 @@ void cp_async_wait(int pending) {
       keep.push_back(c);
       continue;
     }
-    unsigned char buf[16] = {};
-    if (c.src_bytes) std::memcpy(buf, c.src, c.src_bytes);
-    access_as(f, c.s, c.off, c.bytes, true, buf);
+    if (c.src_bytes && f.blk->grp->L->opt.race_check && std::memcmp(c.data, c.src, c.src_bytes))
+      fail(ErrorKind::Race,
+           format("the global source of a cp.async (%zu bytes at %p, to shared offset 0x%llx) "
+                  "changed between its issue and the cp_async_wait that completes it: the copy "
+                  "may read its source at any time until then", c.src_bytes, c.src,
+                  (long long)c.off));
+    unsigned char buf[16];
+    std::memcpy(buf, c.data, sizeof buf);
+    access_as(f, c.s, c.off, c.bytes, true, buf, Mode::CopyLand);
   }
   f.copies.swap(keep);
 }

@@ -23,7 +23,14 @@
 //   * Warp collectives (__shfl*_sync, __ballot_sync, __syncwarp, mma, ldmatrix)
 //     meet on their mask: it is an error when the mask names an exited lane or a
 //     lane not calling, when lanes of a warp disagree on the op or mask, or when a
-//     shuffle reads a lane outside the mask.
+//     shuffle reads a lane outside the mask. mma and ldmatrix are .aligned: their
+//     lanes must also come from one call site (file:line).
+//   * cp.async reads its global source at the issue and writes shared memory at
+//     the wait that completes it; from the issue to that wait its destination
+//     counts as written, so any access to it in between is a race, and a source
+//     changed in between is one too (the GPU may read it at any time until then).
+//     ldmatrix and cp.async take only the block's own shared memory, not a
+//     map_shared_rank pointer.
 //   * A round in which no fiber can run while some are alive is a deadlock,
 //     reported with where each waiting thread waits (file:line).
 //   * Launches are checked against an A100's or an H100's limits (threads, block
@@ -183,7 +190,8 @@ Span map_shared_rank(const Span& s, unsigned rank);  // distributed shared memor
 // ldmatrix.m8n8.x{1,2,4}.shared.b16 [.trans]: `row` is this lane's row address.
 void ldmatrix(unsigned count, bool trans, const Span& s, int64_t row_off, uint32_t* out,
               const char* file, int line);
-// cp.async: the copy happens at the wait that covers its group.
+// cp.async: the source is read here; the destination is written at the wait that
+// covers its group, and counts as written (for the race check) from here to there.
 void cp_async(const Span& s, int64_t off, const void* src, size_t bytes, size_t src_bytes);
 void cp_async_commit();
 void cp_async_wait(int pending);
