@@ -22,6 +22,7 @@ if importlib.util.find_spec("keras") is not None:
     import keras
 
     import gru_torch.keras as gk
+    from gru_torch import extension_status as gru_torch_status
     from gru_torch import ops
 
     if keras.backend.backend() != "torch":
@@ -76,15 +77,15 @@ def outputs_and_grads(layer, x: np.ndarray, **call_kwargs):
     return [y.detach().numpy() for y in ys], [g.numpy() for g in grads]
 
 
-def assert_same(ours, theirs, x, **call_kwargs):
+def assert_same(ours, theirs, x, atol=ATOL, **call_kwargs):
     ya, ga = outputs_and_grads(ours, x, **call_kwargs)
     yb, gb = outputs_and_grads(theirs, x, **call_kwargs)
     assert len(ya) == len(yb)
     for i, (a, b) in enumerate(zip(ya, yb)):
         assert a.shape == b.shape, f"output {i}: {a.shape} != {b.shape}"
-        np.testing.assert_allclose(a, b, atol=ATOL, rtol=0, err_msg=f"output {i}")
+        np.testing.assert_allclose(a, b, atol=atol, rtol=0, err_msg=f"output {i}")
     for i, (a, b) in enumerate(zip(ga, gb)):
-        np.testing.assert_allclose(a, b, atol=5 * ATOL, rtol=1e-5, err_msg=f"gradient {i}")
+        np.testing.assert_allclose(a, b, atol=5 * atol, rtol=1e-5, err_msg=f"gradient {i}")
 
 
 def inputs(seed=2, shape=(B, T, I)):
@@ -316,3 +317,28 @@ def test_import_needs_no_keras():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+def test_gpu_policy_under_the_emulator(monkeypatch):
+    """On a GPU (the CUDA kernels under gru_torch's emulator stand in for one) the layers
+    take what gru_torch's modules take there: torch.nn's kernel (cuDNN) where nn can
+    express the layer, else the fused CUDA kernel (the GRU), else the reference loop."""
+    from gru_torch import testing
+
+    if not gru_torch_status().loaded or not hasattr(torch.ops.gru_torch, "_emu_configure"):
+        pytest.skip("the extension was built without the CUDA emulator")
+    used = []
+    for key, fn in list(gk.LAYER_FNS.items()):
+        def counting(*args, _key=key, _fn=fn, **kwargs):
+            used.append(_key)
+            return _fn(*args, **kwargs)
+        monkeypatch.setitem(gk.LAYER_FNS, key, counting)
+    mask = torch.tensor(masks())
+    with testing.emulate_cuda():
+        ours, theirs = pair("GRU", return_sequences=True, return_state=True)
+        assert_same(ours, theirs, inputs(shape=(4, T, I)), mask=mask)
+        ours, theirs = pair("GRU", reset_after=False)
+        assert_same(ours, theirs, inputs(), atol=1e-3)  # the CUDA kernel's float32 is TF32
+        ours, theirs = pair("LSTM", go_backwards=True)
+        assert_same(ours, theirs, inputs(shape=(4, T, I)), mask=mask)
+    assert used == ["cudnn", "fused", "cudnn"]
