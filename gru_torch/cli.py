@@ -82,6 +82,16 @@ class UsageError(Exception):
 EXPECTED_ERRORS = (DataError, CheckpointError, ExportError, UsageError)
 
 
+def _cpu_capability() -> str | None:
+    """The fused CPU op's instruction set; a bad GRU_TORCH_CPU_CAPABILITY is a usage error."""
+    try:
+        return cpu_capability()
+    except RuntimeError as e:
+        if "GRU_TORCH_CPU_CAPABILITY" not in str(e):
+            raise
+        raise UsageError(str(e).splitlines()[0]) from None
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse whose usage errors are one line, as the other expected errors."""
 
@@ -271,7 +281,7 @@ def _train_run(args, preset, epochs, batch_size, out, device, resume, log, ranks
               "device": str(device), "world_size": world, "bf16": args.bf16,
               "compile": args.compile, "threads": threads,
               "flush_denormal": args.flush_denormal,
-              "cpu_capability": cpu_capability() if device.type == "cpu" else None}
+              "cpu_capability": _cpu_capability() if device.type == "cpu" else None}
     log(f"{config_line(config)} (all of it in {out / 'config.json'})")
     if rank == 0:
         (out / "config.json").write_text(json.dumps(config, indent=1) + "\n")

@@ -133,3 +133,16 @@ def test_export_errors(tmp_path, capsys):
     status, line = call(cli.export_main, ["--checkpoint", str(tmp_path / "none.pt"), "--onnx",
                                           str(tmp_path / "m.onnx")], capsys)
     assert status == 2 and "does not exist" in line
+
+
+def test_a_bad_cpu_capability_setting_is_one_line(tmp_path):
+    """GRU_TORCH_CPU_CAPABILITY that names no instruction set this build and CPU can run."""
+    import os
+
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "--data",
+                           "sample", "--epochs", "1", "--out", str(tmp_path / "run")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "GRU_TORCH_CPU_CAPABILITY": "avx9"})
+    assert proc.returncode == 2, proc.stderr
+    line = one_line_error(proc.stderr)
+    assert "GRU_TORCH_CPU_CAPABILITY: unknown CPU capability 'avx9'" in line
