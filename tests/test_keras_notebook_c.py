@@ -16,17 +16,22 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="Keras is not installed")
-def test_notebook_c_runs_on_the_sample(tmp_path, monkeypatch):
+def _script(name: str):
+    """scripts/<name>.py as a module, where Keras runs on torch (else the test skips)."""
     import keras
 
     if keras.backend.backend() != "torch":
         pytest.skip("Keras runs another backend than torch")
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
-        import keras_notebook_c
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(ROOT / "scripts"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="Keras is not installed")
+def test_notebook_c_runs_on_the_sample(tmp_path, monkeypatch):
+    keras_notebook_c = _script("keras_notebook_c")
     import gru_torch.keras as gk
     from gru_torch import ops
 
@@ -56,13 +61,7 @@ def test_speed_script_builds_the_notebook_models():
     and its table from results."""
     import keras
 
-    if keras.backend.backend() != "torch":
-        pytest.skip("Keras runs another backend than torch")
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import keras_speed
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    keras_speed = _script("keras_speed")
     import gru_torch.keras as gk
 
     for name, params in (("gru128", 1379201), ("bilstm32x2", 1058945)):
