@@ -65,9 +65,22 @@ def train_command(name: str, seed: int, args, out: Path) -> list[str]:
     return cmd
 
 
+PATH_OPTIONS = ("--data", "--out")
+
+
 def settings(cmd: list[str]) -> list[str]:
-    """What makes two runs the same run: the command without its interpreter and paths."""
-    return [c for c in cmd[2:] if not c.startswith("/")]
+    """What makes two runs the same run: the command without its interpreter and paths.
+
+    The values of --data and --out are paths, absolute or relative: the same archive named
+    two ways is the same run."""
+    out, skip = [], False
+    for c in cmd[2:]:
+        if skip:
+            skip = False
+            continue
+        out.append(c)
+        skip = c in PATH_OPTIONS
+    return out
 
 
 def finished(out: Path, cmd: list[str], record: Path) -> bool:

@@ -362,3 +362,18 @@ def test_compare_notebooks_trains_resumes_and_estimates(tmp_path):
     assert third.returncode == 0, third.stderr[-3000:]
     assert "4 runs, 4 finished already" in third.stdout
     assert json.loads((out / "report.json").read_text())["rows"][0]["accuracies"] == seeds
+
+
+def test_compare_notebooks_same_run_whatever_the_data_path_looks_like():
+    """A run recorded with --data given as an absolute path is the same run when the
+    archive is named by a relative path: only the paths differ, not the settings."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "compare_notebooks", ROOT / "scripts" / "compare_notebooks.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    tail = ["--preset", "gru128", "--seed", "1", "--data"]
+    absolute = ["python", "train.py", *tail, "/work/shared/imdb.tar.gz", "--out", "/runs/a"]
+    relative = ["python", "train.py", *tail, "../shared/imdb.tar.gz", "--out", "runs/b"]
+    assert mod.settings(absolute) == mod.settings(relative) == [*tail, "--out"]
+    assert mod.settings([*relative, "--epochs", "2"]) != mod.settings(relative)
