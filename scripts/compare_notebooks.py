@@ -37,7 +37,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from gru_torch import machine, presets  # noqa: E402
+from gru_torch import machine, ops, presets  # noqa: E402
+from gru_torch.rnn_base import RNNBase  # noqa: E402
 from gru_torch.train import pyplot  # noqa: E402
 
 DEFAULT = "default"  # the default recipe: train.py --cell gru
@@ -181,6 +182,12 @@ def collect(names: list[str], seeds: list[int], runs: Path, out: Path) -> list[d
             if (run / "metrics.json").is_file():
                 done.append((s, json.loads((run / "metrics.json").read_text()),
                              json.loads((run / "history.json").read_text())))
+                marker = run / "compare.json"
+                if rec.is_file() and marker.is_file():  # the record this run left: its commit
+                    r = json.loads(rec.read_text())
+                    if r.get("settings") == json.loads(marker.read_text()).get("settings"):
+                        commits.add(r.get("commit") or "?")
+                        loads += [v for v in r.get("load_average") or [] if v is not None]
             elif rec.is_file() and json.loads(rec.read_text()).get("cpu") == machine.cpu_model():
                 r = json.loads(rec.read_text())
                 done.append((s, r["metrics"], r["history"]))
@@ -205,10 +212,39 @@ def collect(names: list[str], seeds: list[int], runs: Path, out: Path) -> list[d
             "epochs": [m["epochs"] for _, m, _ in done],
             "train_seconds": statistics.mean(m["train_seconds"] for _, m, _ in done),
             "backends": sorted({str(m.get("recurrent_backend")) for _, m, _ in done}),
+            "fused_ops": fused_ops(model),
             "val_curves": [[r.get("val_accuracy") for r in h] for _, _, h in done],
+            "train_curves": [[r.get("accuracy") for r in h] for _, _, h in done],
             "commits": sorted(commits), "max_load": max(loads) if loads else None,
         })
     return rows
+
+
+def fused_ops(model) -> list[str]:
+    """Which fused op trains each recurrent layer of a preset's model: "GRU op" (the GRU
+    with sigmoid gates and shared masks: its input projection and cell inside the GEMM's
+    loop) or "family op" (every other cell: the same time loop for every cell). The
+    default recipe's model (None here) is a plain GRU."""
+    if model is None:
+        return ["GRU op"]
+    found = []
+    for m in model.modules():
+        if isinstance(m, RNNBase):
+            cfg = m.training_config(torch.device("cpu"))
+            op = "GRU op" if ops.gru_op_reason(cfg.cell, cfg.dropout_active, cfg.masks,
+                                               cfg.input_dropout, cfg.directions) is None \
+                else "family op"
+            if op not in found:
+                found.append(op)
+    return found
+
+
+def ran_on(r: dict) -> str:
+    """The backend, and for the fused one which op: "fused (GRU op)"."""
+    text = ", ".join(r["backends"])
+    if r["backends"] == ["fused"] and r.get("fused_ops"):
+        text += f" ({', '.join(r['fused_ops'])})"
+    return text
 
 
 def _row(rows, name):
@@ -226,22 +262,34 @@ def claims(rows: list[dict]) -> list[str]:
     def same_kind(a, b):
         return a["backends"] == b["backends"] == ["fused"]
 
+    def ops_of(r):
+        return " and ".join(r.get("fused_ops") or ["?"])
+
     for gru, lstm in (("gru128", "lstm128"), ("gru32x2", "lstm32x2")):
         g, l = _row(rows, gru), _row(rows, lstm)
         if not (g and l):
             continue
         faster = g["seconds_per_epoch"] < l["seconds_per_epoch"]
         sd = max(v for v in (g["sd"], l["sd"], 0.005) if v is not None)
-        similar = abs(g["mean"] - l["mean"]) <= 2 * sd
-        kind = ("both on the fused ops" if same_kind(g, l) else
-                f"not a claim about the cells: they ran on {g['backends']} and {l['backends']}")
+        gap = g["mean"] - l["mean"]
+        # "similar accuracy": the GRU not worse than the LSTM by more than 2 sd
+        similar = gap >= -2 * sd
+        if not same_kind(g, l):
+            kind = (f"not a claim about the cells: they ran on {g['backends']} and "
+                    f"{l['backends']}")
+        elif g.get("fused_ops") != l.get("fused_ops"):
+            kind = (f"both fused, but {gru} on the {ops_of(g)} and {lstm} on the {ops_of(l)}, "
+                    f"which are not the same implementation: the speed is partly the ops'")
+        else:
+            kind = f"both on the {ops_of(g)}: the same time loop, so a claim about the cells"
         lines.append(
             f"- **GRUs train faster than LSTMs for similar accuracy** ({gru} against {lstm}): "
             f"{'held' if faster and similar else 'did not hold'}: {g['seconds_per_epoch']:.1f} "
             f"against {l['seconds_per_epoch']:.1f} s an epoch "
             f"({l['seconds_per_epoch'] / g['seconds_per_epoch']:.2f}x), accuracy "
-            f"{_pct(g['mean'])} against {_pct(l['mean'])} (similar: within 2 sd = "
-            f"{2 * sd:.2%}); {kind}.")
+            f"{_pct(g['mean'])} against {_pct(l['mean'])} ({abs(gap) * 100:.2f} points "
+            f"{'higher' if gap >= 0 else 'lower'} for the GRU; 2 sd = {2 * sd * 100:.2f} points); "
+            f"{kind}.")
     for gru, lstm in (("gru128", "lstm128"), ("gru32x2", "lstm32x2")):
         g, l = _row(rows, gru), _row(rows, lstm)
         if g and l and g["params"] and l["params"]:
@@ -291,7 +339,7 @@ def plots(rows: list[dict], out: Path) -> list[str]:
     fig.savefig(out / "accuracy.png", dpi=110)
     plt.close(fig)
 
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     fig, ax = plt.subplots(figsize=(7, 5))
     for k, r in enumerate(rows):
@@ -300,8 +348,10 @@ def plots(rows: list[dict], out: Path) -> list[str]:
         ax.annotate(r["preset"], (r["train_seconds"] / 60, r["mean"] * 100), fontsize=8,
                     xytext=(5, 4 if k % 2 == 0 else -11), textcoords="offset points")
     ax.set_xscale("log")
-    for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
-        axis(ScalarFormatter())
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())  # (minor labels collide on a log axis)
+    lo, hi = ax.get_xlim()
+    ax.set_xticks([t for t in (0.5, 1, 2, 3, 5, 10, 20, 30, 60) if lo <= t <= hi])
     ax.set_xlabel("training time, minutes (mean over seeds, log scale)")
     ax.set_ylabel("test accuracy (%, mean over seeds)")
     ax.set_title("Accuracy against training time")
@@ -313,20 +363,32 @@ def plots(rows: list[dict], out: Path) -> list[str]:
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(r["notebook"] if r["notebook"] != "-" else "default", []).append(r)
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups), 3.6), squeeze=False)
-    for ax, (nb, rs) in zip(axes[0], sorted(groups.items())):
+    cols = min(3, len(groups))
+    nrows = (len(groups) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.6 * nrows), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax, (nb, rs) in zip(flat, sorted(groups.items())):
+        # a notebook that kept no validation split (B, D: trained on all 25,000 reviews)
+        # shows its training accuracy, dashed, and says so
+        has_val = any(v is not None for r in rs for c in r["val_curves"] for v in c)
         for k, r in enumerate(rs):
-            for j, curve in enumerate(r["val_curves"]):
+            curves = r["val_curves"] if has_val else r.get("train_curves", [])
+            for j, curve in enumerate(curves):
                 ys = [v * 100 for v in curve if v is not None]
                 if ys:
                     ax.plot(range(1, len(ys) + 1), ys, color=f"C{k}", alpha=0.8,
+                            linestyle="-" if has_val else "--",
                             label=r["preset"] if j == 0 else None)
-        ax.set_title(f"notebook {nb}" if nb != "default" else "default recipe")
+        title = f"notebook {nb}" if nb != "default" else "default recipe"
+        ax.set_title(title if has_val else f"{title}: training accuracy\n(no validation split)",
+                     fontsize=10)
         ax.set_xlabel("epoch")
+        ax.set_ylabel("validation accuracy (%)" if has_val else "training accuracy (%)")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("validation accuracy (%)")
+    for ax in flat[len(groups):]:
+        ax.set_visible(False)
     fig.tight_layout()
     fig.savefig(out / "validation-curves.png", dpi=110)
     plt.close(fig)
@@ -357,13 +419,13 @@ def report(rows: list[dict], out: Path, seeds: list[int], args) -> str:
         ours = "-" if r["params"] is None else f"{r['params']:,}"
         lines.append(f"| {r['preset']} | {r['notebook']} | {kp} | {ours} | {_pct(r['mean'])}{sd} "
                      f"| {_pct(r['reported'])} | {diff} | {r['seconds_per_epoch']:.1f} | "
-                     f"{', '.join(map(str, r['epochs']))} | {', '.join(r['backends'])} |")
+                     f"{', '.join(map(str, r['epochs']))} | {ran_on(r)} |")
     lines += ["", "Each seed's test accuracy: " + "; ".join(
         f"{r['preset']} {', '.join(f'{a:.2%}' for a in r['accuracies'])}" for r in rows)]
     commits = sorted({c for r in rows for c in r.get("commits", [])})
     if commits:
-        lines += ["", f"Runs from their records, trained at commit{'s' * (len(commits) > 1)} "
-                  f"{', '.join(commits)}."]
+        lines += ["", f"Trained at commit{'s' * (len(commits) > 1)} {', '.join(commits)} "
+                  "(each run's record in runs/ names its own)."]
     busy = [r["preset"] for r in rows if (r.get("max_load") or 0) > BUSY_LOAD]
     if busy:
         lines += ["", f"Seconds per epoch of {', '.join(busy)}: timed while other work ran "
