@@ -93,11 +93,33 @@ gru_layer_backward_emulated(const at::Tensor& grad_output, const at::Tensor& gra
                                        mask, lengths, reset_after, reserve);
 }
 
-// The launches the CUDA op would make for a layer of this size on `gpu` ("a100",
-// "h100"), each checked against that GPU's limits by the emulator (a refused one
-// raises its gt_emu::Error); returns one line per distinct launch.
+// The family op (csrc/cpu/family_layer.cpp's schema) on CPU tensors, run by the CUDA
+// kernels under the emulator: the cells device_op::family_forward serves.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> family_layer_emulated(
+    const at::Tensor& gx, const at::Tensor& hx, const std::optional<at::Tensor>& cx,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_hn,
+    const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& lengths, int64_t cell,
+    int64_t gate, bool need_reserve) {
+  return device_op::family_forward<Emulated>(gx, hx, cx, w_hh, b_hn, mask, lengths, cell, gate,
+                                             need_reserve);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> family_layer_backward_emulated(
+    const at::Tensor& grad_output, const at::Tensor& grad_h_n, const std::optional<at::Tensor>& grad_c_n,
+    const at::Tensor& gx, const at::Tensor& hx, const std::optional<at::Tensor>& cx,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_hn,
+    const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& lengths, int64_t cell,
+    int64_t gate, const at::Tensor& reserve, const at::Tensor& output) {
+  return device_op::family_backward<Emulated>(grad_output, grad_h_n, grad_c_n, gx, hx, cx, w_hh, b_hn,
+                                              mask, lengths, cell, gate, reserve, output);
+}
+
+// The launches the CUDA op would make for a layer of this size and cell (the family
+// op's code) on `gpu` ("a100", "h100"), each checked against that GPU's limits by the
+// emulator (a refused one raises its gt_emu::Error); returns one line per distinct
+// launch.
 std::vector<std::string> gru_launch_check(const std::string& dtype, int64_t H, int64_t B, int64_t T,
-                                          int64_t D, bool reset_after, bool allow_tf32,
+                                          int64_t D, int64_t cell, bool allow_tf32,
                                           const std::string& gpu) {
   const std::map<std::string, plan::Dtype> dtypes = {
       {"float32", plan::Dtype::F32}, {"float64", plan::Dtype::F64},
@@ -105,9 +127,10 @@ std::vector<std::string> gru_launch_check(const std::string& dtype, int64_t H, i
   TORCH_CHECK(dtypes.count(dtype), "_gru_launch_check: unknown dtype ", dtype);
   const plan::Dtype dt = dtypes.at(dtype);
   const gt_emu::GpuProps& props = gt_emu::gpu_props(gpu);
-  const plan::Plan p = plan::choose({dt, allow_tf32, int(H), int(B), int(T), int(D), reset_after,
+  TORCH_CHECK(cell >= 0 && cell <= plan::kRnnRelu, "_gru_launch_check: unknown cell code ", cell);
+  const plan::Plan p = plan::choose({dt, allow_tf32, int(H), int(B), int(T), int(D), int(cell),
                                      props.smem_optin, props.sm});
-  std::vector<std::string> out = emulated::launch_check(dt, p, int(H), int(B), int(D), reset_after, gpu);
+  std::vector<std::string> out = emulated::launch_check(dt, p, int(H), int(B), int(D), int(cell), gpu);
   return out;
 }
 
@@ -118,17 +141,29 @@ bool tf32_for_rnn() { return at::globalContext().allowTF32CuDNN(at::Float32Op::R
 TORCH_LIBRARY_FRAGMENT(gru_torch, m) {
   // Whether the fused float32 kernels take TF32 operands now (cuDNN's switch for RNNs).
   m.def("_tf32_for_rnn() -> bool", &tf32_for_rnn);
-  m.def("_gru_launch_check(str dtype, int H, int B, int T, int D, bool reset_after, "
+  m.def("_gru_launch_check(str dtype, int H, int B, int T, int D, int cell, "
         "bool allow_tf32, str gpu) -> str[]", &gru_launch_check);
   m.def("_emu_configure(bool enabled, str gpu, bool race_check, bool init_check, "
         "int shuffle_seed) -> ()", &emu_configure);
   m.def("_emu_last_stats() -> float[]", &emu_last_stats);
+  // The family op on CPU tensors through the emulated CUDA kernels (family_layer's schema).
+  m.def(
+      "family_layer_emulated(Tensor gx, Tensor hx, Tensor? cx, Tensor w_hh, Tensor? b_hn, "
+      "Tensor? mask, Tensor? lengths, int cell, int gate, bool need_reserve) "
+      "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor reserve)");
+  m.def(
+      "family_layer_backward_emulated(Tensor grad_output, Tensor grad_h_n, Tensor? grad_c_n, "
+      "Tensor gx, Tensor hx, Tensor? cx, Tensor w_hh, Tensor? b_hn, Tensor? mask, "
+      "Tensor? lengths, int cell, int gate, Tensor reserve, Tensor output) "
+      "-> (Tensor grad_gx, Tensor grad_hx, Tensor grad_cx)");
 }
 
 TORCH_LIBRARY_IMPL(gru_torch, CPU, m) {
   m.impl("_device_selftest", &device_selftest_cpu);
   m.impl("gru_layer_emulated", &gru_layer_emulated);
   m.impl("gru_layer_backward_emulated", &gru_layer_backward_emulated);
+  m.impl("family_layer_emulated", &family_layer_emulated);
+  m.impl("family_layer_backward_emulated", &family_layer_backward_emulated);
 }
 
 }  // namespace gru_torch

@@ -1,4 +1,5 @@
-// The CUDA side of the gru_torch ops, torch half: the device guard, the current
+// The CUDA side of the gru_torch ops (the GRU op and the family op's RNNs), torch
+// half: the device guard, the current
 // stream, the device's limits, and the layer op written once for every device
 // (gru_device_op.h, gru_stepwise_op.h). The kernels are compiled by nvcc in
 // csrc/kernels/*.cu, which include no torch header; this file reaches them through
@@ -92,9 +93,32 @@ gru_layer_backward_cuda(const at::Tensor& grad_output, const at::Tensor& grad_h_
                                    lengths, reset_after, reserve);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> family_layer_cuda(
+    const at::Tensor& gx, const at::Tensor& hx, const std::optional<at::Tensor>& cx,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_hn,
+    const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& lengths, int64_t cell,
+    int64_t gate, bool need_reserve) {
+  const c10::cuda::CUDAGuard guard(gx.device());
+  return device_op::family_forward<Cuda>(gx, hx, cx, w_hh, b_hn, mask, lengths, cell, gate,
+                                         need_reserve);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> family_layer_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& grad_h_n, const std::optional<at::Tensor>& grad_c_n,
+    const at::Tensor& gx, const at::Tensor& hx, const std::optional<at::Tensor>& cx,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_hn,
+    const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& lengths, int64_t cell,
+    int64_t gate, const at::Tensor& reserve, const at::Tensor& output) {
+  const c10::cuda::CUDAGuard guard(gx.device());
+  return device_op::family_backward<Cuda>(grad_output, grad_h_n, grad_c_n, gx, hx, cx, w_hh, b_hn,
+                                          mask, lengths, cell, gate, reserve, output);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(gru_torch, CUDA, m) {
+  m.impl("family_layer", &family_layer_cuda);
+  m.impl("family_layer_backward", &family_layer_backward_cuda);
   m.impl("gru_layer", &gru_layer_cuda);
   m.impl("gru_layer_backward", &gru_layer_backward_cuda);
   m.impl("_device_selftest", &device_selftest_cuda);

@@ -41,10 +41,11 @@ inline plan::Dtype dtype_of(const Tensor& t) {
 }
 
 // The plan for a layer call: cuDNN's TF32 switch for RNNs decides float32's operands.
-inline plan::Plan plan_for(const Tensor& input, int64_t H, int64_t D, bool reset_after,
+// cell: plan::Cell; input [T, B, ...].
+inline plan::Plan plan_for(const Tensor& input, int64_t H, int64_t D, int cell,
                            size_t smem_optin, int sm) {
   const plan::Problem p{dtype_of(input), at::globalContext().allowTF32CuDNN(at::Float32Op::RNN),
-                        int(H), int(input.size(1)), int(input.size(0)), int(D), reset_after,
+                        int(H), int(input.size(1)), int(input.size(0)), int(D), cell,
                         smem_optin, sm};
   return plan::choose(p);
 }
@@ -124,7 +125,8 @@ std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& input_, const Tensor& h
   const int64_t T = input_.size(0), B = input_.size(1), I = input_.size(2);
   const int64_t D = w_ih_.size(0), H = w_ih_.size(1) / 3;
   check_lengths_values(lengths_, T, "gru_layer");
-  const plan::Plan pl = plan_for(input_, H, D, reset_after, Dev::smem_optin(input_), Dev::sm(input_));
+  const int cell = reset_after ? plan::kGruAfter : plan::kGruBefore;
+  const plan::Plan pl = plan_for(input_, H, D, cell, Dev::smem_optin(input_), Dev::sm(input_));
   const Tensor input = input_.contiguous(), hx = hx_.contiguous(), w_ih = w_ih_.contiguous(),
                w_hh = w_hh_.contiguous();
   const OptTensor mask = contiguous(mask_), lengths = contiguous(lengths_);
@@ -144,7 +146,8 @@ std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& input_, const Tensor& h
   r.batch = int(B);
   r.hidden = int(H);
   r.dirs = int(D);
-  r.reset_after = reset_after;
+  r.cell = cell;
+  r.gx_at = {T * B * 3 * pl.hp, B * 3 * pl.hp, int(3 * pl.hp), int(pl.hp)};  // [D, T, B, 3*HP]
   r.gx = cbuf(gx);
   r.w_hh = cbuf(w_hh);
   r.b_hn = cbuf(b_hn);
@@ -210,7 +213,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward(
   const int64_t D = w_ih_.size(0), H = w_ih_.size(1) / 3;
   check_backward_args(grad_output_, grad_h_n_, hx, reserve_, T, B, D, H);
   check_lengths_values(lengths_, T, "gru_layer_backward");
-  const plan::Plan pl = plan_for(input_, H, D, reset_after, Dev::smem_optin(input_), Dev::sm(input_));
+  const int cell = reset_after ? plan::kGruAfter : plan::kGruBefore;
+  const plan::Plan pl = plan_for(input_, H, D, cell, Dev::smem_optin(input_), Dev::sm(input_));
   const Tensor input = input_.contiguous(), w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous(),
                reserve = reserve_.contiguous(), grad_output = pair_aligned(grad_output_.contiguous()),
                grad_h_n = grad_h_n_.contiguous();
@@ -230,7 +234,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward(
     r.batch = int(B);
     r.hidden = int(H);
     r.dirs = int(D);
-    r.reset_after = reset_after;
+    r.cell = cell;
+    r.dgx_at = {T * B * 3 * H, B * 3 * H, int(3 * H), int(H)};  // [D, T*B, 3H]
     r.grad_out = cbuf(grad_output);
     r.grad_h_n = cbuf(grad_h_n);
     r.w_hh = cbuf(w_hh);
@@ -246,6 +251,182 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward(
   }
   auto [gi, gwi, gwh, gbi, gbh] = weight_grads(dgx, dghn, input, w_ih, reserve, mask, reset_after, H);
   return {gi, grad_hx, gwi, gwh, gbi, gbh};
+}
+
+// ---------------------------------------------------------------- the family op
+// family_layer / family_layer_backward (schemas and shapes: csrc/cpu/family_layer.cpp)
+// on a device: the recurrence alone, from the input projection gx [T, B, D, G*H]; the
+// caller (gru_torch/ops.py) makes gx and turns grad_gx, the reserve and the output into
+// the weights' gradients, as for the CPU family op. The cells with a persistent kernel
+// here: the LSTM and the RNNs (tanh, relu), with one recurrent mask for every gate. The
+// reserve is the CPU family op's (csrc/cpu/family.h): LSTM i, f, g, o, c; RNN none.
+
+// Reserve values per (row, unit) a step (csrc/cpu/family.h, reserve_slots).
+inline int64_t family_slots(int64_t cell) { return cell == plan::kLstm ? 5 : 0; }
+
+// The shape of a family op call, from its checked arguments.
+struct FamilyShape {
+  int64_t T, B, H, D, G;
+};
+
+inline void check_family_tensor(const Tensor& t, const Tensor& gx, const char* name,
+                                at::IntArrayRef shape, const char* where) {
+  TORCH_CHECK(t.device() == gx.device(), where, ": ", name, " is on ", t.device(),
+              " but gx is on ", gx.device());
+  TORCH_CHECK(t.scalar_type() == gx.scalar_type(), where, ": ", name, " has dtype ",
+              t.scalar_type(), " but gx has dtype ", gx.scalar_type());
+  TORCH_CHECK(t.sizes() == shape, where, ": ", name, " must have shape ", shape, ", got ", t.sizes());
+}
+
+inline FamilyShape check_family_args(const Tensor& gx, const Tensor& hx, const OptTensor& cx,
+                                     const Tensor& w_hh, const OptTensor& b_hn, const OptTensor& mask,
+                                     const OptTensor& lengths, int64_t cell, int64_t gate,
+                                     const char* where) {
+  TORCH_CHECK(cell == plan::kLstm || cell == plan::kRnnTanh || cell == plan::kRnnRelu, where,
+              ": the CUDA kernels compute the family op's LSTM (2) and RNN cells (3: tanh, "
+              "4: relu); the GRU (0, 1) runs on the GRU op; got cell ", cell);
+  TORCH_CHECK(gate >= 0 && gate <= 2, where,
+              ": gate must be 0 (sigmoid), 1 (Keras 2's hard sigmoid) or 2 (Keras 3's); got ", gate);
+  TORCH_CHECK(gx.dim() == 4, where, ": gx must be [T, B, D, G], got ", gx.sizes());
+  const int64_t T = gx.size(0), B = gx.size(1), D = gx.size(2), G = gx.size(3);
+  const int64_t gates = plan::gates_of(int(cell));
+  TORCH_CHECK(D == 1 || D == 2, where, ": gx must hold 1 or 2 directions (its dim 2), got ", D);
+  TORCH_CHECK(T > 0, where, ": gx has no time steps");
+  TORCH_CHECK(G > 0 && G % gates == 0, where, ": gx.size(3) must be ", gates,
+              " * hidden_size for this cell, got ", G);
+  const int64_t H = G / gates;
+  check_family_tensor(hx, gx, "hx", {D, B, H}, where);
+  check_family_tensor(w_hh, gx, "w_hh", {D, G, H}, where);
+  TORCH_CHECK(cx.has_value() == (cell == plan::kLstm), where,
+              cell == plan::kLstm ? ": an LSTM needs cx" : ": cx is an LSTM's; this cell has none");
+  if (cx) check_family_tensor(*cx, gx, "cx", {D, B, H}, where);
+  TORCH_CHECK(!b_hn, where, ": b_hn belongs to a GRU with reset_after=True");
+  if (mask) {
+    TORCH_CHECK(mask->dim() == 4 && mask->size(2) == 1, where,
+                ": the CUDA kernels take one recurrent mask for every gate, [D, B, 1, H]; got ",
+                mask->sizes(), " (per-gate masks run on the CPU family op)");
+    check_family_tensor(*mask, gx, "mask", {D, B, 1, H}, where);
+  }
+  if (lengths) {
+    TORCH_CHECK(lengths->scalar_type() == at::kLong && lengths->dim() == 1 && lengths->size(0) == B,
+                where, ": lengths must be a 1-D int64 tensor of ", B, " entries, got ",
+                lengths->scalar_type(), " ", lengths->sizes());
+    check_lengths_values(lengths, T, where);
+  }
+  return {T, B, H, D, G};
+}
+
+// The persistent plan for a family op call, or an error naming why there is none.
+template <class Dev>
+plan::Plan family_plan(const Tensor& gx, const FamilyShape& s, int64_t cell, const char* where) {
+  const plan::Plan pl = plan_for(gx, s.H, s.D, int(cell), Dev::smem_optin(gx), Dev::sm(gx));
+  TORCH_CHECK(pl.path == plan::Path::Persistent, where,
+              ": no CUDA kernel for this layer: the cell has the persistent kernel alone, which "
+              "cannot run it (", pl.why, ")");
+  return pl;
+}
+
+// Where gate q of unit u, row b, step t, direction d lies in gx [T, B, D, G*H].
+inline raw::Layout family_layout(const FamilyShape& s) {
+  return {s.G, s.B * s.D * s.G, int(s.D * s.G), int(s.H)};
+}
+
+template <class Dev>
+std::tuple<Tensor, Tensor, Tensor, Tensor> family_forward(
+    const Tensor& gx_, const Tensor& hx_, const OptTensor& cx_, const Tensor& w_hh_,
+    const OptTensor& b_hn, const OptTensor& mask_, const OptTensor& lengths_, int64_t cell,
+    int64_t gate, bool need_reserve) {
+  const char* where = "family_layer";
+  const FamilyShape s = check_family_args(gx_, hx_, cx_, w_hh_, b_hn, mask_, lengths_, cell, gate, where);
+  const plan::Plan pl = family_plan<Dev>(gx_, s, cell, where);
+  const Tensor gx = gx_.contiguous(), hx = hx_.contiguous(), w_hh = w_hh_.contiguous();
+  const OptTensor cx = contiguous(cx_), mask = contiguous(mask_), lengths = contiguous(lengths_);
+  const auto opts = gx.options();
+  Tensor out = at::empty({s.T, s.B, s.D * s.H}, opts);
+  Tensor h_n = at::empty({s.D, s.B, s.H}, opts);
+  Tensor c_n = cx ? at::empty({s.D, s.B, s.H}, opts) : at::empty({0}, opts);
+  // The RNNs keep nothing: their backward reads the output (csrc/cpu/family.h).
+  const int64_t slots = family_slots(cell);
+  Tensor reserve = need_reserve ? at::empty({s.D, s.T, s.B, slots * s.H}, opts) : at::empty({0}, opts);
+  if (Dev::poison()) poison({out, h_n, c_n, reserve});
+  if (s.B == 0) return {out, h_n, c_n, reserve};
+  raw::Forward r;
+  r.steps = int(s.T);
+  r.batch = int(s.B);
+  r.hidden = int(s.H);
+  r.dirs = int(s.D);
+  r.cell = int(cell);
+  r.keep_prev = false;
+  r.gx_at = family_layout(s);
+  r.gate = int(gate);
+  r.gx = cbuf(gx);
+  r.w_hh = cbuf(w_hh);
+  r.h0 = cbuf(hx);
+  r.c0 = cbuf(cx);
+  r.c_n = cx ? mbuf(c_n) : raw::Buf<void>{};
+  r.reserve = need_reserve && slots ? mbuf(reserve) : raw::Buf<void>{};
+  r.mask = cbuf(mask);
+  r.lengths = lbuf(lengths);
+  r.out = mbuf(out);
+  r.h_n = mbuf(h_n);
+  Dev::forward(dtype_of(gx), pl, r);
+  return {out, h_n, c_n, reserve};
+}
+
+template <class Dev>
+std::tuple<Tensor, Tensor, Tensor> family_backward(
+    const Tensor& grad_output_, const Tensor& grad_h_n_, const OptTensor& grad_c_n_,
+    const Tensor& gx_like, const Tensor& hx, const OptTensor& cx_, const Tensor& w_hh_,
+    const OptTensor& b_hn, const OptTensor& mask_, const OptTensor& lengths_, int64_t cell,
+    int64_t gate, const Tensor& reserve_, const Tensor& output_) {
+  const char* where = "family_layer_backward";
+  const FamilyShape s = check_family_args(gx_like, hx, cx_, w_hh_, b_hn, mask_, lengths_, cell, gate, where);
+  const std::vector<int64_t> out_shape{s.T, s.B, s.D * s.H};
+  check_family_tensor(grad_output_, gx_like, "grad_output", out_shape, where);
+  check_family_tensor(output_, gx_like, "output", out_shape, where);
+  check_family_tensor(grad_h_n_, gx_like, "grad_h_n", {s.D, s.B, s.H}, where);
+  if (grad_c_n_) {
+    TORCH_CHECK(cx_, where, ": grad_c_n is an LSTM's; this cell has none");
+    check_family_tensor(*grad_c_n_, gx_like, "grad_c_n", {s.D, s.B, s.H}, where);
+  }
+  TORCH_CHECK(reserve_.sizes() == at::IntArrayRef({s.D, s.T, s.B, family_slots(cell) * s.H}), where,
+              ": reserve has shape ",
+              reserve_.sizes(), "; it must be the one family_layer returned with need_reserve=True");
+  const plan::Plan pl = family_plan<Dev>(gx_like, s, cell, where);
+  const Tensor grad_output = pair_aligned(grad_output_.contiguous()), grad_h_n = grad_h_n_.contiguous(),
+               output = pair_aligned(output_.contiguous()), w_hh = w_hh_.contiguous();
+  const OptTensor cx = contiguous(cx_), mask = contiguous(mask_), lengths = contiguous(lengths_),
+                  grad_c_n = grad_c_n_ ? OptTensor(pair_aligned(grad_c_n_->contiguous())) : std::nullopt;
+  const Tensor reserve = reserve_.contiguous();
+  const auto opts = gx_like.options();
+  Tensor g_gx = at::empty({s.T, s.B, s.D, s.G}, opts);
+  Tensor g_hx = at::empty({s.D, s.B, s.H}, opts);
+  Tensor g_cx = cx ? at::empty({s.D, s.B, s.H}, opts) : at::empty({0}, opts);
+  if (Dev::poison()) poison({g_gx, g_hx, g_cx});
+  if (s.B == 0) return {g_gx, g_hx.zero_(), g_cx.zero_()};
+  raw::Backward r;
+  r.steps = int(s.T);
+  r.batch = int(s.B);
+  r.hidden = int(s.H);
+  r.dirs = int(s.D);
+  r.cell = int(cell);
+  r.keep_prev = false;
+  r.dgx_at = family_layout(s);
+  r.gate = int(gate);
+  r.grad_out = cbuf(grad_output);
+  r.grad_h_n = cbuf(grad_h_n);
+  r.grad_c_n = cbuf(grad_c_n);
+  r.c0 = cbuf(cx);
+  r.reserve = cbuf(reserve);
+  r.w_hh = cbuf(w_hh);
+  r.mask = cbuf(mask);
+  r.lengths = lbuf(lengths);
+  r.out = cbuf(output);
+  r.dgx = mbuf(g_gx);
+  r.grad_hx = mbuf(g_hx);
+  r.grad_cx = cx ? mbuf(g_cx) : raw::Buf<void>{};
+  Dev::backward(dtype_of(gx_like), pl, r);
+  return {g_gx, g_hx, g_cx};
 }
 
 }  // namespace gru_torch::device_op

@@ -85,11 +85,20 @@ def cell_reason(cell: Cell, dropout_active: bool, masks: str, input_dropout: boo
                 device: torch.device | None = None) -> str | None:
     """Why the fused ops cannot compute this cell and these masks on `device` (None: the
     CPU), or None when they can. On the CPU, the GRU op or the family op computes every
-    cell of the family; on a GPU (and under the emulator) the GRU kernels alone."""
+    cell of the family; on a GPU (and under the emulator) the GRU kernels, and the family
+    op's LSTM and RNN kernels (tanh, relu) with one recurrent mask for every gate (the
+    op refuses, naming why, a layer its persistent kernel cannot run: csrc/device/
+    gru_plan.h)."""
     if proj:
         return "the fused op has no LSTM projections (proj_size) yet"
     why = gru_op_reason(cell, dropout_active, masks, input_dropout, directions)
     if why and device is not None and (device.type not in ("cpu", "meta") or emulating(device)):
+        if cell.kind == "rnn" or (cell.kind == "lstm" and not (dropout_active
+                                                                 and masks == "per_gate")):
+            return None
+        if cell.kind == "lstm":
+            return ("the fused LSTM kernels have one dropout mask for every gate, not one per "
+                    f"gate, on {'a GPU' if device.type != 'cpu' else 'the emulated GPU'} yet")
         return f"{why} on {'a GPU' if device.type != 'cpu' else 'the emulated GPU'} yet"
     return None
 
@@ -247,13 +256,14 @@ def _family_backward_fake(grad_output, grad_h_n, grad_c_n, gx, hx, cx, w_hh, b_h
             hx.new_empty(hx.shape) if cx is not None else hx.new_empty((0,)))
 
 
-def _family_setup(ctx, inputs, output):
+def _family_setup(ctx, inputs, output, emulated=False):
     gx, hx, cx, w_hh, b_hn, mask, lengths, cell, gate, need_reserve = inputs
     out, _, _, reserve = output
     if not need_reserve:
         raise RuntimeError("gru_torch: family_layer ran with need_reserve=False, so it cannot "
                            "be differentiated; call it with need_reserve=True")
     ctx.cell, ctx.gate, ctx.has_cx, ctx.has_b_hn = cell, gate, cx is not None, b_hn is not None
+    ctx.emulated = emulated
     ctx.gx_shape = gx.shape
     ctx.mark_non_differentiable(reserve)
     ctx.set_materialize_grads(False)
@@ -344,14 +354,14 @@ def _family_backward(ctx, grad_out, grad_h_n, grad_c_n, _grad_reserve):
     output = ctx.output
     if output._version != ctx.output_version:  # modified in place: run the forward again
         with torch.no_grad():
-            output, _, _, reserve = torch.ops.gru_torch.family_layer(
+            output, _, _, reserve = _family_op(ctx.emulated)(
                 gx, hx, cx, w_hh, b_hn, mask, lengths, ctx.cell, ctx.gate, True)
     T, B, D, G = gx.shape
     if grad_out is None:
         grad_out = gx.new_zeros(()).expand(T, B, D * hx.shape[-1])
     if grad_h_n is None:
         grad_h_n = torch.zeros_like(hx)
-    g_gx, g_hx, g_cx = torch.ops.gru_torch.family_layer_backward(
+    g_gx, g_hx, g_cx = _family_backward_op(ctx.emulated)(
         grad_out, grad_h_n.contiguous(),
         grad_c_n.contiguous() if ctx.has_cx and grad_c_n is not None else None,
         gx.new_empty(()).expand(gx.shape), hx, cx, w_hh, b_hn, mask, lengths, ctx.cell,
@@ -407,11 +417,28 @@ def _register_family() -> None:
     global _family_registered
     if _family_registered:
         return
-    torch.library.register_fake("gru_torch::family_layer")(_family_fake)
-    torch.library.register_fake("gru_torch::family_layer_backward")(_family_backward_fake)
-    torch.library.register_autograd("gru_torch::family_layer", _family_backward,
-                                    setup_context=_family_setup)
+    for suffix, emulated in (("", False), ("_emulated", True)):
+        if emulated and not hasattr(torch.ops.gru_torch, "family_layer_emulated"):
+            continue  # (a build without the emulator)
+        torch.library.register_fake(f"gru_torch::family_layer{suffix}")(_family_fake)
+        torch.library.register_fake(f"gru_torch::family_layer_backward{suffix}")(
+            _family_backward_fake)
+        torch.library.register_autograd(f"gru_torch::family_layer{suffix}", _family_backward,
+                                        setup_context=functools.partial(_family_setup,
+                                                                        emulated=emulated))
     _family_registered = True
+
+
+def _family_op(emulated: bool):
+    """The family op: on the device of its tensors, or (emulated) CPU tensors through the
+    CUDA kernels under the emulator (csrc/emu_ops.cpp)."""
+    return (torch.ops.gru_torch.family_layer_emulated if emulated
+            else torch.ops.gru_torch.family_layer)
+
+
+def _family_backward_op(emulated: bool):
+    return (torch.ops.gru_torch.family_layer_backward_emulated if emulated
+            else torch.ops.gru_torch.family_layer_backward)
 
 
 def family_layer(cell: Cell, gx: Tensor, hx: Tensor, cx: Tensor | None, w_hh: Tensor,
@@ -425,7 +452,7 @@ def family_layer(cell: Cell, gx: Tensor, hx: Tensor, cx: Tensor | None, w_hh: Te
     _register_family()
     need_reserve = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (gx, hx, cx, w_hh, b_hn))
-    out, h_n, c_n, _ = torch.ops.gru_torch.family_layer(
+    out, h_n, c_n, _ = _family_op(emulating(gx.device))(
         gx, hx, cx, w_hh, b_hn, mask, lengths, cell_code(cell),
         GATE_CODES.get(cell.recurrent_activation, 0), need_reserve)
     return out, h_n, (c_n if cx is not None else None)
@@ -544,7 +571,7 @@ def _input_projection(cell: Cell, input: Tensor, w_ih: Tensor, bias: Tensor | No
     """gx [T, B, D, G] = (input * mask) W_ih^T + bias per direction: without masks one
     GEMM for both directions (W_ih of both as one [D*G, I] matrix; its backward one GEMM
     for the input's gradient and one for W_ih's), with masks one per direction and mask."""
-    if (input.device.type != "cpu" or torch.compiler.is_compiling()
+    if (input.device.type != "cpu" or emulating(input.device) or torch.compiler.is_compiling()
             or torch._C._functorch.peek_interpreter_stack() is not None):  # (vmap)
         return _projection_reference(cell.gates, input, w_ih, bias, input_mask)
     return _Projection.apply(input, w_ih, bias, input_mask, cell.gates)

@@ -109,6 +109,14 @@ def mismatches(found: dict[str, Tensor], args: tuple, go: Tensor, gh: Tensor,
     peer = None
     if precision in PEER:
         peer = results(gru_layer_reference, _cast(cpu_args, PEER[precision]), go, gh)
+    return compare(found, exact, peer, precision, factor)
+
+
+def compare(found: dict[str, Tensor], exact: dict[str, Tensor], peer: dict[str, Tensor] | None,
+            precision: str, factor: float = 4.0) -> list[str]:
+    """The rule itself: `found` against the float64 reference's `exact`, allowed
+    `factor` times the reference's own error in the operand precision (`peer`, the
+    reference run in that precision; None for float32 and float64)."""
     # A floor of a couple of roundings for low precision (where the peer's error is the
     # measure); fp32 and fp64 sum over T steps and H units, so theirs is wider.
     floor = UNIT[precision] * (2 if peer is not None else 1024)

@@ -6,7 +6,9 @@
 #   3. runs compute-sanitizer memcheck and racecheck on a small run of every kernel;
 #   4. benchmarks the fused kernel against nn.GRU (cuDNN) and the reference: the
 #      notebooks' shapes (1 layer; 2 layers bidirectional) and a sweep, float32 and
-#      bfloat16, CUDA-event medians, into benchmarks/results/<gpu>*.json.
+#      bfloat16, CUDA-event medians, into benchmarks/results/<gpu>*.json; and the
+#      fused LSTM and RNN (tanh, relu) kernels against nn.LSTM / nn.RNN (cuDNN) at the
+#      notebooks' shapes, into benchmarks/results/<gpu>-<cell>*.json.
 # Everything it prints is also written to benchmarks/results/<gpu>-gpu-check.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +24,7 @@ arch=$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability(
 echo "== build (TORCH_CUDA_ARCH_LIST=$arch)"
 GRU_TORCH_CUDA=1 TORCH_CUDA_ARCH_LIST="$arch" "$PY" setup.py -q build_ext --inplace
 echo "== CUDA tests"
-"$PY" -m pytest -q -rs tests/test_emulator.py tests/test_cuda_kernels.py -k cuda
+"$PY" -m pytest -q -rs tests/test_emulator.py tests/test_cuda_kernels.py tests/test_cuda_family.py -k cuda
 echo "== compute-sanitizer"
 for tool in memcheck racecheck; do
   compute-sanitizer --tool "$tool" --error-exitcode 1 "$PY" scripts/gpu_smoke.py
@@ -33,4 +35,10 @@ echo "== benchmarks"
   --dtype float32,bfloat16 --out "$out/$slug-2layer-bi.json"
 "$PY" scripts/benchmark.py --device cuda --shapes sweep --backends fused,cudnn --dtype float32,bfloat16 \
   --repeats 20 --out "$out/$slug-sweep.json"
+for cell in lstm rnn_tanh rnn_relu; do
+  "$PY" scripts/benchmark.py --device cuda --cell "$cell" --shapes notebooks --backends fused,cudnn \
+    --dtype float32,bfloat16 --out "$out/$slug-$cell.json"
+  "$PY" scripts/benchmark.py --device cuda --cell "$cell" --shapes notebooks --layers 2 --bidirectional \
+    --backends fused,cudnn --dtype float32,bfloat16 --out "$out/$slug-$cell-2layer-bi.json"
+done
 echo "== done: $out/$slug*.json, $out/$slug-gpu-check.log"

@@ -7,7 +7,7 @@ shared memory, stack, local-memory spills (LDL/STL) in the whole kernel and in i
 step loops (the loops that hold its HMMA or barrier instructions), HMMA counts and the
 instruction mix. It then checks the project's codegen rules:
 
-  * no LDL/STL in any step loop of the persistent GRU kernels, and none anywhere in
+  * no LDL/STL in any step loop of the persistent kernels (every cell), and none anywhere in
     the other kernels (the per-step pointwise kernels, the device self-tests);
   * HMMA instructions in the step loops of every persistent kernel (16-bit and tf32);
   * registers within the design's budget: one CTA of the kernel's threads per SM
@@ -183,7 +183,7 @@ def analyse(lib: Path, arch: str, tool: str) -> list[Kernel]:
 
 def cluster_of(name: str) -> int:
     m = _CONFIG.search(name)
-    return int(m.group(8) or 1) if m else 1
+    return int(m.group("cluster")) if m else 1
 
 
 def rules(k: Kernel, arch: str = "sm_90") -> list[str]:
@@ -235,8 +235,15 @@ def step_estimate(k: Kernel, kt: int, gpu: dict = H100) -> dict:
             "cycles": round(cycles), "us_per_step": round(cycles / (gpu["clock_ghz"] * 1e3), 3)}
 
 
-_CONFIG = re.compile(r"Config<(?:gt::\w+::)?(\w+), (?:gt::\w+::)?gru::Op(\w+), (\d+), (\d+), (\d+), "
-                     r"(true|false), (true|false)(?:, (\d+))?>")
+# gru::Config<T, Op, Cell, HP, warps, register k-tiles, backward, cluster, keep_prev>
+# (csrc/device/gru_persistent.cuh), as c++filt writes it.
+_CONFIG = re.compile(r"Config<(?:gt::\w+::)?(?P<storage>\w+), (?:gt::\w+::)?gru::Op(?P<op>\w+), "
+                     r"(?:gt::\w+::)?gru::(?P<cell>\w+(?:<(?:true|false)>)?), (?P<hp>\d+), "
+                     r"(?P<warps>\d+), (?P<reg>\d+), (?P<backward>true|false), (?P<cluster>\d+), "
+                     r"(?:true|false)>")
+# The cell policies (csrc/device/cells.cuh): name in the table, gates.
+CELLS = {"GruAfter": ("GRU after", 3), "GruBefore": ("GRU before", 3), "Rnn<false>": ("RNN tanh", 1),
+         "Rnn<true>": ("RNN relu", 1), "Lstm": ("LSTM", 4)}
 
 
 def estimates(kernels: list[Kernel]) -> list[dict]:
@@ -246,13 +253,14 @@ def estimates(kernels: list[Kernel]) -> list[dict]:
         m = _CONFIG.search(k.name)
         if not m or not k.loop_mix:
             continue
-        storage, op, hp, warps, reg_tiles, ra, backward, cluster = m.groups()
+        op, hp, backward = m.group("op"), int(m.group("hp")), m.group("backward") == "true"
+        cell, gates = CELLS.get(m.group("cell"), (m.group("cell"), 3))
         kk = 8 if op == "TF32" else 16
-        kt = (3 * int(hp) if backward == "true" else int(hp)) // kk
-        rows.append({"pass": "backward" if backward == "true" else "forward", "operands": op.lower(),
-                     "HP": int(hp), "reset_after": ra == "true", "warps": int(warps),
-                     "cluster": int(cluster or 1),
-                     "w_reg_ktiles": f"{reg_tiles}/{kt}", **step_estimate(k, kt)})
+        kt = (gates * hp if backward else hp) // kk
+        rows.append({"pass": "backward" if backward else "forward", "operands": op.lower(),
+                     "HP": hp, "cell": cell, "warps": int(m.group("warps")),
+                     "cluster": int(m.group("cluster")),
+                     "w_reg_ktiles": f"{m.group('reg')}/{kt}", **step_estimate(k, kt)})
     return rows
 
 

@@ -199,7 +199,8 @@ def test_launches_fit_both_gpus_at_notebook_shapes(gpu, H):
             NOTEBOOK_BT, ["float32", "bfloat16", "float16"], [True, False], [True, False], [1, 2]):
         if dtype != "float32" and not tf32:
             continue
-        seen.update(torch.ops.gru_torch._gru_launch_check(dtype, H, B, T, D, reset_after, tf32, gpu))
+        seen.update(torch.ops.gru_torch._gru_launch_check(dtype, H, B, T, D, 0 if reset_after else 1,
+                                                          tf32, gpu))
     kinds = {line.split()[0] for line in seen}
     persistent = H <= 128 or (H <= 256 and gpu == "h100")  # H = 256: a cluster of two (sm_90)
     assert kinds == ({"gru_forward", "gru_backward", "gru_step"} if persistent else {"gru_step"}), seen

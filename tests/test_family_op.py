@@ -256,7 +256,15 @@ def test_bfloat16_and_cuda_get_a_reason_not_a_crash():
     lstm = gru_torch.LSTM(I, H, dtype=torch.bfloat16, backend="fused")
     with pytest.raises(RuntimeError, match="float32, float64, not bfloat16"):
         lstm(torch.randn(T, B, I, dtype=torch.bfloat16))
-    why = ops.cell_reason(Cell("lstm"), False, "shared", False, False, 1, torch.device("cuda"))
+    # on a GPU the LSTM's and RNN's kernels take one recurrent mask for every gate;
+    # per-gate masks and the GRU's hard sigmoids stay on the CPU family op for now
+    cuda = torch.device("cuda")
+    assert ops.cell_reason(Cell("lstm"), True, "shared", False, False, 1, cuda) is None
+    assert ops.cell_reason(Cell("rnn"), True, "per_gate", False, False, 2, cuda) is None
+    why = ops.cell_reason(Cell("lstm"), True, "per_gate", False, False, 1, cuda)
+    assert why and "GPU" in why and "per gate" in why
+    why = ops.cell_reason(Cell("gru", recurrent_activation="hard_sigmoid_keras2"), False, "shared",
+                          False, False, 1, cuda)
     assert why and "GPU" in why
 
 

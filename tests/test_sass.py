@@ -42,8 +42,11 @@ def test_every_kernel_keeps_the_codegen_rules(report, arch):
 @pytest.mark.parametrize("arch", sass_report.ARCHS)
 def test_persistent_kernels_use_tensor_cores_in_their_step_loops(report, arch):
     persistent = [k for k in report[arch] if "gru_forward" in k.name or "gru_backward" in k.name]
-    # 3 operand types x 3 padded sizes (+ 256 for the two 16-bit ones) x 2 cells x 2 passes
-    assert len(persistent) == 44, [k.name for k in persistent]
+    # 3 operand types x 3 padded sizes (+ 256 for the two 16-bit ones) x 5 cells (GRU
+    # reset_after True/False, LSTM, RNN tanh/relu) x 2 passes
+    assert len(persistent) == 110, [k.name for k in persistent]
+    cells = {sass_report._CONFIG.search(k.name).group("cell") for k in persistent}
+    assert cells == {"GruAfter", "GruBefore", "Lstm", "Rnn<false>", "Rnn<true>"}, cells
     for k in persistent:
         if arch == "sm_80" and sass_report.cluster_of(k.name) > 1:
             continue  # clusters need sm_90: never launched on sm_80

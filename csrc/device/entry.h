@@ -33,8 +33,9 @@ namespace emulated {
 GT_ENTRY_POINTS
 // The launches the CUDA op would make for a layer, each checked against `gpu`'s limits
 // (a refused one raises gt_emu::Error); one line per launch.
+// cell: plan::Cell; the GRU's launches are the GRU op's, the other cells' the family op's.
 std::vector<std::string> launch_check(plan::Dtype dtype, const plan::Plan& plan, int H, int B,
-                                      int D, bool reset_after, const std::string& gpu);
+                                      int D, int cell, const std::string& gpu);
 }  // namespace emulated
 }  // namespace gru_torch
 

@@ -1,5 +1,5 @@
 // From a plan and raw arguments to the persistent kernel instantiation that runs
-// them. Included by the nvcc files (csrc/cuda/gru_*.cu, one per dtype) and by the
+// them: the operand type, the padded size and the cell (a policy, cells.cuh). Included by the nvcc files (csrc/cuda/gru_*.cu, one per dtype) and by the
 // emulator's ops (csrc/emu_ops.cpp); each instantiates run_forward / run_backward
 // for the dtypes it serves.
 #pragma once
@@ -21,28 +21,32 @@ auto typed(const gru_torch::raw::Buf<T>& b) {
   return make_gptr(static_cast<Q*>(b.ptr), b.numel);
 }
 
-template <class Op, int HP, bool kBackward>
-struct ShapeOf {
-  static constexpr gru_torch::plan::Operand kOp =
-      std::is_same<Op, OpTF32>::value ? gru_torch::plan::Operand::TF32
-      : std::is_same<Op, OpBF16>::value ? gru_torch::plan::Operand::BF16 : gru_torch::plan::Operand::F16;
-  static constexpr gru_torch::plan::Shape kShape = gru_torch::plan::shape(kOp, HP);
-  static constexpr int kRegTiles = kBackward ? kShape.reg_tiles_bwd : kShape.reg_tiles_fwd;
-};
+template <class Op>
+constexpr gru_torch::plan::Operand operand_of() {
+  return std::is_same<Op, OpTF32>::value ? gru_torch::plan::Operand::TF32
+         : std::is_same<Op, OpBF16>::value ? gru_torch::plan::Operand::BF16 : gru_torch::plan::Operand::F16;
+}
 
-template <class T, class Op, int HP, bool RA, bool kBackward>
-using ConfigFor = Config<T, Op, HP, ShapeOf<Op, HP, kBackward>::kShape.warps,
-                         ShapeOf<Op, HP, kBackward>::kRegTiles, RA, kBackward,
-                         ShapeOf<Op, HP, kBackward>::kShape.cluster>;
+template <class T, class Op, class Cell, int HP, bool kBackward, bool kKeepPrev>
+using ConfigFor = Config<T, Op, Cell, HP, gru_torch::plan::shape(operand_of<Op>(), HP).warps,
+                         gru_torch::plan::reg_tiles(operand_of<Op>(), HP, Cell::kGates, kBackward),
+                         kBackward, gru_torch::plan::shape(operand_of<Op>(), HP).cluster, kKeepPrev>;
+
+// The kernels' names in launch specs and errors: gru_forward, rnn_backward, ...
+template <class Cell>
+constexpr const char* kernel_name(bool backward) {
+  if constexpr (Cell::kGates == 1) return backward ? "rnn_backward" : "rnn_forward";
+  else if constexpr (Cell::kGates == 4) return backward ? "lstm_backward" : "lstm_forward";
+  else return backward ? "gru_backward" : "gru_forward";
+}
 
 template <class C>
-LaunchSpec spec_for(const char* name, int batch, int dirs) {
-  static_assert(C::kSmemBytes == gru_torch::plan::persistent_smem(
-                                     ShapeOf<typename C::Op, C::kHP, C::kBackward>::kOp, C::kHP,
-                                     C::kResetAfter, C::kBackward),
+LaunchSpec spec_for(int batch, int dirs) {
+  static_assert(C::kSmemBytes == gru_torch::plan::persistent_smem(operand_of<typename C::Op>(), C::kHP,
+                                                                  C::Cell::kCode, C::kBackward),
                 "gru_plan.h's shared-memory size must match the kernel's");
   LaunchSpec s;
-  s.name = name;
+  s.name = kernel_name<typename C::Cell>(C::kBackward);
   s.grid = dim3(unsigned((batch + C::kRows - 1) / C::kRows * C::kCluster), unsigned(dirs), 1);
   s.block = dim3(C::kThreads, 1, 1);
   s.cluster = dim3(unsigned(C::kCluster), 1, 1);
@@ -52,29 +56,35 @@ LaunchSpec spec_for(const char* name, int batch, int dirs) {
   return s;
 }
 
-template <class T, class Op, int HP, bool RA>
+inline Strides strides_of(const gru_torch::raw::Layout& l) { return Strides{l.dir, l.step, l.row, l.gate}; }
+
+template <class C>
 void forward_as(const gru_torch::raw::Forward& r, Stream st) {
-  using C = ConfigFor<T, Op, HP, RA, false>;
+  using T = typename C::T;
   FwdArgs<T> a;
   a.steps = r.steps;
   a.batch = r.batch;
   a.hidden = r.hidden;
   a.dirs = r.dirs;
   a.gx = typed<T>(r.gx);
+  a.gx_at = strides_of(r.gx_at);
   a.w_hh = typed<T>(r.w_hh);
-  a.b_hn = typed<T>(r.b_hn);
+  a.b_rec = typed<T>(r.b_hn);
   a.h0 = typed<T>(r.h0);
+  a.c0 = typed<T>(r.c0);
   a.mask = typed<T>(r.mask);
   a.lengths = typed<int64_t>(r.lengths);
+  a.gate = r.gate;
   a.out = typed<T>(r.out);
   a.h_n = typed<T>(r.h_n);
+  a.c_n = typed<T>(r.c_n);
   a.reserve = typed<T>(r.reserve);
-  launch(spec_for<C>("gru_forward", r.batch, r.dirs), st, gru_forward<C>, a);
+  launch(spec_for<C>(r.batch, r.dirs), st, gru_forward<C>, a);
 }
 
-template <class T, class Op, int HP, bool RA>
+template <class C>
 void backward_as(const gru_torch::raw::Backward& r, Stream st) {
-  using C = ConfigFor<T, Op, HP, RA, true>;
+  using T = typename C::T;
   BwdArgs<T> a;
   a.steps = r.steps;
   a.batch = r.batch;
@@ -82,30 +92,45 @@ void backward_as(const gru_torch::raw::Backward& r, Stream st) {
   a.dirs = r.dirs;
   a.grad_out = typed<T>(r.grad_out);
   a.grad_h_n = typed<T>(r.grad_h_n);
+  a.grad_c_n = typed<T>(r.grad_c_n);
+  a.c0 = typed<T>(r.c0);
   a.w_hh = typed<T>(r.w_hh);
   a.mask = typed<T>(r.mask);
   a.lengths = typed<int64_t>(r.lengths);
+  a.gate = r.gate;
   a.reserve = typed<T>(r.reserve);
+  a.out = typed<T>(r.out);
   a.dgx = typed<T>(r.dgx);
+  a.dgx_at = strides_of(r.dgx_at);
   a.dghn = typed<T>(r.dghn);
   a.grad_hx = typed<T>(r.grad_hx);
-  launch(spec_for<C>("gru_backward", r.batch, r.dirs), st, gru_backward<C>, a);
+  a.grad_cx = typed<T>(r.grad_cx);
+  launch(spec_for<C>(r.batch, r.dirs), st, gru_backward<C>, a);
 }
 
-// Calls f.template operator()<HP, RA>() (a template lambda) for the padded size and
-// cell; HP = 256 (a cluster of two) exists for 16-bit operands only.
+// Calls f.template operator()<HP, Cell, KeepPrev>() (a template lambda) for the padded
+// size and cell. The GRU op's cells keep h_prev in the reserve; the family op's RNNs
+// and LSTM keep what the CPU family op keeps. HP = 256 (a cluster of two) exists for 16-bit
+// operands only.
 template <class Op, class F>
-void with_shape(int hp, bool reset_after, F&& f) {
-  auto cell = [&](auto hp_c) {
-    if (reset_after) f.template operator()<decltype(hp_c)::value, true>();
-    else f.template operator()<decltype(hp_c)::value, false>();
+void with_shape(int hp, int cell, bool keep_prev, F&& f) {
+  namespace pl = gru_torch::plan;
+  auto with_cell = [&](auto hp_c) {
+    constexpr int HP = decltype(hp_c)::value;
+    if (keep_prev && cell == pl::kGruAfter) return f.template operator()<HP, GruAfter, true>();
+    if (keep_prev && cell == pl::kGruBefore) return f.template operator()<HP, GruBefore, true>();
+    if (!keep_prev && cell == pl::kRnnTanh) return f.template operator()<HP, RnnTanh, false>();
+    if (!keep_prev && cell == pl::kRnnRelu) return f.template operator()<HP, RnnRelu, false>();
+    if (!keep_prev && cell == pl::kLstm) return f.template operator()<HP, Lstm, false>();
+    throw std::invalid_argument("gru: no persistent kernel for cell " + std::to_string(cell) +
+                                (keep_prev ? " in the GRU op" : " in the family op"));
   };
   switch (hp) {
-    case 32: return cell(std::integral_constant<int, 32>{});
-    case 64: return cell(std::integral_constant<int, 64>{});
-    case 128: return cell(std::integral_constant<int, 128>{});
+    case 32: return with_cell(std::integral_constant<int, 32>{});
+    case 64: return with_cell(std::integral_constant<int, 64>{});
+    case 128: return with_cell(std::integral_constant<int, 128>{});
     case 256:
-      if constexpr (!std::is_same<Op, OpTF32>::value) return cell(std::integral_constant<int, 256>{});
+      if constexpr (!std::is_same<Op, OpTF32>::value) return with_cell(std::integral_constant<int, 256>{});
       break;
   }
   throw std::invalid_argument("gru: no persistent kernel for padded size " + std::to_string(hp));
@@ -118,26 +143,28 @@ using OperandFor = std::conditional_t<std::is_same<T, float>::value, OpTF32,
 
 // The launch of the persistent kernel for a plan, as run_forward / run_backward make it.
 template <class T>
-LaunchSpec persistent_spec(const gru_torch::plan::Plan& plan, bool reset_after, bool backward,
+LaunchSpec persistent_spec(const gru_torch::plan::Plan& plan, int cell, bool keep_prev, bool backward,
                            int batch, int dirs) {
   LaunchSpec spec;
-  with_shape<OperandFor<T>>(plan.hp, reset_after, [&]<int HP, bool RA>() {
-    if (backward) spec = spec_for<ConfigFor<T, OperandFor<T>, HP, RA, true>>("gru_backward", batch, dirs);
-    else spec = spec_for<ConfigFor<T, OperandFor<T>, HP, RA, false>>("gru_forward", batch, dirs);
+  with_shape<OperandFor<T>>(plan.hp, cell, keep_prev, [&]<int HP, class Cell, bool KP>() {
+    if (backward) spec = spec_for<ConfigFor<T, OperandFor<T>, Cell, HP, true, KP>>(batch, dirs);
+    else spec = spec_for<ConfigFor<T, OperandFor<T>, Cell, HP, false, KP>>(batch, dirs);
   });
   return spec;
 }
 
 template <class T>
 void run_forward(const gru_torch::plan::Plan& plan, const gru_torch::raw::Forward& r, Stream st) {
-  with_shape<OperandFor<T>>(plan.hp, r.reset_after,
-                            [&]<int HP, bool RA>() { forward_as<T, OperandFor<T>, HP, RA>(r, st); });
+  with_shape<OperandFor<T>>(plan.hp, r.cell, r.keep_prev, [&]<int HP, class Cell, bool KP>() {
+    forward_as<ConfigFor<T, OperandFor<T>, Cell, HP, false, KP>>(r, st);
+  });
 }
 
 template <class T>
 void run_backward(const gru_torch::plan::Plan& plan, const gru_torch::raw::Backward& r, Stream st) {
-  with_shape<OperandFor<T>>(plan.hp, r.reset_after,
-                            [&]<int HP, bool RA>() { backward_as<T, OperandFor<T>, HP, RA>(r, st); });
+  with_shape<OperandFor<T>>(plan.hp, r.cell, r.keep_prev, [&]<int HP, class Cell, bool KP>() {
+    backward_as<ConfigFor<T, OperandFor<T>, Cell, HP, true, KP>>(r, st);
+  });
 }
 
 }  // namespace gru

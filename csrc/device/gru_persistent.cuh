@@ -1,29 +1,37 @@
-// The persistent fused GRU kernels: one launch runs a whole layer (both directions)
-// over the whole sequence, forward or backward. One source for nvcc and the emulator.
+// The persistent fused recurrent kernels: one launch runs a whole layer (both
+// directions) over the whole sequence, forward or backward. One source for nvcc and
+// the emulator, and one for every cell: the cell is a compile-time policy
+// (csrc/device/cells.cuh) that supplies the pointwise math, the gate count and what
+// the reserve keeps; this file is the rest.
 //
 // Letters as in csrc/gru.h: T steps, B rows, H hidden units, D directions; HP is H
-// padded to the kernel's size (a multiple of 16), G = 3 gates.
+// padded to the kernel's size (a multiple of 16), G the cell's gates (GRU 3, RNN 1).
 //
 // Work split (see csrc/README.md, "CUDA design"):
 //   * A CTA owns 16 batch rows (one m16 tile) of one direction for all T steps:
 //     grid = (ceil(B / 16), D). Nothing is exchanged between CTAs.
-//   * Each of the CTA's warps owns U = HP / warps hidden units, for all three gates,
-//     so a thread's r, z and n pre-activations for one (row, unit) land in the same
+//   * Each of the CTA's warps owns U = HP / warps hidden units, for all G gates, so
+//     a thread's pre-activations of every gate for one (row, unit) land in the same
 //     registers of its mma accumulators: the cell math needs no exchange.
 //   * W_hh stays on chip for all T steps as mma B fragments: the first kRegTiles
 //     k-tiles in registers, the rest (when registers run out) in shared memory, each
 //     lane's fragments contiguous so a lane reads them with one 64-bit load.
 //   * The state h (fp32) lives in the registers of the thread that computes it; only
 //     h~ = h * mask goes through shared memory, in the mma operand type, as the next
-//     step's A tile. reset_after=true: one double-buffered tile, one __syncthreads a
-//     step. reset_after=false: the candidate needs r first, so two GEMMs and two
-//     barriers a step (h~ tile, then q = r * h~ tile).
+//     step's A tile: one double-buffered tile, one __syncthreads a step. The GRU with
+//     reset_after=false (Cell::kTwoGemm) needs r before its candidate's GEMM, so two
+//     GEMMs and two barriers a step (h~ tile, then q = r * h~ tile).
 //   * Backward is the same machine in reverse: W_hh as the [G -> H] operand, the gate
 //     gradients (dgh) through a shared tile, dh carried in fp32 registers.
+//   * Two reserve layouts: the GRU op's (gru_layer) keeps h_prev after the cell's
+//     slots (kKeepPrev); the family op's (family_layer) keeps the cell's slots only,
+//     as the CPU family op does, and the backward reads what else it needs from the
+//     forward's output.
 // Every per-step global load is issued one step ahead, so it lands while the GEMM
 // and the barrier run.
 #pragma once
 
+#include "cells.cuh"
 #include "port.cuh"
 
 #if GT_EMULATED
@@ -131,28 +139,31 @@ struct WFrags {
   }
 };
 
-// ---------------------------------------------------------------- math
-// Derivatives are taken from the activation's output (d sigmoid = y (1 - y)).
-// One MUFU op each (tanh.approx; sigmoid(x) = (1 + tanh(x/2)) / 2): the special-
-// function units do a quarter of the ALUs' work a cycle, and three activations a
-// (row, unit) a step would otherwise take six. Their ~2^-11 relative error is at the
-// level of the 16-bit and tf32 operands' rounding.
-GT_DEV float sigmoid(float x) { return fmaf(0.5f, tanh_approx(0.5f * x), 0.5f); }
-GT_DEV float tanh_fast(float x) { return tanh_approx(x); }
-
 // ---------------------------------------------------------------- arguments
+// Where gate q of unit u, row b, step t, direction d lies in gx (or dgx): at
+// d * dir + t * step + b * row + q * gate + u. The GRU op's gx is [D, T, B, G*HP]
+// (padded units 0), its dgx [D, T*B, G*H]; the family op's are [T, B, D, G*H].
+struct Strides {
+  int64_t dir, step;
+  int row, gate;
+};
+
 template <class T>
 struct FwdArgs {
   int steps, batch, hidden, dirs;
-  gptr<const T> gx;              // [D, T, B, 3*HP]: x W_ih^T + b_ih (+ b_hr, b_hz); padded units 0
-  gptr<const T> w_hh;            // [D, 3H, H]
-  gptr<const T> b_hn;            // [D, H] or null (reset_after=true only)
+  gptr<const T> gx;              // x W_ih^T + b (all but the cell's kRecBias bias), at gx_at
+  Strides gx_at;
+  gptr<const T> w_hh;            // [D, G*H, H]
+  gptr<const T> b_rec;           // [D, H] or null: the recurrent bias of gate Cell::kRecBias
   gptr<const T> h0;              // [D, B, H]
+  gptr<const T> c0;              // [D, B, H]: the LSTM's initial cell state, else null
   gptr<const T> mask;            // [D, B, H] or null: recurrent dropout, scaled
   gptr<const int64_t> lengths;   // [B] or null
+  int gate;                      // the gate function's code (cells.cuh, GateCode)
   gptr<T> out;                   // [T, B, D*H]
   gptr<T> h_n;                   // [D, B, H]
-  gptr<T> reserve;               // [D, T, B, 5H] or null: r, z, n, aux, h_prev
+  gptr<T> c_n;                   // [D, B, H]: the LSTM's final cell state, else null
+  gptr<T> reserve;               // [D, T, B, R*H] or null: the cell's slots (+ h_prev, kKeepPrev)
 };
 
 template <class T>
@@ -160,36 +171,47 @@ struct BwdArgs {
   int steps, batch, hidden, dirs;
   gptr<const T> grad_out;        // [T, B, D*H]
   gptr<const T> grad_h_n;        // [D, B, H]
-  gptr<const T> w_hh;            // [D, 3H, H]
+  gptr<const T> grad_c_n;        // [D, B, H] or null (LSTM: zeros)
+  gptr<const T> c0;              // [D, B, H]: the LSTM's initial cell state, else null
+  gptr<const T> w_hh;            // [D, G*H, H]
   gptr<const T> mask;            // [D, B, H] or null
   gptr<const int64_t> lengths;   // [B] or null
-  gptr<const T> reserve;         // [D, T, B, 5H] from the forward
-  gptr<T> dgx;                   // [D, T, B, 3H]: da_r, da_z, da_n
-  gptr<T> dghn;                  // [D, T, B, H]: da_n * r (reset_after=true), else null
+  int gate;                      // the gate function's code
+  gptr<const T> reserve;         // [D, T, B, R*H] from the forward
+  gptr<const T> out;             // [T, B, D*H]: the forward's output (Cell::kNeedsOut), else null
+  gptr<T> dgx;                   // the gate gradients dL/d(gx), at dgx_at
+  Strides dgx_at;
+  gptr<T> dghn;                  // [D, T, B, H]: dL/d(gh) of gate kRecBias (GRU: da_n * r), or null
   gptr<T> grad_hx;               // [D, B, H]
+  gptr<T> grad_cx;               // [D, B, H]: the LSTM's, else null
 };
 
 // ---------------------------------------------------------------- configurations
-template <class T_, class Op_, int kHP_, int kWarps_, int kRegTiles_, bool kResetAfter_, bool kBackward_,
-          int kCluster_ = 1>
+template <class T_, class Op_, class Cell_, int kHP_, int kWarps_, int kRegTiles_, bool kBackward_,
+          int kCluster_ = 1, bool kKeepPrev_ = true>
 struct Config {
   using T = T_;
   using Op = Op_;
+  using Cell = Cell_;
   using Elem = typename Op::Elem;
-  static constexpr bool kResetAfter = kResetAfter_, kBackward = kBackward_;
+  static constexpr bool kBackward = kBackward_, kKeepPrev = kKeepPrev_;
+  static constexpr int kGates = Cell::kGates;
+  // Reserve values per (row, unit) a step: the cell's slots, then h_prev (kKeepPrev).
+  static constexpr int kResSlots = Cell::kSlots + (kKeepPrev ? 1 : 0);
+  static_assert(kKeepPrev || !Cell::kNeedsPrev, "a cell that needs h_prev keeps it in the reserve");
   static constexpr int kHP = kHP_, kWarps = kWarps_, kThreads = 32 * kWarps_, kRows = 16;
   // kCluster CTAs (one SM each) share a tile's rows and split its units: each owns
   // kUnits of them and sends its part of every A tile to all of them.
   static constexpr int kCluster = kCluster_, kUnits = kHP / kCluster;
   static constexpr int kU = kUnits / kWarps, kNJ = kU / 8;
-  // Forward: K = HP (the state), N = 3 gates x the warp's units. Backward: K = 3 HP
+  // Forward: K = HP (the state), N = G gates x the warp's units. Backward: K = G HP
   // (the gate gradients), N = the warp's units.
-  static constexpr int kK = kBackward ? 3 * kHP : kHP;
+  static constexpr int kK = kBackward ? kGates * kHP : kHP;
   static constexpr int kKT = kK / Op::kK;
-  static constexpr int kCols = kBackward ? kNJ : 3 * kNJ;
+  static constexpr int kCols = kBackward ? kNJ : kGates * kNJ;
   static constexpr int kRegTiles = kRegTiles_;
   static constexpr int kStride = kK + Op::kPad;
-  static constexpr int kTiles = (kBackward && !kResetAfter) ? 1 : 2;
+  static constexpr int kTiles = (kBackward && Cell::kTwoGemm) ? 1 : 2;
   static constexpr size_t kTileBytes = size_t(kRows) * kStride * sizeof(Elem);
   using Frags = WFrags<kKT, kCols, kRegTiles>;
   static constexpr size_t kWBytesPerWarp = size_t(Frags::kSmemPerWarp) * sizeof(u32x2);
@@ -248,8 +270,9 @@ template <class T> GT_DEV Pair<T> zero_pair() {
 template <class T> GT_DEV float lo_of(const Pair<T>& v) { return to_float(v.lo); }
 template <class T> GT_DEV float hi_of(const Pair<T>& v) { return to_float(v.hi); }
 
-// Each warp's share of W_hh, into fragments: forward B[k][n] = W_hh[gate(n) H + unit(n)][k],
-// backward B[k][n] = W_hh[gate(k) H + unit(k)][n] (gate(x) = x / HP, unit(x) = x % HP).
+// Each warp's share of W_hh [G*H, H], into fragments: forward B[k][n] = W_hh[gate(n) H +
+// unit(n)][k], backward B[k][n] = W_hh[gate(k) H + unit(k)][n] (gate(x) = x / HP,
+// unit(x) = x % HP).
 template <class C>
 GT_DEV void load_w(typename C::Frags& w, const gptr<const typename C::T>& w_hh, int H, int unit_base,
                    int lane) {
@@ -349,7 +372,7 @@ struct Prologue {
   GT_DEV Prologue(const sptr<unsigned char>& raw, const Args& p)
       : lane(int(threadIdx.x & 31u)), warp(int(threadIdx.x >> 5)), smem(raw, warp), at(warp) {
     w.smem = smem.w;
-    load_w<C>(w, p.w_hh + int64_t(at.d) * 3 * p.hidden * p.hidden, p.hidden, at.unit_base, lane);
+    load_w<C>(w, p.w_hh + int64_t(at.d) * C::kGates * p.hidden * p.hidden, p.hidden, at.unit_base, lane);
     own.init(p.lengths, at.b0, p.batch, p.steps, p.hidden, at.unit_base, lane);
   }
 };
@@ -358,9 +381,10 @@ struct Prologue {
 template <class C>
 __global__ void __launch_bounds__(C::kThreads, 1) gru_forward(FwdArgs<typename C::T> p) {
   using T = typename C::T;
-  using Op = typename C::Op;
   using Elem = typename C::Elem;
-  constexpr int NJ = C::kNJ, HP = C::kHP;
+  using Cell = typename C::Cell;
+  constexpr int NJ = C::kNJ, G = C::kGates, S = Cell::kSlots, R = C::kResSlots;
+  constexpr int SA = S > 0 ? S : 1;  // (arrays of the slots hold at least one)
   GT_DYNAMIC_SMEM(smem_raw);
   Prologue<C> pro(smem_raw, p);
   const int lane = pro.lane, d = pro.at.d;
@@ -369,22 +393,23 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_forward(FwdArgs<typename C
   const Owned<C>& own = pro.own;
   const int H = p.hidden, B = p.batch, Tn = p.steps, D = p.dirs;
   // Offsets of this thread's first pair, per row half: in out (row stride D*H, this
-  // direction's columns), in a reserve step (5H), in a gx step (3 HP), in [B, H].
+  // direction's columns), in a reserve step (R*H), in a gx step, in [B, H].
   int o_out[2], o_res[2], o_gx[2], o_bh[2];
   GT_UNROLL for (int h = 0; h < 2; ++h) {
     o_out[h] = own.offset(h, D * H) + d * H;
-    o_res[h] = own.offset(h, 5 * H);
-    o_gx[h] = own.offset(h, 3 * HP);
+    o_res[h] = own.offset(h, R * H);
+    o_gx[h] = own.offset(h, p.gx_at.row);
     o_bh[h] = own.offset(h, H) + d * B * H;
   }
-  float hp[NJ][4], mk[NJ][4], bhn[NJ][2];
+  float hp[NJ][4], cs[NJ][4], mk[NJ][4], brec[NJ][2];  // cs: the cell state (Cell::kHasC)
   GT_UNROLL for (int j = 0; j < NJ; ++j) {
     GT_UNROLL for (int e = 0; e < 2; ++e)
-      bhn[j][e] = (C::kResetAfter && p.b_hn && own.unit_ok(j)) ? to_float(p.b_hn[d * H + own.unit(j) + e]) : 0.f;
+      brec[j][e] = (Cell::kRecBias >= 0 && p.b_rec && own.unit_ok(j)) ? to_float(p.b_rec[d * H + own.unit(j) + e]) : 0.f;
     GT_UNROLL for (int i = 0; i < 4; ++i) {
       const bool v = own.valid(j, i);
       const int e = o_bh[i >> 1] + 8 * j + (i & 1);
       hp[j][i] = v ? to_float(p.h0[e]) : 0.f;
+      cs[j][i] = Cell::kHasC && v ? to_float(p.c0[e]) : 0.f;
       mk[j][i] = !v ? 0.f : p.mask ? to_float(p.mask[e]) : 1.f;
     }
   }
@@ -396,25 +421,25 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_forward(FwdArgs<typename C
   };
   write_state_tile(smem.tile(0));
 
-  // This thread's gx pairs of one step, raw: [gate][j][h]. gx is padded to HP units a
-  // gate, so every pair is an aligned, in-bounds access.
-  Pair<T> gx[3][NJ][2];
-  const int64_t gx_step = int64_t(B) * 3 * HP;
-  const gptr<const T> gx_dir = p.gx + int64_t(d) * Tn * gx_step;
+  // This thread's gx pairs of one step, raw: [gate][j][h]. Units are paired and H is
+  // even, so every pair is an aligned, in-bounds access.
+  Pair<T> gx[G][NJ][2];
+  const gptr<const T> gx_dir = p.gx + int64_t(d) * p.gx_at.dir;
   auto load_gx = [&](int s) {
     const int t = d == 0 ? s : Tn - 1 - s;
-    const gptr<const T> base = gx_dir + t * gx_step;
-    GT_UNROLL for (int q = 0; q < 3; ++q)
+    const gptr<const T> base = gx_dir + t * p.gx_at.step;
+    GT_UNROLL for (int q = 0; q < G; ++q)
       GT_UNROLL for (int j = 0; j < NJ; ++j)
         GT_UNROLL for (int h = 0; h < 2; ++h)
-          gx[q][j][h] = own.active(h, t) ? load_pair(base, o_gx[h] + q * HP + 8 * j) : zero_pair<T>();
+          gx[q][j][h] = own.active(h, t) && own.unit_ok(j) ? load_pair(base, o_gx[h] + q * p.gx_at.gate + 8 * j)
+                                                           : zero_pair<T>();
   };
   load_gx(0);
   step_barrier<C>();
 
-  const int64_t out_step = int64_t(B) * D * H, res_step = int64_t(B) * 5 * H;
+  const int64_t out_step = int64_t(B) * D * H, res_step = int64_t(B) * R * H;
   const gptr<T> res_dir = p.reserve ? p.reserve + int64_t(d) * Tn * res_step : gptr<T>();
-  int cur = 0;  // the state tile to read (reset_after=true double-buffers it); only a step
+  int cur = 0;  // the state tile to read (one GEMM a step double-buffers it); only a step
                 // that runs flips it: skipped steps (past every length) write no tile
   for (int s = 0; s < Tn; ++s) {
     const int t = d == 0 ? s : Tn - 1 - s;
@@ -424,35 +449,43 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_forward(FwdArgs<typename C
     const gptr<T> out = p.out + t * out_step;
     const gptr<T> res = p.reserve ? res_dir + t * res_step : gptr<T>();
     // Stores one pair, zeros where the row is past its length: the output and, when
-    // backward will run, the reserve row (h_prev last).
-    auto store = [&](int j, int h, bool on, const float (&v)[6][2]) {
+    // backward will run, the reserve row (the cell's slots, then h_prev).
+    auto store = [&](int j, int h, bool on, const float (&v)[1 + R][2]) {
       if (!own.pair_ok(j, h)) return;
       auto at = [&](int k, int e) { return on ? v[k][e] : 0.f; };
       store_pair(out, o_out[h] + 8 * j, at(0, 0), at(0, 1));
       if (p.reserve)
-        GT_UNROLL for (int slot = 0; slot < 5; ++slot)
+        GT_UNROLL for (int slot = 0; slot < R; ++slot)
           store_pair(res, o_res[h] + slot * H + 8 * j, at(1 + slot, 0), at(1 + slot, 1));
     };
     auto gxv = [&](int q, int j, int i) {
       return (i & 1) ? hi_of(gx[q][j][i >> 1]) : lo_of(gx[q][j][i >> 1]);
     };
-    if constexpr (C::kResetAfter) {
-      float acc[3 * NJ][4];
+    if constexpr (!Cell::kTwoGemm) {
+      float acc[G * NJ][4];
       fill(acc, 0.f);
-      GT_UNROLL for (int j = 0; j < NJ; ++j)
-        GT_UNROLL for (int i = 0; i < 4; ++i) acc[2 * NJ + j][i] = bhn[j][i & 1];
-      if (run) gemm<C, 0, C::kKT, 0, 3 * NJ>(acc, smem.tile(cur), w, lane);
+      if constexpr (Cell::kRecBias >= 0)
+        GT_UNROLL for (int j = 0; j < NJ; ++j)
+          GT_UNROLL for (int i = 0; i < 4; ++i) acc[Cell::kRecBias * NJ + j][i] = brec[j][i & 1];
+      if (run) gemm<C, 0, C::kKT, 0, G * NJ>(acc, smem.tile(cur), w, lane);
       GT_UNROLL for (int j = 0; j < NJ; ++j) {
         GT_UNROLL for (int h = 0; h < 2; ++h) {
           const bool on = run && own.active(h, t);
-          float v[6][2];  // h, r, z, n, gh_n, h_prev
+          float v[1 + R][2];  // h', the slots, h_prev
           GT_UNROLL for (int e = 0; e < 2; ++e) {
             const int i = 2 * h + e;
-            const float r = sigmoid(acc[j][i] + gxv(0, j, i)), z = sigmoid(acc[NJ + j][i] + gxv(1, j, i));
-            const float ghn = acc[2 * NJ + j][i], n = tanh_fast(gxv(2, j, i) + r * ghn);
-            const float hn = (1.f - z) * n + z * hp[j][i];
-            v[0][e] = hn; v[1][e] = r; v[2][e] = z; v[3][e] = n; v[4][e] = ghn; v[5][e] = hp[j][i];
+            float pre[G], g[G], sl[SA];
+            GT_UNROLL for (int q = 0; q < G; ++q) {
+              pre[q] = acc[q * NJ + j][i];
+              g[q] = gxv(q, j, i);
+            }
+            float c = cs[j][i];
+            const float hn = Cell::forward(pre, g, hp[j][i], c, p.gate, sl);
+            v[0][e] = hn;
+            GT_UNROLL for (int k = 0; k < S; ++k) v[1 + k][e] = sl[k];
+            if constexpr (C::kKeepPrev) v[R][e] = hp[j][i];
             hp[j][i] = on ? hn : hp[j][i];
+            cs[j][i] = on ? c : cs[j][i];
           }
           store(j, h, on, v);
         }
@@ -463,15 +496,15 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_forward(FwdArgs<typename C
         write_state_tile(smem.tile(cur));
         step_barrier<C>();
       }
-    } else {
+    } else {  // GRU, reset_after=false: r first, then the candidate's GEMM on q = r * h~
       float acc[2 * NJ][4], acc_n[NJ][4], r[NJ][4], z[NJ][4], qv[NJ][4];
       fill(acc, 0.f);
       fill(acc_n, 0.f);
       if (run) gemm<C, 0, C::kKT, 0, 2 * NJ>(acc, smem.tile(0), w, lane);
       GT_UNROLL for (int j = 0; j < NJ; ++j)
         GT_UNROLL for (int i = 0; i < 4; ++i) {
-          r[j][i] = sigmoid(acc[j][i] + gxv(0, j, i));
-          z[j][i] = sigmoid(acc[NJ + j][i] + gxv(1, j, i));
+          r[j][i] = gate_fn(acc[j][i] + gxv(0, j, i), p.gate);
+          z[j][i] = gate_fn(acc[NJ + j][i] + gxv(1, j, i), p.gate);
           qv[j][i] = own.active(i >> 1, t) ? r[j][i] * hp[j][i] * mk[j][i] : 0.f;
         }
       if (run) {
@@ -484,12 +517,13 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_forward(FwdArgs<typename C
       GT_UNROLL for (int j = 0; j < NJ; ++j) {
         GT_UNROLL for (int h = 0; h < 2; ++h) {
           const bool on = run && own.active(h, t);
-          float v[6][2];  // h, r, z, n, q, h_prev
+          float v[1 + R][2];  // h, r, z, n, q (, h_prev)
           GT_UNROLL for (int e = 0; e < 2; ++e) {
             const int i = 2 * h + e;
-            const float n = tanh_fast(gxv(2, j, i) + acc_n[j][i]);
-            const float hn = (1.f - z[j][i]) * n + z[j][i] * hp[j][i];
-            v[0][e] = hn; v[1][e] = r[j][i]; v[2][e] = z[j][i]; v[3][e] = n; v[4][e] = qv[j][i]; v[5][e] = hp[j][i];
+            const float n = Cell::candidate(gxv(2, j, i) + acc_n[j][i]);
+            const float hn = Cell::blend(z[j][i], n, hp[j][i]);
+            v[0][e] = hn; v[1][e] = r[j][i]; v[2][e] = z[j][i]; v[3][e] = n; v[4][e] = qv[j][i];
+            if constexpr (C::kKeepPrev) v[R][e] = hp[j][i];
             hp[j][i] = on ? hn : hp[j][i];
           }
           store(j, h, on, v);
@@ -506,15 +540,19 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_forward(FwdArgs<typename C
   if constexpr (C::kCluster > 1) cluster_sync();
   GT_UNROLL for (int j = 0; j < NJ; ++j)
     GT_UNROLL for (int h = 0; h < 2; ++h)
-      if (own.pair_ok(j, h)) store_pair(p.h_n, o_bh[h] + 8 * j, hp[j][2 * h], hp[j][2 * h + 1]);
+      if (own.pair_ok(j, h)) {
+        store_pair(p.h_n, o_bh[h] + 8 * j, hp[j][2 * h], hp[j][2 * h + 1]);
+        if constexpr (Cell::kHasC) store_pair(p.c_n, o_bh[h] + 8 * j, cs[j][2 * h], cs[j][2 * h + 1]);
+      }
 }
 
 // ---------------------------------------------------------------- backward
 template <class C>
 __global__ void __launch_bounds__(C::kThreads, 1) gru_backward(BwdArgs<typename C::T> p) {
   using T = typename C::T;
-  using Op = typename C::Op;
-  constexpr int NJ = C::kNJ, HP = C::kHP, KT = C::kKT;
+  using Cell = typename C::Cell;
+  constexpr int NJ = C::kNJ, HP = C::kHP, KT = C::kKT, G = C::kGates, S = Cell::kSlots, R = C::kResSlots;
+  constexpr int SA = S > 0 ? S : 1;
   GT_DYNAMIC_SMEM(smem_raw);
   Prologue<C> pro(smem_raw, p);
   const int lane = pro.lane, d = pro.at.d;
@@ -522,40 +560,53 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_backward(BwdArgs<typename 
   const typename C::Frags& w = pro.w;
   const Owned<C>& own = pro.own;
   const int H = p.hidden, B = p.batch, Tn = p.steps, D = p.dirs;
-  int o_out[2], o_res[2], o_g3[2], o_bh[2];
+  int o_out[2], o_res[2], o_dgx[2], o_bh[2];
   GT_UNROLL for (int h = 0; h < 2; ++h) {
     o_out[h] = own.offset(h, D * H) + d * H;
-    o_res[h] = own.offset(h, 5 * H);
-    o_g3[h] = own.offset(h, 3 * H);
+    o_res[h] = own.offset(h, R * H);
+    o_dgx[h] = own.offset(h, p.dgx_at.row);
     o_bh[h] = own.offset(h, H);
   }
-  float dhc[NJ][4], mk[NJ][4];
+  float dhc[NJ][4], dcc[NJ][4], mk[NJ][4];  // dcc: dL/dc (Cell::kHasC)
   GT_UNROLL for (int j = 0; j < NJ; ++j) {
     GT_UNROLL for (int i = 0; i < 4; ++i) {
       const bool v = own.valid(j, i);
       const int e = d * B * H + o_bh[i >> 1] + 8 * j + (i & 1);
       dhc[j][i] = v ? to_float(p.grad_h_n[e]) : 0.f;
+      dcc[j][i] = Cell::kHasC && v && p.grad_c_n ? to_float(p.grad_c_n[e]) : 0.f;
       mk[j][i] = !v ? 0.f : p.mask ? to_float(p.mask[e]) : 1.f;
     }
   }
 
-  // One step's grad_output and reserve pairs for this thread, raw: [what][j][h].
-  enum { kGout, kR, kZ, kN, kAux, kHprev, kLoads };
+  // One step's pairs for this thread, raw: [what][j][h]: grad_output, the reserve's
+  // R values (the cell's slots, then h_prev with kKeepPrev), the output (kNeedsOut),
+  // c_prev (kHasC: the previous step's c slot, the cell's last, or c0 at a row's first
+  // step).
+  constexpr int kGout = 0, kRes = 1, kOut = 1 + R, kCprev = kOut + (Cell::kNeedsOut ? 1 : 0);
+  constexpr int kLoads = kCprev + (Cell::kHasC ? 1 : 0);
   Pair<T> pf[kLoads][NJ][2];
-  const int64_t out_step = int64_t(B) * D * H, res_step = int64_t(B) * 5 * H;
-  const int64_t g3_step = int64_t(B) * 3 * H, bh_step = int64_t(B) * H;
-  const gptr<const T> res_dir = p.reserve + int64_t(d) * Tn * res_step;
+  const int64_t out_step = int64_t(B) * D * H, res_step = int64_t(B) * R * H, bh_step = int64_t(B) * H;
+  const gptr<const T> res_dir = R > 0 ? p.reserve + int64_t(d) * Tn * res_step : gptr<const T>();
   auto time_of = [&](int s) { return d == 0 ? Tn - 1 - s : s; };
   auto load_step = [&](int s) {
     const int t = time_of(s);
     const gptr<const T> go = p.grad_out + t * out_step;
-    const gptr<const T> res = res_dir + t * res_step;
+    const gptr<const T> res = R > 0 ? res_dir + t * res_step : gptr<const T>();
     GT_UNROLL for (int j = 0; j < NJ; ++j)
       GT_UNROLL for (int h = 0; h < 2; ++h) {
         const bool on = own.active(h, t) && own.unit_ok(j);
         pf[kGout][j][h] = on ? load_pair(go, o_out[h] + 8 * j) : zero_pair<T>();
-        GT_UNROLL for (int slot = 0; slot < 5; ++slot)
-          pf[kR + slot][j][h] = on ? load_pair(res, o_res[h] + slot * H + 8 * j) : zero_pair<T>();
+        GT_UNROLL for (int slot = 0; slot < R; ++slot)
+          pf[kRes + slot][j][h] = on ? load_pair(res, o_res[h] + slot * H + 8 * j) : zero_pair<T>();
+        if constexpr (Cell::kNeedsOut)
+          pf[kOut][j][h] = on ? load_pair(p.out + t * out_step, o_out[h] + 8 * j) : zero_pair<T>();
+        if constexpr (Cell::kHasC) {
+          const int tp = d == 0 ? t - 1 : t + 1;  // the step before, in this direction
+          const bool first = d == 0 ? t == 0 : tp >= own.len[h];
+          pf[kCprev][j][h] = !on ? zero_pair<T>()
+                             : first ? load_pair(p.c0, d * B * H + o_bh[h] + 8 * j)
+                                     : load_pair(res_dir + tp * res_step, o_res[h] + (S - 1) * H + 8 * j);
+        }
       }
   };
   auto val = [&](int k, int j, int i) {
@@ -563,51 +614,54 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_backward(BwdArgs<typename 
   };
   load_step(0);
 
-  const gptr<T> dgx_dir = p.dgx + int64_t(d) * Tn * g3_step;
+  const gptr<T> dgx_dir = p.dgx + int64_t(d) * p.dgx_at.dir;
   const gptr<T> dghn_dir = p.dghn ? p.dghn + int64_t(d) * Tn * bh_step : gptr<T>();
   for (int s = 0; s < Tn; ++s) {
     const int t = time_of(s);
     const bool run = t < own.tile_max;  // uniform: past every length, dh passes through
-    const gptr<T> dgx = dgx_dir + t * g3_step;
+    const gptr<T> dgx = dgx_dir + t * p.dgx_at.step;
     const gptr<T> dghn = p.dghn ? dghn_dir + t * bh_step : gptr<T>();
-    // The gate gradients of one pair: dgx = (da_r, da_z, da_n), dghn = da_n * r (zeros
-    // past a row's length, as the values below are).
-    auto put_grads = [&](int j, int h, const float (&g)[4][2]) {
+    // The gate gradients of one pair: dgx (G of them) and, where asked, dghn = the
+    // recurrent gradient of gate kRecBias (zeros past a row's length, as the values are).
+    auto put_grads = [&](int j, int h, const float (&da)[G][2], const float (&dg)[G][2]) {
       if (!own.pair_ok(j, h)) return;
-      GT_UNROLL for (int q = 0; q < 3; ++q) store_pair(dgx, o_g3[h] + q * H + 8 * j, g[q][0], g[q][1]);
-      if (p.dghn) store_pair(dghn, o_bh[h] + 8 * j, g[3][0], g[3][1]);
+      GT_UNROLL for (int q = 0; q < G; ++q)
+        store_pair(dgx, o_dgx[h] + q * p.dgx_at.gate + 8 * j, da[q][0], da[q][1]);
+      if constexpr (Cell::kRecBias >= 0)
+        if (p.dghn) store_pair(dghn, o_bh[h] + 8 * j, dg[Cell::kRecBias][0], dg[Cell::kRecBias][1]);
     };
-    // The cell's backward up to the gate gradients that need no GEMM; rows past their
-    // length (and padding) give zeros and carry dh through.
-    float dpart[NJ][4], da_z[NJ][4], da_n[NJ][4], r[NJ][4];
-    GT_UNROLL for (int j = 0; j < NJ; ++j)
-      GT_UNROLL for (int i = 0; i < 4; ++i) {
-        const bool on = run && own.active(i >> 1, t) && own.unit_ok(j);
-        const float dh = dhc[j][i] + val(kGout, j, i), z = val(kZ, j, i), n = val(kN, j, i);
-        da_n[j][i] = on ? dh * (1.f - z) * (1.f - n * n) : 0.f;
-        da_z[j][i] = on ? dh * (val(kHprev, j, i) - n) * z * (1.f - z) : 0.f;
-        dpart[j][i] = on ? dh * z : dhc[j][i];
-        r[j][i] = val(kR, j, i);
-      }
-    if constexpr (C::kResetAfter) {
+    if constexpr (!Cell::kTwoGemm) {
+      // The cell's backward to the gate gradients, which go to dgx and (dg) into the
+      // tile of the one GEMM back to h; rows past their length (and padding) give zeros
+      // and carry dh through.
       const sptr<typename C::Elem> tl = smem.tile(s & 1);
+      float dpart[NJ][4];
       GT_UNROLL for (int j = 0; j < NJ; ++j) {
-        float da_r[4], dghv[4];
-        GT_UNROLL for (int i = 0; i < 4; ++i) {
-          da_r[i] = da_n[j][i] * val(kAux, j, i) * r[j][i] * (1.f - r[j][i]);
-          dghv[i] = da_n[j][i] * r[j][i];
-        }
         GT_UNROLL for (int h = 0; h < 2; ++h) {
-          const float g[4][2] = {{da_r[2 * h], da_r[2 * h + 1]}, {da_z[j][2 * h], da_z[j][2 * h + 1]},
-                                 {da_n[j][2 * h], da_n[j][2 * h + 1]}, {dghv[2 * h], dghv[2 * h + 1]}};
-          put_grads(j, h, g);
-        }
-        if (run)
-          GT_UNROLL for (int i = 0; i < 4; i += 2) {
-            put_all<C>(tl, own.tile_index(j, i, C::kStride, 0, lane), da_r[i], da_r[i + 1]);
-            put_all<C>(tl, own.tile_index(j, i, C::kStride, HP, lane), da_z[j][i], da_z[j][i + 1]);
-            put_all<C>(tl, own.tile_index(j, i, C::kStride, 2 * HP, lane), dghv[i], dghv[i + 1]);
+          float da[G][2], dg[G][2];
+          GT_UNROLL for (int e = 0; e < 2; ++e) {
+            const int i = 2 * h + e;
+            const bool on = run && own.active(h, t) && own.unit_ok(j);
+            const float dh = dhc[j][i] + val(kGout, j, i);
+            float sl[SA], a[G], g[G];
+            GT_UNROLL for (int k = 0; k < S; ++k) sl[k] = val(kRes + k, j, i);
+            const float y = Cell::kNeedsOut ? val(kOut, j, i) : 0.f;
+            const float hprev = C::kKeepPrev ? val(kRes + S, j, i) : 0.f;
+            const float cprev = Cell::kHasC ? val(kCprev, j, i) : 0.f;
+            float dc = dcc[j][i];
+            const float dp = Cell::backward(dh, y, hprev, cprev, dc, p.gate, sl, a, g);
+            GT_UNROLL for (int q = 0; q < G; ++q) {
+              da[q][e] = on ? a[q] : 0.f;
+              dg[q][e] = on ? g[q] : 0.f;
+            }
+            dpart[j][i] = on ? dp : dhc[j][i];
+            dcc[j][i] = on ? dc : dcc[j][i];
           }
+          put_grads(j, h, da, dg);
+          if (run)
+            GT_UNROLL for (int q = 0; q < G; ++q)
+              put_all<C>(tl, own.tile_index(j, 2 * h, C::kStride, q * HP, lane), dg[q][0], dg[q][1]);
+        }
       }
       if (s + 1 < Tn) load_step(s + 1);  // lands during the barrier and the GEMM
       float acc[NJ][4];
@@ -618,7 +672,19 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_backward(BwdArgs<typename 
       }
       GT_UNROLL for (int j = 0; j < NJ; ++j)
         GT_UNROLL for (int i = 0; i < 4; ++i) dhc[j][i] = dpart[j][i] + acc[j][i] * mk[j][i];
-    } else {
+    } else {  // GRU, reset_after=false: da_n first, then dq = da_n W_hn gives da_r
+      static_assert(C::kKeepPrev, "the two-GEMM GRU backward reads h_prev from the reserve");
+      constexpr int kR = kRes, kZ = kRes + 1, kN = kRes + 2, kHprev = kRes + S;
+      float dpart[NJ][4], da_z[NJ][4], da_n[NJ][4], r[NJ][4];
+      GT_UNROLL for (int j = 0; j < NJ; ++j)
+        GT_UNROLL for (int i = 0; i < 4; ++i) {
+          const bool on = run && own.active(i >> 1, t) && own.unit_ok(j);
+          const float dh = dhc[j][i] + val(kGout, j, i), z = val(kZ, j, i), n = val(kN, j, i);
+          da_n[j][i] = on ? dh * (1.f - z) * (1.f - n * n) : 0.f;
+          da_z[j][i] = on ? dh * (val(kHprev, j, i) - n) * gate_grad(z, p.gate) : 0.f;
+          dpart[j][i] = on ? dh * z : dhc[j][i];
+          r[j][i] = val(kR, j, i);
+        }
       const sptr<typename C::Elem> tl = smem.tile(0);
       float hm[NJ][4];  // kept across the reload of pf
       GT_UNROLL for (int j = 0; j < NJ; ++j) {
@@ -639,13 +705,13 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_backward(BwdArgs<typename 
         float da_r[4];
         GT_UNROLL for (int i = 0; i < 4; ++i) {
           const bool on = run && own.active(i >> 1, t) && own.unit_ok(j);
-          da_r[i] = on ? dq[j][i] * hm[j][i] * r[j][i] * (1.f - r[j][i]) : 0.f;
+          da_r[i] = on ? dq[j][i] * hm[j][i] * gate_grad(r[j][i], p.gate) : 0.f;
           if (on) dpart[j][i] += dq[j][i] * r[j][i] * mk[j][i];
         }
         GT_UNROLL for (int h = 0; h < 2; ++h) {
-          const float g[4][2] = {{da_r[2 * h], da_r[2 * h + 1]}, {da_z[j][2 * h], da_z[j][2 * h + 1]},
-                                 {da_n[j][2 * h], da_n[j][2 * h + 1]}, {0.f, 0.f}};
-          put_grads(j, h, g);
+          const float g[3][2] = {{da_r[2 * h], da_r[2 * h + 1]}, {da_z[j][2 * h], da_z[j][2 * h + 1]},
+                                 {da_n[j][2 * h], da_n[j][2 * h + 1]}};
+          put_grads(j, h, g, g);
         }
         if (run)
           GT_UNROLL for (int i = 0; i < 4; i += 2) {
@@ -664,8 +730,11 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_backward(BwdArgs<typename 
   if constexpr (C::kCluster > 1) cluster_sync();  // as in forward
   GT_UNROLL for (int j = 0; j < NJ; ++j)
     GT_UNROLL for (int h = 0; h < 2; ++h)
-      if (own.pair_ok(j, h))
+      if (own.pair_ok(j, h)) {
         store_pair(p.grad_hx, d * B * H + o_bh[h] + 8 * j, dhc[j][2 * h], dhc[j][2 * h + 1]);
+        if constexpr (Cell::kHasC)
+          store_pair(p.grad_cx, d * B * H + o_bh[h] + 8 * j, dcc[j][2 * h], dcc[j][2 * h + 1]);
+      }
 }
 
 }  // namespace gru

@@ -16,20 +16,35 @@ struct Buf {
   size_t numel = 0;
 };
 
+// Where gate q of unit u, row b, step t, direction d lies in gx or dgx (elements):
+// d * dir + t * step + b * row + q * gate + u.
+struct Layout {
+  int64_t dir = 0, step = 0;
+  int row = 0, gate = 0;
+};
+
+// cell: plan::Cell. keep_prev: the GRU op's reserve (the cell's slots, then h_prev);
+// else the family op's (the cell's slots only).
 struct Forward {
   int steps, batch, hidden, dirs;
-  bool reset_after;
-  Buf<const void> gx, w_hh, b_hn, h0, mask;
+  int cell;
+  bool keep_prev = true;
+  Layout gx_at;
+  int gate = 0;  // the gate function's code (the family op's)
+  Buf<const void> gx, w_hh, b_hn, h0, c0, mask;
   Buf<const int64_t> lengths;
-  Buf<void> out, h_n, reserve;
+  Buf<void> out, h_n, c_n, reserve;
 };
 
 struct Backward {
   int steps, batch, hidden, dirs;
-  bool reset_after;
-  Buf<const void> grad_out, grad_h_n, w_hh, mask, reserve;
+  int cell;
+  bool keep_prev = true;
+  Layout dgx_at;
+  int gate = 0;
+  Buf<const void> grad_out, grad_h_n, grad_c_n, c0, w_hh, mask, reserve, out;
   Buf<const int64_t> lengths;
-  Buf<void> dgx, dghn, grad_hx;
+  Buf<void> dgx, dghn, grad_hx, grad_cx;
 };
 
 }  // namespace gru_torch::raw
