@@ -257,12 +257,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward(
 // family_layer / family_layer_backward (schemas and shapes: csrc/cpu/family_layer.cpp)
 // on a device: the recurrence alone, from the input projection gx [T, B, D, G*H]; the
 // caller (gru_torch/ops.py) makes gx and turns grad_gx, the reserve and the output into
-// the weights' gradients, as for the CPU family op. The cells with a persistent kernel
-// here: the LSTM and the RNNs (tanh, relu), with one recurrent mask for every gate. The
-// reserve is the CPU family op's (csrc/cpu/family.h): LSTM i, f, g, o, c; RNN none.
+// the weights' gradients, as for the CPU family op. Every cell, with one recurrent mask
+// for every gate (the GRU comes here for what the GRU op lacks: the hard sigmoids, input
+// masks of two directions). The reserve is the CPU family op's (csrc/cpu/family.h): GRU
+// r, z, n, gh_n or q; LSTM i, f, g, o, c; RNN none; the backward reads h_prev from the
+// output.
 
 // Reserve values per (row, unit) a step (csrc/cpu/family.h, reserve_slots).
-inline int64_t family_slots(int64_t cell) { return cell == plan::kLstm ? 5 : 0; }
+inline int64_t family_slots(int64_t cell) {
+  return cell == plan::kLstm ? 5 : plan::is_gru(int(cell)) ? 4 : 0;
+}
 
 // The shape of a family op call, from its checked arguments.
 struct FamilyShape {
@@ -282,9 +286,9 @@ inline FamilyShape check_family_args(const Tensor& gx, const Tensor& hx, const O
                                      const Tensor& w_hh, const OptTensor& b_hn, const OptTensor& mask,
                                      const OptTensor& lengths, int64_t cell, int64_t gate,
                                      const char* where) {
-  TORCH_CHECK(cell == plan::kLstm || cell == plan::kRnnTanh || cell == plan::kRnnRelu, where,
-              ": the CUDA kernels compute the family op's LSTM (2) and RNN cells (3: tanh, "
-              "4: relu); the GRU (0, 1) runs on the GRU op; got cell ", cell);
+  TORCH_CHECK(cell >= plan::kGruAfter && cell <= plan::kRnnRelu, where,
+              ": cell must be 0 (GRU, reset_after), 1 (GRU), 2 (LSTM), 3 (RNN tanh) or 4 "
+              "(RNN relu); got ", cell);
   TORCH_CHECK(gate >= 0 && gate <= 2, where,
               ": gate must be 0 (sigmoid), 1 (Keras 2's hard sigmoid) or 2 (Keras 3's); got ", gate);
   TORCH_CHECK(gx.dim() == 4, where, ": gx must be [T, B, D, G], got ", gx.sizes());
@@ -300,7 +304,10 @@ inline FamilyShape check_family_args(const Tensor& gx, const Tensor& hx, const O
   TORCH_CHECK(cx.has_value() == (cell == plan::kLstm), where,
               cell == plan::kLstm ? ": an LSTM needs cx" : ": cx is an LSTM's; this cell has none");
   if (cx) check_family_tensor(*cx, gx, "cx", {D, B, H}, where);
-  TORCH_CHECK(!b_hn, where, ": b_hn belongs to a GRU with reset_after=True");
+  if (b_hn) {
+    TORCH_CHECK(cell == plan::kGruAfter, where, ": b_hn belongs to a GRU with reset_after=True");
+    check_family_tensor(*b_hn, gx, "b_hn", {D, H}, where);
+  }
   if (mask) {
     TORCH_CHECK(mask->dim() == 4 && mask->size(2) == 1, where,
                 ": the CUDA kernels take one recurrent mask for every gate, [D, B, 1, H]; got ",
@@ -340,7 +347,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> family_forward(
   const FamilyShape s = check_family_args(gx_, hx_, cx_, w_hh_, b_hn, mask_, lengths_, cell, gate, where);
   const plan::Plan pl = family_plan<Dev>(gx_, s, cell, where);
   const Tensor gx = gx_.contiguous(), hx = hx_.contiguous(), w_hh = w_hh_.contiguous();
-  const OptTensor cx = contiguous(cx_), mask = contiguous(mask_), lengths = contiguous(lengths_);
+  const OptTensor cx = contiguous(cx_), mask = contiguous(mask_), lengths = contiguous(lengths_),
+                  b_rec = contiguous(b_hn);
   const auto opts = gx.options();
   Tensor out = at::empty({s.T, s.B, s.D * s.H}, opts);
   Tensor h_n = at::empty({s.D, s.B, s.H}, opts);
@@ -362,6 +370,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> family_forward(
   r.gx = cbuf(gx);
   r.w_hh = cbuf(w_hh);
   r.h0 = cbuf(hx);
+  r.b_hn = cbuf(b_rec);
   r.c0 = cbuf(cx);
   r.c_n = cx ? mbuf(c_n) : raw::Buf<void>{};
   r.reserve = need_reserve && slots ? mbuf(reserve) : raw::Buf<void>{};
@@ -394,7 +403,8 @@ std::tuple<Tensor, Tensor, Tensor> family_backward(
               reserve_.sizes(), "; it must be the one family_layer returned with need_reserve=True");
   const plan::Plan pl = family_plan<Dev>(gx_like, s, cell, where);
   const Tensor grad_output = pair_aligned(grad_output_.contiguous()), grad_h_n = grad_h_n_.contiguous(),
-               output = pair_aligned(output_.contiguous()), w_hh = w_hh_.contiguous();
+               output = pair_aligned(output_.contiguous()), w_hh = w_hh_.contiguous(),
+               h0 = hx.contiguous();
   const OptTensor cx = contiguous(cx_), mask = contiguous(mask_), lengths = contiguous(lengths_),
                   grad_c_n = grad_c_n_ ? OptTensor(pair_aligned(grad_c_n_->contiguous())) : std::nullopt;
   const Tensor reserve = reserve_.contiguous();
@@ -416,6 +426,7 @@ std::tuple<Tensor, Tensor, Tensor> family_backward(
   r.grad_out = cbuf(grad_output);
   r.grad_h_n = cbuf(grad_h_n);
   r.grad_c_n = cbuf(grad_c_n);
+  r.h0 = cbuf(h0);
   r.c0 = cbuf(cx);
   r.reserve = cbuf(reserve);
   r.w_hh = cbuf(w_hh);

@@ -85,20 +85,18 @@ def cell_reason(cell: Cell, dropout_active: bool, masks: str, input_dropout: boo
                 device: torch.device | None = None) -> str | None:
     """Why the fused ops cannot compute this cell and these masks on `device` (None: the
     CPU), or None when they can. On the CPU, the GRU op or the family op computes every
-    cell of the family; on a GPU (and under the emulator) the GRU kernels, and the family
-    op's LSTM and RNN kernels (tanh, relu) with one recurrent mask for every gate (the
-    op refuses, naming why, a layer its persistent kernel cannot run: csrc/device/
-    gru_plan.h)."""
+    cell of the family; on a GPU (and under the emulator) the GRU op's kernels, and the
+    family op's kernels (every cell and gate function) with one recurrent mask for every
+    gate: per-gate masks are the CPU's alone yet. The family op refuses, naming why, a
+    layer its persistent kernels cannot run (csrc/device/gru_plan.h)."""
     if proj:
         return "the fused op has no LSTM projections (proj_size) yet"
     why = gru_op_reason(cell, dropout_active, masks, input_dropout, directions)
     if why and device is not None and (device.type not in ("cpu", "meta") or emulating(device)):
-        if cell.kind == "rnn" or (cell.kind == "lstm" and not (dropout_active
-                                                                 and masks == "per_gate")):
-            return None
-        if cell.kind == "lstm":
-            return ("the fused LSTM kernels have one dropout mask for every gate, not one per "
-                    f"gate, on {'a GPU' if device.type != 'cpu' else 'the emulated GPU'} yet")
+        if cell.kind == "rnn" or not (dropout_active and masks == "per_gate"):
+            return None  # the family op's kernels
+        return (f"the fused {cell.kind.upper()} kernels have one dropout mask for every gate, "
+                f"not one per gate, on {'a GPU' if device.type != 'cpu' else 'the emulated GPU'} yet")
         return f"{why} on {'a GPU' if device.type != 'cpu' else 'the emulated GPU'} yet"
     return None
 

@@ -526,11 +526,13 @@ def test_input_dropout_with_shared_masks_runs_fused_as_the_reference(reset_after
     for a, b in zip(grads, r_grads):
         assert_close(a, b, atol=1e-11, what="gradient")
     assert (run("fused", p=0.0)[0] - out).abs().max() > 1e-3  # the input masks drop something
-    # the GRU op takes neither of these; on the CPU the family op does, on a GPU nothing yet
+    # the GRU op takes neither of these; the family op takes the first (on the CPU and on a
+    # GPU) and the second on the CPU only
     bi = gru_torch.GRU(I, H, bidirectional=True, input_dropout=0.4, dtype=DT)
     assert backends.fused_reason(bi.training_config()) is None
     assert "two directions" in ops.gru_op_reason(bi.cell, True, "shared", True, 2)
-    assert "GPU" in ops.cell_reason(bi.cell, True, "shared", True, False, 2, torch.device("cuda"))
+    assert ops.cell_reason(bi.cell, True, "shared", True, False, 2, torch.device("cuda")) is None
+    assert "GPU" in ops.cell_reason(bi.cell, True, "per_gate", True, False, 2, torch.device("cuda"))
     per_gate = gru_torch.GRU(I, H, input_dropout=0.4, dropout_masks="per_gate", dtype=DT)
     assert backends.fused_reason(per_gate.training_config()) is None
     assert "one per gate" in ops.gru_op_reason(per_gate.cell, True, "per_gate", True, 1)

@@ -1,6 +1,7 @@
-"""The persistent CUDA kernels' other cells (csrc/device/cells.cuh): the LSTM and the RNN
-(tanh, relu) through the family op on a device (gru_torch.ops.rnn_layer -> family_layer
-on CUDA, or family_layer_emulated on CPU tensors under the emulator), against the
+"""The persistent CUDA kernels through the family op on a device (csrc/device/cells.cuh):
+the LSTM, the RNN (tanh, relu) and the GRU where the GRU op cannot run it (the Keras
+hard sigmoids; input masks of two directions), by gru_torch.ops.rnn_layer ->
+family_layer on CUDA, or family_layer_emulated on CPU tensors under the emulator, against the
 float64 reference loop: output, h_n, c_n and the gradient of every argument (input, hx,
 cx, W_ih, W_hh, both biases), with ragged lengths, H not a multiple of 16, B not a
 multiple of the 16-row tile, recurrent dropout, both directions, every gate function;
@@ -29,7 +30,10 @@ pytestmark = pytest.mark.skipif(not gru_torch.extension_status().loaded,
 
 CELLS = {"tanh": Cell("rnn"), "relu": Cell("rnn", activation="relu"), "lstm": Cell("lstm"),
          "lstm-hard2": Cell("lstm", recurrent_activation="hard_sigmoid_keras2"),
-         "lstm-hard3": Cell("lstm", recurrent_activation="hard_sigmoid_keras3")}
+         "lstm-hard3": Cell("lstm", recurrent_activation="hard_sigmoid_keras3"),
+         "gru-hard2": Cell("gru", True, recurrent_activation="hard_sigmoid_keras2"),
+         "gru-before-hard2": Cell("gru", False, recurrent_activation="hard_sigmoid_keras2"),
+         "gru-before-hard3": Cell("gru", False, recurrent_activation="hard_sigmoid_keras3")}
 NAMES = ("input", "hx", "cx", "w_ih", "w_hh", "b_ih", "b_hh")
 
 
@@ -61,6 +65,8 @@ def make_args(p: RnnProblem, dtype, device, cell: Cell) -> tuple:
     cx = torch.randn(p.D, p.B, p.H, generator=g, dtype=torch.float64) if cell.has_c else None
     w_ih, w_hh = uniform(p.D, G, p.I), uniform(p.D, G, p.H)
     b_ih, b_hh = uniform(p.D, G), uniform(p.D, G)
+    if cell.kind == "gru" and not cell.reset_after:
+        b_hh = None  # (one bias, as Keras's reset_after=False GRU)
     # one recurrent mask for every gate: [D, B, 1, H]
     mask = ((torch.rand(p.D, p.B, 1, p.H, generator=g) > 0.25).double() / 0.75) if p.mask else None
     lengths = None
@@ -79,7 +85,7 @@ def results(layer, cell: Cell, args: tuple, go, gh, gc) -> dict:
     named = {n: t.detach().requires_grad_() for n, t in zip(NAMES, (x, hx, cx, w_ih, w_hh, b_ih, b_hh))
              if t is not None}
     out, h_n, c_n = layer(cell, named["input"], named["hx"], named.get("cx"), named["w_ih"],
-                          named["w_hh"], named["b_ih"], named["b_hh"], None, None, mask, lengths)
+                          named["w_hh"], named["b_ih"], named.get("b_hh"), None, None, mask, lengths)
     loss = (out * go.to(out)).sum() + (h_n * gh.to(h_n)).sum()
     found = {"output": out, "h_n": h_n}
     if cell.has_c:
@@ -146,6 +152,16 @@ def test_lstm_h100_w_hh_partly_in_shared_memory(kind, label):
     check(kind, label, "lstm", RnnProblem(T=3, B=5, I=3, H=100, D=1, seed=7), gpu="h100")
 
 
+GRU = [("gru-hard2", "bf16"), ("gru-before-hard2", "tf32"), ("gru-before-hard3", "bf16")]
+
+
+@pytest.mark.parametrize("act,label", GRU, ids=[f"{a}-{l}" for a, l in GRU])
+def test_gru_hard_sigmoids_through_the_family_op(kind, act, label):
+    """The GRU op is sigmoid-only; a Keras GRU's hard sigmoids run the same kernels
+    through the family op, whose backward reads h_prev from the output (or hx)."""
+    check(kind, label, act, RnnProblem(T=4, B=18, H=20, D=2, seed=31))
+
+
 def test_rnn_f16_no_mask_no_lengths(kind):
     check(kind, "f16", "tanh", RnnProblem(T=4, B=3, H=40, mask=False, lengths=False, seed=3))
 
@@ -179,15 +195,18 @@ def test_rnn_shuffled_thread_order_gives_the_same_bits():
         assert torch.equal(runs[0][name], runs[1][name]), name
 
 
-@pytest.mark.parametrize("act", ["tanh", "relu", "lstm"])
+@pytest.mark.parametrize("act", ["tanh", "relu", "lstm", "gru-keras"])
 def test_two_layer_bidirectional_module(kind, act):
-    """gru_torch.RNN / LSTM with backend="fused": 2 layers, both directions, recurrent
-    dropout (the same masks on both sides, from the same seed) and lengths, against the
-    reference backend."""
+    """gru_torch.RNN / LSTM / a Keras GRU with backend="fused": 2 layers, both directions,
+    recurrent dropout (the same masks on both sides, from the same seed) and lengths,
+    against the reference backend."""
     torch.manual_seed(0)
     kw = dict(num_layers=2, bidirectional=True, batch_first=True, recurrent_dropout=0.3)
     if act == "lstm":
         make = gru_torch.LSTM
+    elif act == "gru-keras":  # hard sigmoid, one bias, input masks of two directions
+        make = gru_torch.GRU
+        kw.update(reset_after=False, recurrent_activation="hard_sigmoid_keras2", input_dropout=0.2)
     else:
         make = gru_torch.RNN
         kw["nonlinearity"] = act

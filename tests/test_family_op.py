@@ -256,16 +256,16 @@ def test_bfloat16_and_cuda_get_a_reason_not_a_crash():
     lstm = gru_torch.LSTM(I, H, dtype=torch.bfloat16, backend="fused")
     with pytest.raises(RuntimeError, match="float32, float64, not bfloat16"):
         lstm(torch.randn(T, B, I, dtype=torch.bfloat16))
-    # on a GPU the LSTM's and RNN's kernels take one recurrent mask for every gate;
-    # per-gate masks and the GRU's hard sigmoids stay on the CPU family op for now
+    # on a GPU the family op's kernels take every cell and gate function with one
+    # recurrent mask for every gate; per-gate masks stay on the CPU family op for now
     cuda = torch.device("cuda")
     assert ops.cell_reason(Cell("lstm"), True, "shared", False, False, 1, cuda) is None
     assert ops.cell_reason(Cell("rnn"), True, "per_gate", False, False, 2, cuda) is None
-    why = ops.cell_reason(Cell("lstm"), True, "per_gate", False, False, 1, cuda)
-    assert why and "GPU" in why and "per gate" in why
-    why = ops.cell_reason(Cell("gru", recurrent_activation="hard_sigmoid_keras2"), False, "shared",
-                          False, False, 1, cuda)
-    assert why and "GPU" in why
+    assert ops.cell_reason(Cell("gru", recurrent_activation="hard_sigmoid_keras2"), False,
+                           "shared", False, False, 1, cuda) is None
+    for cell in (Cell("lstm"), Cell("gru", False)):
+        why = ops.cell_reason(cell, True, "per_gate", False, False, 1, cuda)
+        assert why and "GPU" in why and "per gate" in why
 
 
 def test_every_preset_trains_on_the_fused_op():

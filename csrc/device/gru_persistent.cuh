@@ -172,13 +172,15 @@ struct BwdArgs {
   gptr<const T> grad_out;        // [T, B, D*H]
   gptr<const T> grad_h_n;        // [D, B, H]
   gptr<const T> grad_c_n;        // [D, B, H] or null (LSTM: zeros)
+  gptr<const T> h0;              // [D, B, H]: h_prev at a row's first step (kNeedsPrev, !kKeepPrev)
   gptr<const T> c0;              // [D, B, H]: the LSTM's initial cell state, else null
   gptr<const T> w_hh;            // [D, G*H, H]
   gptr<const T> mask;            // [D, B, H] or null
   gptr<const int64_t> lengths;   // [B] or null
   int gate;                      // the gate function's code
   gptr<const T> reserve;         // [D, T, B, R*H] from the forward
-  gptr<const T> out;             // [T, B, D*H]: the forward's output (Cell::kNeedsOut), else null
+  gptr<const T> out;             // [T, B, D*H]: the forward's output (kNeedsOut; kNeedsPrev
+                                 // without kKeepPrev: h_prev), else null
   gptr<T> dgx;                   // the gate gradients dL/d(gx), at dgx_at
   Strides dgx_at;
   gptr<T> dghn;                  // [D, T, B, H]: dL/d(gh) of gate kRecBias (GRU: da_n * r), or null
@@ -198,7 +200,6 @@ struct Config {
   static constexpr int kGates = Cell::kGates;
   // Reserve values per (row, unit) a step: the cell's slots, then h_prev (kKeepPrev).
   static constexpr int kResSlots = Cell::kSlots + (kKeepPrev ? 1 : 0);
-  static_assert(kKeepPrev || !Cell::kNeedsPrev, "a cell that needs h_prev keeps it in the reserve");
   static constexpr int kHP = kHP_, kWarps = kWarps_, kThreads = 32 * kWarps_, kRows = 16;
   // kCluster CTAs (one SM each) share a tile's rows and split its units: each owns
   // kUnits of them and sends its part of every A tile to all of them.
@@ -581,9 +582,12 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_backward(BwdArgs<typename 
   // One step's pairs for this thread, raw: [what][j][h]: grad_output, the reserve's
   // R values (the cell's slots, then h_prev with kKeepPrev), the output (kNeedsOut),
   // c_prev (kHasC: the previous step's c slot, the cell's last, or c0 at a row's first
-  // step).
+  // step), h_prev (kNeedsPrev without kKeepPrev: the previous step's output, or h0).
+  constexpr bool kPrevFromOut = Cell::kNeedsPrev && !C::kKeepPrev;
   constexpr int kGout = 0, kRes = 1, kOut = 1 + R, kCprev = kOut + (Cell::kNeedsOut ? 1 : 0);
-  constexpr int kLoads = kCprev + (Cell::kHasC ? 1 : 0);
+  constexpr int kHprevOut = kCprev + (Cell::kHasC ? 1 : 0);
+  constexpr int kLoads = kHprevOut + (kPrevFromOut ? 1 : 0);
+  constexpr int kHprev = C::kKeepPrev ? kRes + S : kHprevOut;  // where h_prev is
   Pair<T> pf[kLoads][NJ][2];
   const int64_t out_step = int64_t(B) * D * H, res_step = int64_t(B) * R * H, bh_step = int64_t(B) * H;
   const gptr<const T> res_dir = R > 0 ? p.reserve + int64_t(d) * Tn * res_step : gptr<const T>();
@@ -600,13 +604,16 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_backward(BwdArgs<typename 
           pf[kRes + slot][j][h] = on ? load_pair(res, o_res[h] + slot * H + 8 * j) : zero_pair<T>();
         if constexpr (Cell::kNeedsOut)
           pf[kOut][j][h] = on ? load_pair(p.out + t * out_step, o_out[h] + 8 * j) : zero_pair<T>();
-        if constexpr (Cell::kHasC) {
-          const int tp = d == 0 ? t - 1 : t + 1;  // the step before, in this direction
-          const bool first = d == 0 ? t == 0 : tp >= own.len[h];
+        const int tp = d == 0 ? t - 1 : t + 1;  // the step before, in this direction
+        const bool first = d == 0 ? t == 0 : tp >= own.len[h];
+        if constexpr (Cell::kHasC)
           pf[kCprev][j][h] = !on ? zero_pair<T>()
                              : first ? load_pair(p.c0, d * B * H + o_bh[h] + 8 * j)
                                      : load_pair(res_dir + tp * res_step, o_res[h] + (S - 1) * H + 8 * j);
-        }
+        if constexpr (kPrevFromOut)
+          pf[kHprevOut][j][h] = !on ? zero_pair<T>()
+                                : first ? load_pair(p.h0, d * B * H + o_bh[h] + 8 * j)
+                                        : load_pair(p.out + tp * out_step, o_out[h] + 8 * j);
       }
   };
   auto val = [&](int k, int j, int i) {
@@ -646,7 +653,7 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_backward(BwdArgs<typename 
             float sl[SA], a[G], g[G];
             GT_UNROLL for (int k = 0; k < S; ++k) sl[k] = val(kRes + k, j, i);
             const float y = Cell::kNeedsOut ? val(kOut, j, i) : 0.f;
-            const float hprev = C::kKeepPrev ? val(kRes + S, j, i) : 0.f;
+            const float hprev = Cell::kNeedsPrev ? val(kHprev, j, i) : 0.f;
             const float cprev = Cell::kHasC ? val(kCprev, j, i) : 0.f;
             float dc = dcc[j][i];
             const float dp = Cell::backward(dh, y, hprev, cprev, dc, p.gate, sl, a, g);
@@ -673,8 +680,7 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_backward(BwdArgs<typename 
       GT_UNROLL for (int j = 0; j < NJ; ++j)
         GT_UNROLL for (int i = 0; i < 4; ++i) dhc[j][i] = dpart[j][i] + acc[j][i] * mk[j][i];
     } else {  // GRU, reset_after=false: da_n first, then dq = da_n W_hn gives da_r
-      static_assert(C::kKeepPrev, "the two-GEMM GRU backward reads h_prev from the reserve");
-      constexpr int kR = kRes, kZ = kRes + 1, kN = kRes + 2, kHprev = kRes + S;
+      constexpr int kR = kRes, kZ = kRes + 1, kN = kRes + 2;
       float dpart[NJ][4], da_z[NJ][4], da_n[NJ][4], r[NJ][4];
       GT_UNROLL for (int j = 0; j < NJ; ++j)
         GT_UNROLL for (int i = 0; i < 4; ++i) {

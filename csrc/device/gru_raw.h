@@ -42,7 +42,7 @@ struct Backward {
   bool keep_prev = true;
   Layout dgx_at;
   int gate = 0;
-  Buf<const void> grad_out, grad_h_n, grad_c_n, c0, w_hh, mask, reserve, out;
+  Buf<const void> grad_out, grad_h_n, grad_c_n, h0, c0, w_hh, mask, reserve, out;
   Buf<const int64_t> lengths;
   Buf<void> dgx, dghn, grad_hx, grad_cx;
 };
