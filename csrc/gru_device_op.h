@@ -259,13 +259,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward(
 // caller (gru_torch/ops.py) makes gx and turns grad_gx, the reserve and the output into
 // the weights' gradients, as for the CPU family op. Every cell, with one recurrent mask
 // for every gate (the GRU comes here for what the GRU op lacks: the hard sigmoids, input
-// masks of two directions). The reserve is the CPU family op's (csrc/cpu/family.h): GRU
-// r, z, n, gh_n or q; LSTM i, f, g, o, c; RNN none; the backward reads h_prev from the
-// output.
+// masks of two directions). The reserve holds the CPU family op's slots (csrc/cpu/family.h):
+// GRU r, z, n, gh_n or q; LSTM i, f, g, o, c; RNN none. The GRU runs the GRU op's kernels,
+// which keep h_prev after them (one kernel per GRU cell, not two); the other cells'
+// backward reads h_prev from the output.
 
-// Reserve values per (row, unit) a step (csrc/cpu/family.h, reserve_slots).
+// Reserve values per (row, unit) a step (gru_torch/ops.py, DEVICE_FAMILY_RESERVE_SLOTS).
 inline int64_t family_slots(int64_t cell) {
-  return cell == plan::kLstm ? 5 : plan::is_gru(int(cell)) ? 4 : 0;
+  return cell == plan::kLstm || plan::is_gru(int(cell)) ? 5 : 0;
 }
 
 // The shape of a family op call, from its checked arguments.
@@ -364,7 +365,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> family_forward(
   r.hidden = int(s.H);
   r.dirs = int(s.D);
   r.cell = int(cell);
-  r.keep_prev = false;
+  r.keep_prev = plan::is_gru(int(cell));
   r.gx_at = family_layout(s);
   r.gate = int(gate);
   r.gx = cbuf(gx);
@@ -420,7 +421,7 @@ std::tuple<Tensor, Tensor, Tensor> family_backward(
   r.hidden = int(s.H);
   r.dirs = int(s.D);
   r.cell = int(cell);
-  r.keep_prev = false;
+  r.keep_prev = plan::is_gru(int(cell));
   r.dgx_at = family_layout(s);
   r.gate = int(gate);
   r.grad_out = cbuf(grad_output);

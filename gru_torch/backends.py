@@ -40,6 +40,7 @@ class Config:
     input_dropout: bool = False      # Keras's `dropout` (masks on each layer's input)
     proj: bool = False               # an LSTM with projections
     directions: int = 1              # 2: bidirectional
+    hidden: int = 0                  # the hidden size (0: not known)
 
     @property
     def nn_name(self) -> str:
@@ -97,7 +98,12 @@ def fused_reason(cfg: Config) -> str | None:
                                cfg.proj, cfg.directions, cfg.device)
     if cfg.device.type == "meta" and _ext.status().loaded:
         return cell_why  # meta tensors carry shapes only: the op's fake kernel gives any dtype's
-    return ops.unsupported_reason(cfg.device, cfg.dtype) or cell_why
+    why = ops.unsupported_reason(cfg.device, cfg.dtype) or cell_why
+    if why is None and cfg.hidden:
+        why = ops.device_family_reason(cfg.cell, cfg.dropout_active, cfg.masks,
+                                       cfg.input_dropout, cfg.directions, cfg.device,
+                                       cfg.dtype, cfg.hidden)
+    return why
 
 
 def _fallback(cfg: Config, cudnn_why: str | None) -> str:

@@ -200,7 +200,7 @@ class RNNCellBase(nn.Module):
             masks = self.dropout_masks if mask is not None and mask.shape[1] > 1 else "shared"
             cfg = backends.Config(input.device, input.dtype, self.cell, mask is not None,
                                   backends.active_transform([input, hx, cx, w_ih, w_hh, b_ih, b_hh]),
-                                  masks)
+                                  masks, hidden=self.hidden_size)
             backend = backends.resolve(self.backend, cfg)
         if backend == "cudnn":
             if not self._two_biases and b_ih is not None:

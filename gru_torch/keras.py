@@ -322,7 +322,8 @@ def _make_classes() -> dict[str, type]:
             per_gate = any(m is not None and m.shape[2] > 1 for m in (in_mask, rec_mask))
             cfg = backends.Config(x.device, dtype, spec, in_mask is not None or rec_mask is not None,
                                   backends.active_transform((x, h0)),
-                                  "per_gate" if per_gate else "shared", in_mask is not None)
+                                  "per_gate" if per_gate else "shared", in_mask is not None,
+                                  hidden=h0.shape[-1])
             backend = backends.resolve("auto", cfg)
             last, outputs, h_n, c_n = run_layer(
                 spec, x, h0, c0, weights, in_mask, rec_mask, runs, self.go_backwards,

@@ -16,7 +16,7 @@ import functools
 import torch
 from torch import Tensor
 
-from . import _backward_autograd, _ext, testing
+from . import _backward_autograd, _ext, device_plan, testing
 from .cellspec import Cell
 
 # Devices and dtypes the compiled kernels implement: the C++ CPU op, and the CUDA
@@ -80,6 +80,25 @@ def gru_op_reason(cell: Cell, dropout_active: bool, masks: str, input_dropout: b
     return None
 
 
+def device_family_reason(cell: Cell, dropout_active: bool, masks: str, input_dropout: bool,
+                         directions: int, device: torch.device, dtype: torch.dtype,
+                         hidden: int) -> str | None:
+    """On a GPU (or the emulated one), why the family op's persistent kernels cannot run
+    a layer that only they can run (the GRU op's per-step path covers every other GRU),
+    or None: csrc/device/gru_plan.h's choice, known before the call."""
+    on_device = device.type == "cuda" or emulating(device)
+    if not on_device or gru_op_reason(cell, dropout_active, masks, input_dropout,
+                                      directions) is None:
+        return None
+    emulated = testing.active() if device.type == "cpu" else None
+    sm, smem = device_plan.device_limits(device, emulated.gpu if emulated else None)
+    why = device_plan.persistent_reason(cell_code(cell), dtype, hidden, sm, smem,
+                                        device_plan.allow_tf32())
+    return None if why is None else (
+        f"the fused {cell.describe()} has the persistent CUDA kernels alone, which cannot "
+        f"run this layer ({why})")
+
+
 def cell_reason(cell: Cell, dropout_active: bool, masks: str, input_dropout: bool,
                 proj: bool, directions: int = 1,
                 device: torch.device | None = None) -> str | None:
@@ -97,7 +116,6 @@ def cell_reason(cell: Cell, dropout_active: bool, masks: str, input_dropout: boo
             return None  # the family op's kernels
         return (f"the fused {cell.kind.upper()} kernels have one dropout mask for every gate, "
                 f"not one per gate, on {'a GPU' if device.type != 'cpu' else 'the emulated GPU'} yet")
-        return f"{why} on {'a GPU' if device.type != 'cpu' else 'the emulated GPU'} yet"
     return None
 
 
@@ -230,6 +248,15 @@ def gru_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tenso
 # The family op's cell and gate codes (csrc/cpu/family.h).
 GATE_CODES = {"sigmoid": 0, "hard_sigmoid_keras2": 1, "hard_sigmoid_keras3": 2}
 FAMILY_RESERVE_SLOTS = (4, 4, 5, 0, 0)  # per cell code: csrc/cpu/family.h, reserve_slots
+# On a device (and emulated) the GRU's kernels are the GRU op's, which keep h_prev after the
+# cell's slots (csrc/gru_device_op.h, family_slots).
+DEVICE_FAMILY_RESERVE_SLOTS = (5, 5, 5, 0, 0)
+
+
+def family_reserve_slots(cell: int, device: torch.device, emulated: bool) -> int:
+    """Reserve values per (row, unit) a step of the family op for a cell code."""
+    on_cpu = device.type == "cpu" and not emulated
+    return (FAMILY_RESERVE_SLOTS if on_cpu else DEVICE_FAMILY_RESERVE_SLOTS)[cell]
 
 
 def cell_code(cell: Cell) -> int:
@@ -240,10 +267,12 @@ def cell_code(cell: Cell) -> int:
     return 3 if cell.activation == "tanh" else 4
 
 
-def _family_fake(gx, hx, cx, w_hh, b_hn, mask, lengths, cell, gate, need_reserve):
+def _family_fake(gx, hx, cx, w_hh, b_hn, mask, lengths, cell, gate, need_reserve,
+                 emulated=False):
     T, B, D, G = gx.shape
     H = hx.shape[-1]
-    res = (D, T, B, FAMILY_RESERVE_SLOTS[cell] * H) if need_reserve else (0,)
+    slots = family_reserve_slots(cell, gx.device, emulated)
+    res = (D, T, B, slots * H) if need_reserve else (0,)
     return (gx.new_empty((T, B, D * H)), hx.new_empty(hx.shape),
             hx.new_empty(hx.shape) if cx is not None else hx.new_empty((0,)), gx.new_empty(res))
 
@@ -339,7 +368,7 @@ def _family_weight_grads(code: int, g_gx: Tensor, reserve: Tensor, output: Tenso
                 blocks.append(product(dgh_n if (code == 0 and k == 2)
                                       else dgh[..., k * H:(k + 1) * H], k))
         if code == 1:  # n: the operand q = r * h_prev * mask_n, which the reserve keeps
-            q = reserve[d, ..., 3 * H:]
+            q = reserve[d, ..., 3 * H:4 * H]
             blocks.append(dgh[..., 2 * H:].reshape(-1, H).t() @ q.reshape(-1, H))
         g_w.append(torch.cat(blocks) if len(blocks) > 1 else blocks[0])
     return torch.stack(g_w), (torch.stack(g_b) if want_b_hn else None)
@@ -418,7 +447,8 @@ def _register_family() -> None:
     for suffix, emulated in (("", False), ("_emulated", True)):
         if emulated and not hasattr(torch.ops.gru_torch, "family_layer_emulated"):
             continue  # (a build without the emulator)
-        torch.library.register_fake(f"gru_torch::family_layer{suffix}")(_family_fake)
+        torch.library.register_fake(f"gru_torch::family_layer{suffix}")(
+            functools.partial(_family_fake, emulated=emulated))
         torch.library.register_fake(f"gru_torch::family_layer_backward{suffix}")(
             _family_backward_fake)
         torch.library.register_autograd(f"gru_torch::family_layer{suffix}", _family_backward,

@@ -186,7 +186,7 @@ class RNNBase(nn.Module):
                                   (getattr(self, n) for n in self._flat_weights_names))
         return backends.Config(call.x.device, call.x.dtype, self.cell, recurrent or inputs,
                                backends.active_transform(tensors), self.dropout_masks, inputs,
-                               self.proj_size > 0, self.num_directions)
+                               self.proj_size > 0, self.num_directions, self.hidden_size)
 
     def training_config(self, device: torch.device | None = None) -> backends.Config:
         """What a training call of this module on `device` asks of the backends."""
@@ -194,7 +194,7 @@ class RNNBase(nn.Module):
         inputs = self.input_dropout > 0
         return backends.Config(w.device if device is None else device, w.dtype, self.cell,
                                inputs or self.recurrent_dropout > 0, None, self.dropout_masks,
-                               inputs, self.proj_size > 0, self.num_directions)
+                               inputs, self.proj_size > 0, self.num_directions, self.hidden_size)
 
     def _initial_states(self, call: _inputs.Call) -> tuple[Tensor, Tensor | None]:
         """The call's (h0, c0), zeros where it gave none; c0 is None without a cell state."""

@@ -140,9 +140,9 @@ def step_loops(instrs: list[tuple[int, str]]) -> list[tuple[int, int]]:
 
 def threads_of(name: str) -> int:
     """Block size of a kernel, from its template arguments where the name says it."""
-    m = re.search(r"Config<[^>]*?, (\d+), (\d+), (\d+), (?:true|false), (?:true|false)(?:, \d+)?>", name)
+    m = _CONFIG.search(name)
     if m:
-        return 32 * int(m.group(2))
+        return 32 * int(m.group("warps"))
     if "gru_step" in name:
         return 256
     if "selftest" in name:
@@ -190,9 +190,12 @@ def rules(k: Kernel, arch: str = "sm_90") -> list[str]:
     problems = []
     persistent = "gru_forward" in k.name or "gru_backward" in k.name
     if persistent and cluster_of(k.name) > 1 and arch == "sm_80":
-        # Clusters need sm_90: on sm_80 the body traps and is never launched (the plan).
+        # Clusters need sm_90: on sm_80 the kernel is a trap alone (gru_persistent.cuh),
+        # never launched (the plan); a body compiled there only costs build time.
         if k.spills:
             problems.append(f"{k.spills} LDL/STL")
+        if k.hmma or k.step_loops:
+            problems.append("a cluster kernel compiled with its body for sm_80, where it never runs")
     elif persistent:
         if k.loop_spills:
             problems.append(f"{k.loop_spills} LDL/STL in a step loop")

@@ -298,3 +298,43 @@ def test_opcheck_family_layer_emulated(act):
         args = [t.requires_grad_() if t is not None else None for t in (gx, hx, cx, w_hh)]
         torch.library.opcheck(torch.ops.gru_torch.family_layer_emulated.default,
                               (*args, None, mask, lengths, ops.cell_code(cell), 0, True))
+
+
+@pytest.mark.parametrize("gpu", ["a100", "h100"])
+def test_the_python_plan_agrees_with_the_ops(gpu):
+    """gru_torch.device_plan, which backend="auto" asks before a call, says a layer has
+    no persistent kernel exactly where csrc/device/gru_plan.h (the op's own choice) says
+    so: every cell, dtype, TF32 setting and size from 2 to 260."""
+    from gru_torch import device_plan
+
+    sm, smem = device_plan.EMULATED_GPUS[gpu]
+    for cell, dtype, tf32, H in itertools.product(
+            range(5), ["float32", "float64", "bfloat16", "float16"], [True, False],
+            list(range(2, 261, 2)) + [7, 33, 129, 255]):
+        why = device_plan.persistent_reason(cell, getattr(torch, dtype), H, sm, smem, tf32)
+        try:
+            lines = torch.ops.gru_torch._gru_launch_check(dtype, H, 16, 4, 1, cell, tf32, gpu)
+            persistent = any("forward" in line.split()[0] for line in lines)
+        except (ValueError, RuntimeError) as e:
+            assert "no CUDA path" in str(e), e
+            persistent = False
+        assert (why is None) == persistent, (cell, dtype, tf32, H, why, gpu)
+
+
+def test_auto_falls_back_where_the_kernels_cannot_run():
+    """On the (emulated) GPU, a hard-sigmoid LSTM in float64, which cuDNN cannot compute
+    and the persistent kernels cannot run, takes the reference loop under backend="auto"
+    rather than failing; backend="fused" names why it cannot."""
+    with device_for("emulated", True) as device:
+        lstm = gru_torch.LSTM(4, 6, recurrent_activation="hard_sigmoid_keras2").double()
+        ref = gru_torch.LSTM(4, 6, recurrent_activation="hard_sigmoid_keras2",
+                             backend="reference").double()
+        ref.load_state_dict(lstm.state_dict())
+        x = torch.randn(3, 2, 4, dtype=torch.float64, device=device)
+        with pytest.warns(UserWarning, match="reference loop.*float64 has no tensor-core path"):
+            out, _ = lstm(x)
+        torch.testing.assert_close(out, ref(x)[0])
+        fused = gru_torch.LSTM(4, 6, recurrent_activation="hard_sigmoid_keras2",
+                               backend="fused").double()
+        with pytest.raises(RuntimeError, match="persistent CUDA kernels alone.*float64"):
+            fused(x)

@@ -110,9 +110,9 @@ void backward_as(const gru_torch::raw::Backward& r, Stream st) {
 }
 
 // Calls f.template operator()<HP, Cell, KeepPrev>() (a template lambda) for the padded
-// size and cell. The GRU op's cells keep h_prev in the reserve; the family op's cells
-// (every one: the GRU there for its hard sigmoids) keep what the CPU family op keeps. HP = 256 (a cluster of two) exists for 16-bit
-// operands only.
+// size and cell. The GRU's kernels keep h_prev in the reserve, for the GRU op and the
+// family op alike (one instantiation per GRU cell); the LSTM's and the RNNs' keep the
+// CPU family op's slots. HP = 256 (a cluster of two) exists for 16-bit operands only.
 template <class Op, class F>
 void with_shape(int hp, int cell, bool keep_prev, F&& f) {
   namespace pl = gru_torch::plan;
@@ -123,8 +123,6 @@ void with_shape(int hp, int cell, bool keep_prev, F&& f) {
     if (!keep_prev && cell == pl::kRnnTanh) return f.template operator()<HP, RnnTanh, false>();
     if (!keep_prev && cell == pl::kRnnRelu) return f.template operator()<HP, RnnRelu, false>();
     if (!keep_prev && cell == pl::kLstm) return f.template operator()<HP, Lstm, false>();
-    if (!keep_prev && cell == pl::kGruAfter) return f.template operator()<HP, GruAfter, false>();
-    if (!keep_prev && cell == pl::kGruBefore) return f.template operator()<HP, GruBefore, false>();
     throw std::invalid_argument("gru: no persistent kernel for cell " + std::to_string(cell) +
                                 (keep_prev ? " in the GRU op" : " in the family op"));
   };

@@ -23,10 +23,10 @@
 //     GEMMs and two barriers a step (h~ tile, then q = r * h~ tile).
 //   * Backward is the same machine in reverse: W_hh as the [G -> H] operand, the gate
 //     gradients (dgh) through a shared tile, dh carried in fp32 registers.
-//   * Two reserve layouts: the GRU op's (gru_layer) keeps h_prev after the cell's
-//     slots (kKeepPrev); the family op's (family_layer) keeps the cell's slots only,
-//     as the CPU family op does, and the backward reads what else it needs from the
-//     forward's output.
+//   * Two reserve layouts: the GRU's kernels keep h_prev after the cell's slots
+//     (kKeepPrev), in the GRU op (gru_layer) and the family op (family_layer) alike;
+//     the LSTM's and the RNNs' keep the cell's slots only, as the CPU family op does,
+//     and their backward reads h_prev from the forward's output.
 // Every per-step global load is issued one step ahead, so it lands while the GEMM
 // and the barrier run.
 #pragma once
@@ -380,7 +380,7 @@ struct Prologue {
 
 // ---------------------------------------------------------------- forward
 template <class C>
-__global__ void __launch_bounds__(C::kThreads, 1) gru_forward(FwdArgs<typename C::T> p) {
+GT_DEV void forward_steps(FwdArgs<typename C::T> p) {
   using T = typename C::T;
   using Elem = typename C::Elem;
   using Cell = typename C::Cell;
@@ -549,7 +549,7 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_forward(FwdArgs<typename C
 
 // ---------------------------------------------------------------- backward
 template <class C>
-__global__ void __launch_bounds__(C::kThreads, 1) gru_backward(BwdArgs<typename C::T> p) {
+GT_DEV void backward_steps(BwdArgs<typename C::T> p) {
   using T = typename C::T;
   using Cell = typename C::Cell;
   constexpr int NJ = C::kNJ, HP = C::kHP, KT = C::kKT, G = C::kGates, S = Cell::kSlots, R = C::kResSlots;
@@ -741,6 +741,22 @@ __global__ void __launch_bounds__(C::kThreads, 1) gru_backward(BwdArgs<typename 
         if constexpr (Cell::kHasC)
           store_pair(p.grad_cx, d * B * H + o_bh[h] + 8 * j, dcc[j][2 * h], dcc[j][2 * h + 1]);
       }
+}
+
+// ---------------------------------------------------------------- the kernels
+// A cluster kernel (HP = 256) in a pass for a GPU without clusters (nvcc's sm_80 code) is
+// a trap alone: the plan never launches it there (gru_plan.h), and its body would only
+// cost compile time and registers.
+template <class C>
+__global__ void __launch_bounds__(C::kThreads, 1) gru_forward(FwdArgs<typename C::T> p) {
+  if constexpr (C::kCluster > 1 && !GT_HAS_CLUSTERS) __trap();
+  else forward_steps<C>(p);
+}
+
+template <class C>
+__global__ void __launch_bounds__(C::kThreads, 1) gru_backward(BwdArgs<typename C::T> p) {
+  if constexpr (C::kCluster > 1 && !GT_HAS_CLUSTERS) __trap();
+  else backward_steps<C>(p);
 }
 
 }  // namespace gru

@@ -23,8 +23,8 @@ struct Layout {
   int row = 0, gate = 0;
 };
 
-// cell: plan::Cell. keep_prev: the GRU op's reserve (the cell's slots, then h_prev);
-// else the family op's (the cell's slots only).
+// cell: plan::Cell. keep_prev: the cell's slots, then h_prev (the GRU's kernels, in either
+// op); else the cell's slots only (the LSTM's and the RNNs').
 struct Forward {
   int steps, batch, hidden, dirs;
   int cell;

@@ -22,6 +22,14 @@
 #include <cstdint>
 #include <type_traits>
 
+// Whether this pass's code can run thread-block clusters: nvcc's sm_90+ code and the host
+// compiler's (the emulator); not nvcc's sm_80 code.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define GT_HAS_CLUSTERS 0
+#else
+#define GT_HAS_CLUSTERS 1
+#endif
+
 #if defined(__CUDACC__)
 // ================================================================ real CUDA
 #include <cooperative_groups.h>
