@@ -31,12 +31,18 @@ from gru_torch.data import imdb  # noqa: E402
 from gru_torch.data.sequence import pad_sequences  # noqa: E402
 from gru_torch.train import load_checkpoint, model_from_checkpoint  # noqa: E402
 
-MARGIN = 4.0  # sigmoid(-4) = 0.018
+MARGIN = 4.0  # sigmoid(-4) = 0.018; tanh(4) within 0.0007 of 1
+# Where a hard sigmoid's clip holds: exactly saturated past it (Keras 2: 0.2x + 0.5;
+# Keras 3: x/6 + 0.5).
+HARD_MARGIN = {"hard_sigmoid_keras2": 2.5, "hard_sigmoid_keras3": 3.0}
 
 
 def saturation(layer, ids: np.ndarray) -> dict:
     """Per gate (r, z, n) of the first GRU layer: the share of (real word, unit) pairs whose
-    input term alone saturates the gate, whatever the recurrent state."""
+    input term alone saturates the gate, whatever the recurrent state. The r and z gates
+    take the layer's gate function (a hard sigmoid saturates exactly past its clip), the
+    candidate n a tanh."""
+    gate_margin = HARD_MARGIN.get(layer.cell.recurrent_activation, MARGIN)
     w = layer.weight_ih_l0.detach()[:, 0].double()            # [3H]
     b = layer.bias_ih_l0.detach().double()
     bound = layer.weight_hh_l0.detach().double().abs().sum(1)  # max |recurrent term|
@@ -46,7 +52,8 @@ def saturation(layer, ids: np.ndarray) -> dict:
     for g, name in enumerate("rzn"):
         sl = slice(g * H, (g + 1) * H)
         pre = words[:, None] * w[None, sl] + b[None, sl]
-        out[name] = float((pre.abs() > bound[None, sl] + MARGIN).double().mean())
+        margin = MARGIN if name == "n" else gate_margin
+        out[name] = float((pre.abs() > bound[None, sl] + margin).double().mean())
     return out
 
 

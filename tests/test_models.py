@@ -87,3 +87,26 @@ def test_rawids_diagnosis_counts_only_gates_saturated_whatever_the_state():
     ids = np.array([[0, 0, 3, 5], [6, 100, 0, 0]])  # pads (0) are left out
     # saturated where id > 1 + 4: ids 6 and 100 of the real words 3, 5, 6, 100
     assert diag.saturation(layer, ids) == {"r": 0.5, "z": 0.5, "n": 0.5}
+
+
+def test_rawids_diagnosis_uses_the_hard_sigmoids_clip():
+    """With Keras 2's hard sigmoid (notebook B's gates), r and z saturate exactly past
+    |x| = 2.5, so the margin over the recurrent bound is 2.5; the candidate's tanh keeps 4."""
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+
+    from gru_torch import GRU
+    path = Path(__file__).resolve().parents[1] / "scripts" / "diagnose_rawids.py"
+    spec = importlib.util.spec_from_file_location("diagnose_rawids", path)
+    diag = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diag)
+    layer = GRU(1, 2, reset_after=False, recurrent_activation="hard_sigmoid_keras2")
+    with torch.no_grad():
+        layer.weight_ih_l0.fill_(1.0)
+        layer.bias_ih_l0.zero_()
+        layer.weight_hh_l0.fill_(0.5)   # |recurrent term| <= 1
+    ids = np.array([[4, 3, 6, 100]])
+    # r, z: saturated where id > 1 + 2.5 (4, 6, 100); n: where id > 1 + 4 (6, 100)
+    assert diag.saturation(layer, ids) == {"r": 0.75, "z": 0.75, "n": 0.5}
