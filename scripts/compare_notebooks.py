@@ -132,17 +132,24 @@ def expected_epochs(name: str, args) -> int:
 
 
 def measured_epoch_seconds() -> tuple[dict[str, float], str | None]:
-    """Fused seconds per epoch per preset on this CPU, from the newest epoch-seconds file
-    whose CPU is this one; ({}, None) where there is none."""
+    """Fused seconds per epoch per preset on this CPU: each preset's figure from the newest
+    epoch-seconds file of this CPU that has it (a file may hold some presets only); and
+    the files' names, or ({}, None) where there is none."""
     cpu = machine.cpu_model()
     files = sorted(RESULTS.glob("epoch-seconds-*.json"), key=lambda p: p.stat().st_mtime,
                    reverse=True)
+    seconds: dict[str, float] = {}
+    used = []
     for f in files:
         meta = json.loads(f.read_text())
-        if meta.get("cpu") == cpu:
-            return ({r["preset"]: r["fused_epoch_s"] or r["baseline_epoch_s"]
-                     for r in meta["rows"]}, f.name)
-    return {}, None
+        if meta.get("cpu") != cpu:
+            continue
+        new = {r["preset"]: r["fused_epoch_s"] or r["baseline_epoch_s"]
+               for r in meta["rows"] if r["preset"] not in seconds}
+        if new:
+            seconds.update(new)
+            used.append(f.name)
+    return seconds, (", ".join(used) if used else None)
 
 
 def estimate(todo: list[tuple[str, int]], args) -> str:

@@ -377,3 +377,29 @@ def test_compare_notebooks_same_run_whatever_the_data_path_looks_like():
     relative = ["python", "train.py", *tail, "../shared/imdb.tar.gz", "--out", "runs/b"]
     assert mod.settings(absolute) == mod.settings(relative) == [*tail, "--out"]
     assert mod.settings([*relative, "--epochs", "2"]) != mod.settings(relative)
+
+
+def test_compare_notebooks_estimate_takes_each_preset_from_the_newest_file_that_has_it(
+        tmp_path, monkeypatch):
+    """A later epoch-seconds file with one preset (a rerun) does not hide the others."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "compare_notebooks", ROOT / "scripts" / "compare_notebooks.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cpu = mod.machine.cpu_model()
+    full = tmp_path / "epoch-seconds-full.json"
+    full.write_text(json.dumps({"cpu": cpu, "rows": [
+        {"preset": "gru128", "fused_epoch_s": 25.0, "baseline_epoch_s": 150.0},
+        {"preset": "lstm128", "fused_epoch_s": 29.0, "baseline_epoch_s": 100.0}]}))
+    rerun = tmp_path / "epoch-seconds-rerun.json"
+    rerun.write_text(json.dumps({"cpu": cpu, "rows": [
+        {"preset": "gru128", "fused_epoch_s": 19.0, "baseline_epoch_s": 115.0}]}))
+    os.utime(full, (1, 1))  # the older of the two
+    other = tmp_path / "epoch-seconds-other-cpu.json"
+    other.write_text(json.dumps({"cpu": cpu + " (another)", "rows": [
+        {"preset": "rnn128", "fused_epoch_s": 1.0, "baseline_epoch_s": 1.0}]}))
+    monkeypatch.setattr(mod, "RESULTS", tmp_path)
+    seconds, source = mod.measured_epoch_seconds()
+    assert seconds == {"gru128": 19.0, "lstm128": 29.0}
+    assert source == "epoch-seconds-rerun.json, epoch-seconds-full.json"
