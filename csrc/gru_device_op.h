@@ -339,6 +339,19 @@ inline raw::Layout family_layout(const FamilyShape& s) {
   return {s.G, s.B * s.D * s.G, int(s.D * s.G), int(s.H)};
 }
 
+// What a family call's kernel arguments (raw::Forward or raw::Backward) share: the
+// sizes, the cell and its reserve layout, the gate function.
+template <class Raw>
+void set_family_call(Raw& r, const FamilyShape& s, int64_t cell, int64_t gate) {
+  r.steps = int(s.T);
+  r.batch = int(s.B);
+  r.hidden = int(s.H);
+  r.dirs = int(s.D);
+  r.cell = int(cell);
+  r.keep_prev = plan::is_gru(int(cell));
+  r.gate = int(gate);
+}
+
 template <class Dev>
 std::tuple<Tensor, Tensor, Tensor, Tensor> family_forward(
     const Tensor& gx_, const Tensor& hx_, const OptTensor& cx_, const Tensor& w_hh_,
@@ -360,14 +373,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> family_forward(
   if (Dev::poison()) poison({out, h_n, c_n, reserve});
   if (s.B == 0) return {out, h_n, c_n, reserve};
   raw::Forward r;
-  r.steps = int(s.T);
-  r.batch = int(s.B);
-  r.hidden = int(s.H);
-  r.dirs = int(s.D);
-  r.cell = int(cell);
-  r.keep_prev = plan::is_gru(int(cell));
+  set_family_call(r, s, cell, gate);
   r.gx_at = family_layout(s);
-  r.gate = int(gate);
   r.gx = cbuf(gx);
   r.w_hh = cbuf(w_hh);
   r.h0 = cbuf(hx);
@@ -416,14 +423,8 @@ std::tuple<Tensor, Tensor, Tensor> family_backward(
   if (Dev::poison()) poison({g_gx, g_hx, g_cx});
   if (s.B == 0) return {g_gx, g_hx.zero_(), g_cx.zero_()};
   raw::Backward r;
-  r.steps = int(s.T);
-  r.batch = int(s.B);
-  r.hidden = int(s.H);
-  r.dirs = int(s.D);
-  r.cell = int(cell);
-  r.keep_prev = plan::is_gru(int(cell));
+  set_family_call(r, s, cell, gate);
   r.dgx_at = family_layout(s);
-  r.gate = int(gate);
   r.grad_out = cbuf(grad_output);
   r.grad_h_n = cbuf(grad_h_n);
   r.grad_c_n = cbuf(grad_c_n);
