@@ -9,6 +9,8 @@ that the two agree on every cell, dtype and size, on both emulated GPUs.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 CELL_GATES = (3, 3, 4, 1, 1)  # per family cell code: GRU (after, before), LSTM, RNN tanh, relu
@@ -65,9 +67,10 @@ def allow_tf32() -> bool:
         return bool(torch.backends.cudnn.allow_tf32)
 
 
+@functools.lru_cache(maxsize=None)
 def device_limits(device: torch.device, gpu: str | None = None) -> tuple[int, int]:
     """(compute capability x 10, opt-in shared memory per block) of a CUDA device, or of
-    the emulated GPU `gpu`."""
+    the emulated GPU `gpu`; asked once per device (a module asks on every call)."""
     if gpu is not None:
         return EMULATED_GPUS[gpu]
     props = torch.cuda.get_device_properties(device)
