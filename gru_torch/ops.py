@@ -277,6 +277,15 @@ def _family_fake(gx, hx, cx, w_hh, b_hn, mask, lengths, cell, gate, need_reserve
             hx.new_empty(hx.shape) if cx is not None else hx.new_empty((0,)), gx.new_empty(res))
 
 
+def _family_x_fake(x, w_ih, bias, hx, cx, w_hh, mask, lengths, cell, gate, need_reserve):
+    T, B, _ = x.shape
+    D, _, H = hx.shape
+    slots = family_reserve_slots(cell, x.device, False)
+    res = (D, T, B, slots * H) if need_reserve else (0,)
+    return (x.new_empty((T, B, D * H)), hx.new_empty(hx.shape),
+            hx.new_empty(hx.shape) if cx is not None else hx.new_empty((0,)), x.new_empty(res))
+
+
 def _family_backward_fake(grad_output, grad_h_n, grad_c_n, gx, hx, cx, w_hh, b_hn, mask,
                           lengths, cell, gate, reserve, output):
     return (gx.new_empty(gx.shape), hx.new_empty(hx.shape),
@@ -454,6 +463,8 @@ def _register_family() -> None:
         torch.library.register_autograd(f"gru_torch::family_layer{suffix}", _family_backward,
                                         setup_context=functools.partial(_family_setup,
                                                                         emulated=emulated))
+    # inference only: no autograd formula (training takes gx, family_layer)
+    torch.library.register_fake("gru_torch::family_layer_x")(_family_x_fake)
     _family_registered = True
 
 
@@ -483,6 +494,36 @@ def family_layer(cell: Cell, gx: Tensor, hx: Tensor, cx: Tensor | None, w_hh: Te
     out, h_n, c_n, _ = _family_op(emulating(gx.device))(
         gx, hx, cx, w_hh, b_hn, mask, lengths, cell_code(cell),
         GATE_CODES.get(cell.recurrent_activation, 0), need_reserve)
+    return out, h_n, (c_n if cx is not None else None)
+
+
+def _projects_in_loop(cell: Cell, input: Tensor, input_mask: Tensor | None,
+                      tensors: tuple) -> bool:
+    """Whether a layer's forward runs on family_layer_x, which computes each step's input
+    projection in the registers of its recurrent product and never stores gx: the LSTM
+    and the RNNs on the CPU, without input masks, where nothing needs a gradient
+    (inference). Training keeps gx, whose gradient the weight gradients need anyway."""
+    if cell.kind == "gru" or input_mask is not None or input.device.type != "cpu":
+        return False
+    if (emulating(input.device) or torch.compiler.is_compiling()
+            or torch._C._functorch.peek_interpreter_stack() is not None):
+        return False
+    return not (torch.is_grad_enabled()
+                and any(t is not None and t.requires_grad for t in tensors))
+
+
+def family_layer_x(cell: Cell, input: Tensor, w_ih: Tensor, bias: Tensor | None, hx: Tensor,
+                   cx: Tensor | None, w_hh: Tensor, mask: Tensor | None,
+                   lengths: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The family op's forward from the input (csrc/cpu/family_layer.cpp, family_layer_x),
+    for inference: the results of family_layer on gx = input W_ih^T + bias, to rounding."""
+    if not _ext.status().loaded:
+        raise RuntimeError(f"gru_torch: the fused op is unavailable: {_ext.status().reason}. "
+                           + _ext.HOW_TO_BUILD)
+    _register_family()
+    out, h_n, c_n, _ = torch.ops.gru_torch.family_layer_x(
+        input, w_ih, bias, hx, cx, w_hh, mask, lengths, cell_code(cell),
+        GATE_CODES.get(cell.recurrent_activation, 0), False)
     return out, h_n, (c_n if cx is not None else None)
 
 
@@ -636,9 +677,11 @@ def rnn_layer(cell: Cell, input: Tensor, hx: Tensor, cx: Tensor | None, w_ih: Te
             b_hn = b_hh[:, 2 * H:]
             b_hh = torch.cat([b_hh[:, :2 * H], torch.zeros_like(b_hn)], 1)
         bias = b_hh if bias is None else bias + b_hh
+    if recurrent_mask is not None and recurrent_mask.dim() == 3:
+        recurrent_mask = recurrent_mask.unsqueeze(2)
+    if _projects_in_loop(cell, input, input_mask, (input, hx, cx, w_ih, w_hh, bias)):
+        return family_layer_x(cell, input, w_ih, bias, hx, cx, w_hh, recurrent_mask, lengths)
     # in the layer's dtype, as the op computes it (CPU autocast would make it bfloat16)
     with torch.autocast("cpu", enabled=False) if input.device.type == "cpu" else contextlib.nullcontext():
         gx = _input_projection(cell, input, w_ih, bias, input_mask)
-    if recurrent_mask is not None and recurrent_mask.dim() == 3:
-        recurrent_mask = recurrent_mask.unsqueeze(2)
     return family_layer(cell, gx, hx, cx, w_hh, b_hn, recurrent_mask, lengths)

@@ -149,6 +149,28 @@ def test_avx512_and_avx2_give_the_same_bits(cell, D, masks, dtype, restore_capab
             torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13, msg=f"result {i}")
 
 
+X_CASES = [(cell, D, masks) for cell in CELLS if cell.kind != "gru" for D in (1, 2)
+           for masks in (None, "shared", "per_gate")]
+
+
+@needs_avx512
+@pytest.mark.parametrize("cell, D, masks", X_CASES,
+                         ids=[f"{c.describe()}-{D}-{m}" for c, D, m in X_CASES])
+def test_the_inference_forward_gives_the_same_bits(cell, D, masks, restore_capability):
+    """The LSTM's and the RNNs' inference forward (family_layer_x, the input projection
+    in the step's GEMM) on both copies: the same bits."""
+    args = list(_args(cell, D, masks, torch.float32))
+    args[9] = None  # no input masks: inference takes family_layer_x
+    results = []
+    for capability in ("avx2", "avx512"):
+        gru_torch.set_cpu_capability(capability)
+        with torch.no_grad():
+            out, h_n, c_n = ops.rnn_layer(*args)
+        results.append([out, h_n] + ([c_n] if c_n is not None else []))
+    for i, (a, b) in enumerate(zip(*results)):
+        assert torch.equal(a, b), f"result {i}: max difference {(a - b).abs().max().item():.3g}"
+
+
 # ---- no AVX-512 instruction outside the AVX-512 copy
 
 # A register only AVX-512 has: zmm, xmm/ymm 16-31, or a mask register k0-k7.

@@ -278,3 +278,103 @@ def test_every_preset_trains_on_the_fused_op():
         assert layers, name
         for m in layers:
             assert backends.fused_reason(m.training_config(torch.device("cpu"))) is None, name
+
+
+# ---- the forward from the input (family_layer_x), which inference runs
+
+def _x_inputs(code: int, gate: int, D: int, M: int, bias: bool, lengths: bool, Hn: int = 7):
+    """x, w_ih, bias and the rest of family_layer's arguments, M masks a row (0: none)."""
+    g = torch.Generator().manual_seed(100 + code * 10 + gate + D)
+    cell = ops._family_cell(code, gate)
+    G = cell.gates * Hn
+
+    def rand(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, dtype=DT) * scale
+
+    mask = (torch.rand(D, B, M, Hn, generator=g, dtype=DT) > 0.3).to(DT) / 0.7 if M else None
+    lens = torch.randint(1, T + 1, (B,), generator=g) if lengths else None
+    return cell, dict(x=rand(T, B, I), w_ih=rand(D, G, I, scale=0.5),
+                      bias=rand(D, G) if bias else None, hx=rand(D, B, Hn),
+                      cx=rand(D, B, Hn) if cell.has_c else None, w_hh=rand(D, G, Hn, scale=0.5),
+                      mask=mask, lengths=lens)
+
+
+X_CODES = [(2, 0), (2, 1), (2, 2), (3, 0), (4, 0)]
+
+
+@pytest.mark.parametrize("code,gate", X_CODES)
+@pytest.mark.parametrize("D", [1, 2])
+@pytest.mark.parametrize("masks", [None, "shared", "per_gate"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_forward_from_the_input_matches_the_op_on_gx(code, gate, D, masks, bias):
+    """family_layer_x computes each step's input projection in its recurrent GEMM: the
+    same results as family_layer on gx = x W_ih^T + bias, and as the reference loop."""
+    M = {None: 0, "shared": 1, "per_gate": ops._family_cell(code, gate).gates}[masks]
+    cell, a = _x_inputs(code, gate, D, M, bias, lengths=True)
+    gx = torch.einsum("tbi,dgi->tbdg", a["x"], a["w_ih"])
+    if bias:
+        gx = gx + a["bias"]
+    rest = (a["hx"], a["cx"], a["w_hh"], None, a["mask"], a["lengths"])
+    got = ops.family_layer_x(cell, a["x"], a["w_ih"], a["bias"], a["hx"], a["cx"], a["w_hh"],
+                             a["mask"], a["lengths"])
+    on_gx = ops.family_layer(cell, gx.contiguous(), *rest)
+    want = family_layer_reference(cell, gx, *rest)
+    for name, x, y, z in zip(("output", "h_n", "c_n"), got, on_gx, want):
+        if z is None:
+            assert x is None
+            continue
+        assert_close(x, y, atol=1e-12, what=f"{name} against family_layer")
+        assert_close(x, z, atol=1e-12, what=f"{name} against the reference")
+
+
+@pytest.mark.parametrize("kind,extra", [("lstm", {}), ("rnn", {"nonlinearity": "relu"})])
+def test_inference_runs_the_forward_from_the_input(kind, extra, monkeypatch):
+    """Under no_grad (or with nothing requiring a gradient) the LSTM and the RNNs take
+    family_layer_x, with the training forward's values; a training forward, an input
+    mask or a GRU takes gx."""
+    calls = []
+    real = ops.family_layer_x
+    monkeypatch.setattr(ops, "family_layer_x", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    cls = gru_torch.LSTM if kind == "lstm" else gru_torch.RNN
+    m = cls(I, H, num_layers=2, bidirectional=True, backend="fused", **extra).double()
+    x = torch.randn(T, B, I, dtype=DT)
+    train_out, train_state = m(x)
+    assert not calls
+    with torch.no_grad():
+        out, state = m(x)
+    assert len(calls) == 2  # one a layer
+    assert_close(out, train_out.detach(), atol=1e-12, what="output")
+    for s, r in zip(state if isinstance(state, tuple) else (state,),
+                    train_state if isinstance(train_state, tuple) else (train_state,)):
+        assert_close(s, r.detach(), atol=1e-12, what="final state")
+    m.requires_grad_(False)
+    m(x)  # nothing requires a gradient
+    assert len(calls) == 4
+    gru_torch.GRU(I, H, backend="fused", recurrent_activation="hard_sigmoid_keras2")(x.float())
+    assert len(calls) == 4
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda a: a.__setitem__(8, 0), "takes the LSTM and the RNNs"),
+    (lambda a: a.__setitem__(0, a[0][0]), r"x must be \[T, B, I\]"),
+    (lambda a: a.__setitem__(1, a[1][:, :, :-1]), r"w_ih must be \[D, G, I\] with I = x.size\(2\)"),
+    (lambda a: a.__setitem__(1, a[1][:, :-1]), r"w_ih.size\(1\) must be 4 \* hidden_size"),
+    (lambda a: a.__setitem__(2, a[2][:, :-1]), "bias must have shape"),
+    (lambda a: a.__setitem__(3, a[3].float()), "hx has dtype Float but x has dtype Double"),
+    (lambda a: a.__setitem__(0, a[0][:0]), "x has no time steps"),
+])
+def test_the_forward_from_the_input_names_bad_arguments(mutate, match):
+    _, a = _x_inputs(2, 0, 2, 1, True, True)
+    args = [a["x"], a["w_ih"], a["bias"], a["hx"], a["cx"], a["w_hh"], a["mask"], a["lengths"],
+            2, 0, False]
+    mutate(args)
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.gru_torch.family_layer_x(*args)
+
+
+def test_opcheck_of_the_forward_from_the_input():
+    ops._register_family()
+    _, a = _x_inputs(2, 1, 2, 4, True, True)
+    torch.library.opcheck(torch.ops.gru_torch.family_layer_x,
+                          (*a.values(), 2, 1, False))

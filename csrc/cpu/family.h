@@ -42,10 +42,12 @@ constexpr int64_t reserve_slots(int64_t cell) {
   return cell == kGruAfter ? 4 : cell == kGruBefore ? 4 : cell == kLstm ? 5 : 0;
 }
 
-// One call's shape: M recurrent masks per row (0 without them).
+// One call's shape: M recurrent masks per row (0 without them); I the input's width
+// where the loop computes the input projection itself (0 where the caller gave gx).
 struct Shape {
   int64_t T, B, H, D, M;
   int64_t cell, gate;
+  int64_t I = 0;
   int64_t G() const { return gates_of(cell) * H; }
   int64_t S() const { return reserve_slots(cell); }
   // The columns of G whose recurrent product reads h~ (all but the GRU's n with
@@ -55,9 +57,14 @@ struct Shape {
 };
 
 // One call's data; the backward's part is null in the forward, and gx in the backward.
+// The forward takes gx, or (I > 0) x, w_ih and bias, from which each step computes its
+// own rows of gx in the recurrent product's registers.
 template <typename T>
 struct Args {
-  const T* gx;          // [T, B, D, G]
+  const T* gx;          // [T, B, D, G], or null
+  const T* x;           // [T, B, I] or null
+  const T* w_ih;        // [D, G, I] (with x)
+  const T* bias;        // [D, G] or null (with x): b_ih + b_hh
   const T* w_hh;        // [D, G, H]
   const T* b_hn;        // [D, H] or null
   const T* mask;        // [D, B, M, H] or null

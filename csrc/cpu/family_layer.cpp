@@ -43,43 +43,52 @@ const void* ptr_or_null(const Tn& t) {
 }
 
 void check_same(const Tensor& t, const Tensor& like, const char* name, at::IntArrayRef shape,
-                const char* where) {
+                const char* where, const char* lead = "gx") {
   TORCH_CHECK(t.device() == like.device(), where, ": ", name, " is on ", t.device(),
-              " but gx is on ", like.device());
+              " but ", lead, " is on ", like.device());
   TORCH_CHECK(t.scalar_type() == like.scalar_type(), where, ": ", name, " has dtype ",
-              t.scalar_type(), " but gx has dtype ", like.scalar_type());
+              t.scalar_type(), " but ", lead, " has dtype ", like.scalar_type());
   TORCH_CHECK(t.sizes() == shape, where, ": ", name, " must have shape ", shape, ", got ",
               t.sizes());
 }
 
-// Checks every argument; returns the shape (M from the mask).
-Shape check_args(const Tensor& gx, const Tensor& hx, const OptTensor& cx, const Tensor& w_hh,
-                 const OptTensor& b_hn, const OptTensor& mask, const OptTensor& lengths,
-                 int64_t cell, int64_t gate, const char* where) {
+void check_cell_gate(int64_t cell, int64_t gate, const char* where) {
   TORCH_CHECK(cell >= 0 && cell < kCells, where, ": cell must be one of ", kCellNames,
               "; got ", cell);
   TORCH_CHECK(gate >= 0 && gate < kGates, where,
               ": gate must be 0 (sigmoid), 1 (Keras 2's hard sigmoid) or 2 (Keras 3's); got ",
               gate);
-  TORCH_CHECK(gx.dim() == 4, where, ": gx must be [T, B, D, G], got ", gx.sizes());
-  TORCH_CHECK(gx.scalar_type() == at::kFloat || gx.scalar_type() == at::kDouble, where,
-              ": the CPU op computes float32 and float64, not ", gx.scalar_type());
-  TORCH_CHECK(gx.device().is_cpu(), where, ": gx must be a CPU tensor, got ", gx.device());
-  const int64_t T = gx.size(0), B = gx.size(1), D = gx.size(2), G = gx.size(3);
+}
+
+// The dtype and device of the tensor the others must match (gx, or x).
+void check_lead(const Tensor& t, const char* name, const char* where) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, where,
+              ": the CPU op computes float32 and float64, not ", t.scalar_type());
+  TORCH_CHECK(t.device().is_cpu(), where, ": ", name, " must be a CPU tensor, got ", t.device());
+}
+
+// Checks the arguments past gx's (or x's) place, the shape [T, B, D, G] given; returns
+// the call's shape (M from the mask). Tensors must match gx (or x: `lead`); d_at and g_at
+// name where D and G were read.
+Shape check_rest(int64_t T, int64_t B, int64_t D, int64_t G, const Tensor& gx,
+                 const Tensor& hx, const OptTensor& cx, const Tensor& w_hh,
+                 const OptTensor& b_hn, const OptTensor& mask, const OptTensor& lengths,
+                 int64_t cell, int64_t gate, const char* where, const char* lead = "gx",
+                 const char* d_at = "gx.size(2)", const char* g_at = "gx.size(3)") {
   const int64_t gates = gates_of(cell);
-  TORCH_CHECK(D == 1 || D == 2, where, ": gx must hold 1 or 2 directions (its dim 2), got ", D);
-  TORCH_CHECK(T > 0, where, ": gx has no time steps");
-  TORCH_CHECK(G > 0 && G % gates == 0, where, ": gx.size(3) must be ", gates,
+  TORCH_CHECK(D == 1 || D == 2, where, ": ", d_at, " must be 1 or 2 (directions), got ", D);
+  TORCH_CHECK(T > 0, where, ": ", lead, " has no time steps");
+  TORCH_CHECK(G > 0 && G % gates == 0, where, ": ", g_at, " must be ", gates,
               " * hidden_size for this cell, got ", G);
   const int64_t H = G / gates;
-  check_same(hx, gx, "hx", {D, B, H}, where);
-  check_same(w_hh, gx, "w_hh", {D, G, H}, where);
+  check_same(hx, gx, "hx", {D, B, H}, where, lead);
+  check_same(w_hh, gx, "w_hh", {D, G, H}, where, lead);
   TORCH_CHECK(cx.has_value() == (cell == kLstm), where,
               cell == kLstm ? ": an LSTM needs cx" : ": cx is an LSTM's; this cell has none");
-  if (cx) check_same(*cx, gx, "cx", {D, B, H}, where);
+  if (cx) check_same(*cx, gx, "cx", {D, B, H}, where, lead);
   if (b_hn) {
     TORCH_CHECK(cell == kGruAfter, where, ": b_hn belongs to a GRU with reset_after=True");
-    check_same(*b_hn, gx, "b_hn", {D, H}, where);
+    check_same(*b_hn, gx, "b_hn", {D, H}, where, lead);
   }
   int64_t M = 0;
   if (mask) {
@@ -87,7 +96,7 @@ Shape check_args(const Tensor& gx, const Tensor& hx, const OptTensor& cx, const 
     M = mask->size(2);
     TORCH_CHECK(M == 1 || M == gates, where, ": mask must hold 1 mask or one per gate (",
                 gates, ") per row, got ", M);
-    check_same(*mask, gx, "mask", {D, B, M, H}, where);
+    check_same(*mask, gx, "mask", {D, B, M, H}, where, lead);
   }
   if (lengths) {
     TORCH_CHECK(lengths->scalar_type() == at::kLong && lengths->dim() == 1 &&
@@ -101,6 +110,17 @@ Shape check_args(const Tensor& gx, const Tensor& hx, const OptTensor& cx, const 
     }
   }
   return {T, B, H, D, M, cell, gate};
+}
+
+// Checks every argument of the op that takes gx; returns the shape.
+Shape check_args(const Tensor& gx, const Tensor& hx, const OptTensor& cx, const Tensor& w_hh,
+                 const OptTensor& b_hn, const OptTensor& mask, const OptTensor& lengths,
+                 int64_t cell, int64_t gate, const char* where) {
+  check_cell_gate(cell, gate, where);
+  TORCH_CHECK(gx.dim() == 4, where, ": gx must be [T, B, D, G], got ", gx.sizes());
+  check_lead(gx, "gx", where);
+  return check_rest(gx.size(0), gx.size(1), gx.size(2), gx.size(3), gx, hx, cx, w_hh, b_hn,
+                    mask, lengths, cell, gate, where);
 }
 
 OptTensor contig(const OptTensor& t) {
@@ -188,6 +208,60 @@ std::tuple<Tensor, Tensor, Tensor> family_layer_backward_cpu(
   return {g_gx, g_hx, g_cx};
 }
 
+// The forward from the input: x [T, B, I], w_ih [D, G, I], bias [D, G] (b_ih + b_hh) in
+// place of gx, for the LSTM and the RNNs (every gate of theirs adds gx to its recurrent
+// product, so each step's GEMM computes both in the same registers and gx is never
+// stored). The same results as family_layer on gx = x W_ih^T + bias, to rounding.
+std::tuple<Tensor, Tensor, Tensor, Tensor> family_layer_x_cpu(
+    const Tensor& x_, const Tensor& w_ih_, const OptTensor& bias_, const Tensor& hx_,
+    const OptTensor& cx_, const Tensor& w_hh_, const OptTensor& mask_,
+    const OptTensor& lengths_, int64_t cell, int64_t gate, bool need_reserve) {
+  const char* where = "family_layer_x";
+  check_cell_gate(cell, gate, where);
+  TORCH_CHECK(cell == kLstm || cell == kRnnTanh || cell == kRnnRelu, where,
+              ": takes the LSTM and the RNNs (cells 2, 3, 4); the GRU's cells take gx "
+              "(family_layer); got cell ", cell);
+  TORCH_CHECK(x_.dim() == 3, where, ": x must be [T, B, I], got ", x_.sizes());
+  check_lead(x_, "x", where);
+  TORCH_CHECK(w_ih_.dim() == 3 && w_ih_.size(2) == x_.size(2), where,
+              ": w_ih must be [D, G, I] with I = x.size(2) = ", x_.size(2), ", got ", w_ih_.sizes());
+  TORCH_CHECK(w_ih_.device() == x_.device() && w_ih_.scalar_type() == x_.scalar_type(), where,
+              ": w_ih (", w_ih_.scalar_type(), " on ", w_ih_.device(), ") must match x (",
+              x_.scalar_type(), " on ", x_.device(), ")");
+  Shape s = check_rest(x_.size(0), x_.size(1), w_ih_.size(0), w_ih_.size(1), x_, hx_, cx_, w_hh_,
+                       std::nullopt, mask_, lengths_, cell, gate, where, "x", "w_ih.size(0)",
+                       "w_ih.size(1)");
+  s.I = x_.size(2);
+  if (bias_) check_same(*bias_, x_, "bias", {s.D, s.G()}, where, "x");
+  const Tensor x = x_.contiguous(), w_ih = w_ih_.contiguous(), hx = hx_.contiguous(),
+               w_hh = w_hh_.contiguous();
+  const OptTensor bias = contig(bias_), cx = contig(cx_), mask = contig(mask_),
+                  lengths = contig(lengths_);
+  const auto opts = x.options();
+  Tensor out = pooled_empty({s.T, s.B, s.D * s.H}, opts);
+  Tensor h_n = at::empty({s.D, s.B, s.H}, opts);
+  Tensor c_n = cx ? at::empty({s.D, s.B, s.H}, opts) : at::empty({0}, opts);
+  Tensor res = need_reserve ? pooled_empty({s.D, s.T, s.B, s.S() * s.H}, opts)
+                            : at::empty({0}, opts);
+  if (s.B == 0) return {out, h_n, c_n, res};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "family_layer_x_cpu", [&] {
+    using T = scalar_t;
+    const DenormalModeGuard mode(op_denormal_mode<T>());
+    Args<T> a{};
+    a.x = x.const_data_ptr<T>(), a.w_ih = w_ih.const_data_ptr<T>();
+    a.bias = static_cast<const T*>(ptr_or_null(bias));
+    a.w_hh = w_hh.const_data_ptr<T>();
+    a.mask = static_cast<const T*>(ptr_or_null(mask));
+    a.len = lengths ? lengths->const_data_ptr<int64_t>() : nullptr;
+    a.hx = hx.const_data_ptr<T>(), a.cx = static_cast<const T*>(ptr_or_null(cx));
+    a.out = out.data_ptr<T>(), a.h_n = h_n.data_ptr<T>();
+    a.c_n = cx ? c_n.data_ptr<T>() : nullptr;
+    a.res = need_reserve && s.S() > 0 ? res.data_ptr<T>() : nullptr;
+    GRU_TORCH_CPU_PICK(family, forward<T>)(s, a);
+  });
+  return {out, h_n, c_n, res};
+}
+
 // A CPU buffer from cpu_pool (huge pages, freed buffers reused): for the large tensors
 // the family op's caller makes every step of training (the input projection and its
 // gradient), whose fresh pages would otherwise fault in on every call.
@@ -203,6 +277,10 @@ TORCH_LIBRARY_FRAGMENT(gru_torch, m) {
       "family_layer(Tensor gx, Tensor hx, Tensor? cx, Tensor w_hh, Tensor? b_hn, "
       "Tensor? mask, Tensor? lengths, int cell, int gate, bool need_reserve) "
       "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor reserve)");
+  m.def(
+      "family_layer_x(Tensor x, Tensor w_ih, Tensor? bias, Tensor hx, Tensor? cx, "
+      "Tensor w_hh, Tensor? mask, Tensor? lengths, int cell, int gate, bool need_reserve) "
+      "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor reserve)");
   // gx: only its shape, dtype and device are read (the gradient's)
   m.def(
       "family_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor? grad_c_n, "
@@ -213,6 +291,7 @@ TORCH_LIBRARY_FRAGMENT(gru_torch, m) {
 
 TORCH_LIBRARY_IMPL(gru_torch, CPU, m) {
   m.impl("family_layer", &family_layer_cpu);
+  m.impl("family_layer_x", &family_layer_x_cpu);
   m.impl("family_layer_backward", &family_layer_backward_cpu);
 }
 

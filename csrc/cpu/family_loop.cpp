@@ -48,12 +48,15 @@ C10_ALWAYS_INLINE V<T> gate_grad(int64_t gate, V<T> y) {
   return ((y > V<T>(T(0))) & (y < V<T>(T(1)))) & slope;
 }
 
-// ---- the step GEMM: C[i, :N] = init + A[i, :K] B[:K, :N] for rows i < n
+// ---- the step GEMM: C[i, :N] = init + X[i, :KX] BX[:KX, :N] + A[i, :K] B[:K, :N] for rows
+// i < n, the X term where BX is given (packed with B's layout): the input projection of
+// the step, summed in the same registers as the recurrent product.
 
 // init: null (zeros), a row broadcast to every row (ldi = 0), or a matrix (ldi > 0).
 template <typename T>
 void gemm_rows(int64_t n, const T* A, int64_t lda, const PackedB<T>& B, const T* init,
-               int64_t ldi, T* C, int64_t ldc) {
+               int64_t ldi, T* C, int64_t ldc, const T* X = nullptr, int64_t ldx = 0,
+               const PackedB<T>* BX = nullptr) {
   const PanelLayout& l = B.layout();
   for (int64_t p = 0; p < l.panels(); ++p) {
     const int64_t* col = l.cols(p);
@@ -69,6 +72,7 @@ void gemm_rows(int64_t n, const T* A, int64_t lda, const PackedB<T>& B, const T*
                              : V<T>(T(0));
           }
         }
+        if (BX) accumulate_all(X + i0 * ldx, ldx, BX->K(), BX->panel_data(p), acc);
         accumulate_all(A + i0 * lda, lda, B.K(), B.panel_data(p), acc);
         for (int m = 0; m < R; ++m) {
           for (int s = 0; s < S; ++s) acc[m][s].store(C + (i0 + m) * ldc + col[s], count[s]);
@@ -80,19 +84,23 @@ void gemm_rows(int64_t n, const T* A, int64_t lda, const PackedB<T>& B, const T*
 
 
 // A group of W_hh's rows (gate columns [col0, col0 + cols)) whose recurrent product
-// reads one operand: h~ * mask k (op = k), and the packed matrix for it.
+// reads one operand: h~ * mask k (op = k), and the packed matrix for it; where the loop
+// computes the input projection, W_ih's rows of the same columns too.
 template <typename T>
 struct Group {
   int64_t col0, cols, op;
-  const T* init;  // forward: a bias row for these columns (the GRU's b_hn), or null
+  const T* init;  // forward: a bias row for these columns (the GRU's b_hn, or with x the
+                  // projection's bias), or null
   PackedB<T> w;
+  std::optional<PackedB<T>> wx;  // forward with x: W_ih's rows, K = I
 };
 
 // The groups of one direction: one for every gate that reads h~ with a shared mask (the
 // GRU's n apart with reset_after=True, for its b_hn), or one per gate with per-gate masks.
 // forward: C = A W^T (W's rows packed as columns); backward: C = A W (W's columns).
 template <typename T>
-std::vector<Group<T>> make_groups(const Shape& s, const T* w_hh, const T* b_hn, bool forward) {
+std::vector<Group<T>> make_groups(const Shape& s, const T* w_hh, const T* b_hn, const T* w_ih,
+                                  const T* bias, bool forward) {
   constexpr int64_t W = PackedB<T>::W;
   const int64_t H = s.H, G1 = s.G1();
   std::vector<std::pair<int64_t, int64_t>> ranges;  // (col0, cols)
@@ -108,9 +116,15 @@ std::vector<Group<T>> make_groups(const Shape& s, const T* w_hh, const T* b_hn, 
     const int64_t op = s.M > 1 ? c0 / H : 0;
     const T* init = (forward && s.cell == kGruAfter && c0 == 2 * H) ? b_hn : nullptr;
     if (forward) {
-      groups.push_back({c0, n, op, init, PackedB<T>(PanelLayout::units(n, W), w_hh + c0 * H, H, H, true)});
+      groups.push_back({c0, n, op, init, PackedB<T>(PanelLayout::units(n, W), w_hh + c0 * H, H, H, true),
+                        std::nullopt});
+      if (w_ih) {  // (only cells whose every gate adds gx to its recurrent product)
+        groups.back().init = bias ? bias + c0 : nullptr;
+        groups.back().wx.emplace(PanelLayout::units(n, W), w_ih + c0 * s.I, s.I, s.I, true);
+      }
     } else {
-      groups.push_back({c0, n, op, init, PackedB<T>(PanelLayout::units(H, W), w_hh + c0 * H, H, n, false)});
+      groups.push_back({c0, n, op, init, PackedB<T>(PanelLayout::units(H, W), w_hh + c0 * H, H, n, false),
+                        std::nullopt});
     }
   }
   return groups;
@@ -129,7 +143,10 @@ struct Direction {
   Direction(const Shape& s_, const Args<T>& a_, int64_t d_, bool forward)
       : s(s_), a(a_), d(d_),
         groups(make_groups<T>(s_, a_.w_hh + d_ * s_.G() * s_.H,
-                              a_.b_hn ? a_.b_hn + d_ * s_.H : nullptr, forward)) {
+                              a_.b_hn ? a_.b_hn + d_ * s_.H : nullptr,
+                              forward && a_.x ? a_.w_ih + d_ * s_.G() * s_.I : nullptr,
+                              forward && a_.x && a_.bias ? a_.bias + d_ * s_.G() : nullptr,
+                              forward)) {
     constexpr int64_t W = PackedB<T>::W;
     const int64_t H = s.H;
     if (s.cell == kGruBefore) {
@@ -142,6 +159,7 @@ struct Direction {
     return a.mask ? a.mask + ((d * s.B + b) * s.M + k) * s.H : nullptr;
   }
   const T* gx_row(int64_t t, int64_t b) const { return a.gx + ((t * s.B + b) * s.D + d) * s.G(); }
+  const T* x_rows(int64_t t, int64_t b) const { return a.x + (t * s.B + b) * s.I; }
   T* g_gx_row(int64_t t, int64_t b) const { return a.g_gx + ((t * s.B + b) * s.D + d) * s.G(); }
   T* res_row(int64_t t, int64_t b) const {
     return a.res ? a.res + ((d * s.T + t) * s.B + b) * s.S() * s.H : nullptr;
@@ -191,28 +209,34 @@ void mask_row(const Direction<T>& f, FwdRows<T>& r, int64_t i) {
 }
 
 // The pointwise pass of one active row at step t (phase 0: the whole cell, or the GRU's
-// r and z with reset_after=False; phase 1: that GRU's n and the state).
-template <typename T, int64_t CELL>
+// r and z with reset_after=False; phase 1: that GRU's n and the state). X: the step's
+// GEMM computed the input projection too, so pre holds gx + the recurrent product.
+template <typename T, int64_t CELL, bool X>
 void forward_row(const Direction<T>& f, FwdRows<T>& r, int64_t t, int64_t i, int phase) {
   const Shape& s = f.s;
   const int64_t H = s.H, b = r.b0 + i, gate = s.gate;
-  const T* gx = f.gx_row(t, b);
+  const T* gx = X ? nullptr : f.gx_row(t, b);
   const T* pre = r.pre + i * s.G();
+  // gate k's pre-activation, at unit u
+  auto pa = [&](int64_t k, int64_t u, int c) {
+    if constexpr (X) return ld(pre + k * H + u, c);
+    else return ld(gx + k * H + u, c) + ld(pre + k * H + u, c);
+  };
   T* h = r.h + i * H;
   T* res = f.res_row(t, b);
   T* out = f.out_row(t, b);
   const V<T> one(T(1));
   for_chunks<T>(H, [&](int64_t u, int c) {
     if constexpr (CELL == kRnnTanh || CELL == kRnnRelu) {
-      const V<T> a = ld(gx + u, c) + ld(pre + u, c);
+      const V<T> a = pa(0, u, c);
       const V<T> hn = CELL == kRnnTanh ? tanh(a) : at::vec::maximum(a, V<T>(T(0)));
       hn.store(h + u, c);
       hn.store(out + u, c);
     } else if constexpr (CELL == kLstm) {
-      const V<T> ig = gate_fn(gate, ld(gx + u, c) + ld(pre + u, c));
-      const V<T> fg = gate_fn(gate, ld(gx + H + u, c) + ld(pre + H + u, c));
-      const V<T> gg = tanh(ld(gx + 2 * H + u, c) + ld(pre + 2 * H + u, c));
-      const V<T> og = gate_fn(gate, ld(gx + 3 * H + u, c) + ld(pre + 3 * H + u, c));
+      const V<T> ig = gate_fn(gate, pa(0, u, c));
+      const V<T> fg = gate_fn(gate, pa(1, u, c));
+      const V<T> gg = tanh(pa(2, u, c));
+      const V<T> og = gate_fn(gate, pa(3, u, c));
       const V<T> cn = fg * ld(r.c + i * H + u, c) + ig * gg;
       const V<T> hn = og * tanh(cn);
       cn.store(r.c + i * H + u, c);
@@ -222,6 +246,8 @@ void forward_row(const Direction<T>& f, FwdRows<T>& r, int64_t t, int64_t i, int
         ig.store(res + u, c), fg.store(res + H + u, c), gg.store(res + 2 * H + u, c);
         og.store(res + 3 * H + u, c), cn.store(res + 4 * H + u, c);
       }
+    } else if constexpr (X) {
+      static_assert(!X, "the GRU's cells take gx");
     } else if constexpr (CELL == kGruAfter) {
       const V<T> rg = gate_fn(gate, ld(gx + u, c) + ld(pre + u, c));
       const V<T> zg = gate_fn(gate, ld(gx + H + u, c) + ld(pre + H + u, c));
@@ -263,7 +289,7 @@ void forward_inactive(const Direction<T>& f, int64_t t, int64_t b) {
   if (T* res = f.res_row(t, b)) std::fill(res, res + f.s.S() * H, T(0));
 }
 
-template <typename T, int64_t CELL>
+template <typename T, int64_t CELL, bool X>
 void forward_rows(const Direction<T>& f, FwdRows<T>& r) {
   const Shape& s = f.s;
   const int64_t H = s.H, G = s.G();
@@ -274,18 +300,21 @@ void forward_rows(const Direction<T>& f, FwdRows<T>& r) {
     const int64_t t = s.time_of(f.d, k);
     if (k + 1 < s.T) {
       const int64_t tn = s.time_of(f.d, k + 1);
-      for (int64_t i = 0; i < r.n; ++i) prefetch(f.gx_row(tn, r.b0 + i), G);
+      if (X) prefetch(f.x_rows(tn, r.b0), r.n * s.I);
+      else for (int64_t i = 0; i < r.n; ++i) prefetch(f.gx_row(tn, r.b0 + i), G);
     }
+    const T* x = X ? f.x_rows(t, r.b0) : nullptr;
     for (const Group<T>& g : f.groups) {
-      gemm_rows(r.n, r.operand(s, g.op), H, g.w, g.init, 0, r.pre + g.col0, G);
+      gemm_rows(r.n, r.operand(s, g.op), H, g.w, g.init, 0, r.pre + g.col0, G, x, s.I,
+                X ? &*g.wx : nullptr);
     }
     for (int64_t i = 0; i < r.n; ++i) {
-      if (f.active(t, r.b0 + i)) forward_row<T, CELL>(f, r, t, i, 0);
+      if (f.active(t, r.b0 + i)) forward_row<T, CELL, X>(f, r, t, i, 0);
     }
     if constexpr (CELL == kGruBefore) {
       gemm_rows(r.n, r.q, H, *f.w_n, static_cast<const T*>(nullptr), 0, r.pre + 2 * H, G);
       for (int64_t i = 0; i < r.n; ++i) {
-        if (f.active(t, r.b0 + i)) forward_row<T, CELL>(f, r, t, i, 1);
+        if (f.active(t, r.b0 + i)) forward_row<T, CELL, X>(f, r, t, i, 1);
       }
     }
     for (int64_t i = 0; i < r.n; ++i) {
@@ -299,7 +328,7 @@ void forward_rows(const Direction<T>& f, FwdRows<T>& r) {
 
 // The chunks of rows, and the threads that run them (both directions' chunks are tasks).
 Split family_split(const Shape& s) {
-  const double flops = 2.0 * s.H * s.G();
+  const double flops = 2.0 * (s.H + s.I) * s.G();
   const int64_t threads = available_threads();
   Split sp = choose_split(s.B, flops, threads, /*panels=*/1);
   if (const char* env = std::getenv("GRU_TORCH_FAMILY_CHUNK")) {  // rows a chunk, for measuring
@@ -506,8 +535,16 @@ void with_cell(int64_t cell, const F& f) {
 template <typename T>
 void forward(const Shape& s, const Args<T>& a) {
   with_cell(s.cell, [&](auto C) {
+    constexpr int64_t cell = decltype(C)::value;
+    if constexpr (cell == kLstm || cell == kRnnTanh || cell == kRnnRelu) {
+      if (a.x) {
+        return run_layer<T, FwdRows<T>>(s, a, true, [](const Direction<T>& f, FwdRows<T>& r) {
+          forward_rows<T, cell, true>(f, r);
+        });
+      }
+    }
     run_layer<T, FwdRows<T>>(s, a, true, [](const Direction<T>& f, FwdRows<T>& r) {
-      forward_rows<T, decltype(C)::value>(f, r);
+      forward_rows<T, cell, false>(f, r);
     });
   });
 }
