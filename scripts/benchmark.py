@@ -562,7 +562,7 @@ def render_table(rows: list[dict], cell: str = "gru") -> str:
     nn_ = nn_name(cell)
     lines = [f"| B,T,I,H | dtype | pass | fused ms | {nn_} ms | reference ms | onnxruntime ms "
              f"| fused us/step | fused GFLOP/s | fused vs {nn_} | fused vs reference "
-             "| fused vs onnxruntime | fused / GEMM floor |", "|" + "---|" * 13]
+             "| fused vs onnxruntime | GEMM floor ms | fused / GEMM floor |", "|" + "---|" * 14]
     for key, ms in cases.items():
         shape, layers, bidi, dtype, pass_ = key
         fused = ms.get("fused")
@@ -574,7 +574,7 @@ def render_table(rows: list[dict], cell: str = "gru") -> str:
         floor = fused / floors[key] if fused and key in floors else None
         cells = [f"{shape.B},{shape.T},{shape.I},{shape.H}", dtype, pass_,
                  *(fmt(ms.get(n)) for n in BACKENDS), fmt(per_step), fmt(rate),
-                 *(fmt(v, "x") for v in speedups), fmt(floor, "x")]
+                 *(fmt(v, "x") for v in speedups), fmt(floors.get(key)), fmt(floor, "x")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
