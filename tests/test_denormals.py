@@ -183,3 +183,39 @@ def test_trainer_flushes_unless_told_not_to(tmp_path, monkeypatch):
         assert seen and all(set(m) == {want} for m in seen), seen
         assert json.loads((out / "config.json").read_text())["flush_denormal"] is (want != 0)
         assert set(denormals.modes()) == {0}, "the trainer restores the modes"
+
+
+@pytest.mark.parametrize("caller_mode", [0, denormals.FLUSH, denormals.FLUSH_TO_ZERO])
+def test_the_family_ops_restore_every_threads_mode(caller_mode):
+    """family_layer and its backward (training), family_layer_x (inference): each
+    thread's mode as the call found it."""
+    torch.set_num_threads(2)
+    denormals.set_modes([caller_mode])
+    before = denormals.modes()
+    torch.manual_seed(0)
+    lstm = gru_torch.LSTM(8, 32, bidirectional=True, backend="fused")
+    x = torch.randn(20, 40, 8) * 0.05
+    _, (h_n, _) = lstm(x)
+    h_n.sum().backward()
+    assert denormals.modes() == before
+    with torch.no_grad():
+        lstm(x)
+    assert denormals.modes() == before
+
+
+@pytest.mark.parametrize("op", ["family_layer", "family_layer_x"])
+def test_the_family_ops_read_denormal_state_as_zero_in_float32_only(op):
+    """An LSTM with zero weights halves c each step (f = 1/2, g = 0): a denormal cx reads
+    as 0 in float32, and float64 keeps it."""
+    for dtype, c, flushed in ((torch.float32, TINY32 / 4, True), (torch.float64, TINY64 / 4, False)):
+        cx = torch.full((1, 2, 4), c, dtype=dtype)
+        hx = torch.zeros_like(cx)
+        w_hh = torch.zeros(1, 16, 4, dtype=dtype)
+        if op == "family_layer":
+            args = (torch.zeros(3, 2, 1, 16, dtype=dtype), hx, cx, w_hh, None, None, None)
+        else:
+            args = (torch.zeros(3, 2, 1, dtype=dtype), torch.zeros(1, 16, 1, dtype=dtype), None,
+                    hx, cx, w_hh, None, None)
+        _, _, c_n, _ = getattr(torch.ops.gru_torch, op)(*args, 2, 0, False)
+        want = torch.zeros_like(cx) if flushed else cx / 8
+        assert torch.equal(c_n, want), (dtype, c_n, want)

@@ -61,6 +61,7 @@ struct Shape {
 // own rows of gx in the recurrent product's registers.
 template <typename T>
 struct Args {
+  using value_type = T;
   const T* gx;          // [T, B, D, G], or null
   const T* x;           // [T, B, I] or null
   const T* w_ih;        // [D, G, I] (with x)

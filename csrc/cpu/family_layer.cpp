@@ -19,6 +19,7 @@
 #include <torch/library.h>
 
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/capability.h"
@@ -127,27 +128,30 @@ OptTensor contig(const OptTensor& t) {
   return t ? OptTensor(t->contiguous()) : std::nullopt;
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> family_layer_cpu(
-    const Tensor& gx_, const Tensor& hx_, const OptTensor& cx_, const Tensor& w_hh_,
-    const OptTensor& b_hn_, const OptTensor& mask_, const OptTensor& lengths_, int64_t cell,
-    int64_t gate, bool need_reserve) {
-  const Shape s = check_args(gx_, hx_, cx_, w_hh_, b_hn_, mask_, lengths_, cell, gate,
-                             "family_layer");
-  const Tensor gx = gx_.contiguous(), hx = hx_.contiguous(), w_hh = w_hh_.contiguous();
+// The forward's outputs, and the loops run on them: both entry points' common part.
+// `inputs(a)` fills the arguments in which they differ (gx; or x, w_ih and bias) into
+// Args<T> a.
+template <typename Inputs>
+std::tuple<Tensor, Tensor, Tensor, Tensor> run_forward(
+    const Shape& s, const Tensor& like, const Tensor& hx_, const OptTensor& cx_,
+    const Tensor& w_hh_, const OptTensor& b_hn_, const OptTensor& mask_,
+    const OptTensor& lengths_, bool need_reserve, const Inputs& inputs) {
+  const Tensor hx = hx_.contiguous(), w_hh = w_hh_.contiguous();
   const OptTensor cx = contig(cx_), b_hn = contig(b_hn_), mask = contig(mask_),
                   lengths = contig(lengths_);
-  const auto opts = gx.options();
+  const auto opts = like.options();
   Tensor out = pooled_empty({s.T, s.B, s.D * s.H}, opts);
   Tensor h_n = at::empty({s.D, s.B, s.H}, opts);
   Tensor c_n = cx ? at::empty({s.D, s.B, s.H}, opts) : at::empty({0}, opts);
   Tensor res = need_reserve ? pooled_empty({s.D, s.T, s.B, s.S() * s.H}, opts)
                             : at::empty({0}, opts);
   if (s.B == 0) return {out, h_n, c_n, res};
-  AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "family_layer_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "family_layer_forward", [&] {
     using T = scalar_t;
     const DenormalModeGuard mode(op_denormal_mode<T>());
     Args<T> a{};
-    a.gx = gx.const_data_ptr<T>(), a.w_hh = w_hh.const_data_ptr<T>();
+    inputs(a);
+    a.w_hh = w_hh.const_data_ptr<T>();
     a.b_hn = static_cast<const T*>(ptr_or_null(b_hn));
     a.mask = static_cast<const T*>(ptr_or_null(mask));
     a.len = lengths ? lengths->const_data_ptr<int64_t>() : nullptr;
@@ -158,6 +162,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> family_layer_cpu(
     GRU_TORCH_CPU_PICK(family, forward<T>)(s, a);
   });
   return {out, h_n, c_n, res};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> family_layer_cpu(
+    const Tensor& gx_, const Tensor& hx_, const OptTensor& cx_, const Tensor& w_hh_,
+    const OptTensor& b_hn_, const OptTensor& mask_, const OptTensor& lengths_, int64_t cell,
+    int64_t gate, bool need_reserve) {
+  const Shape s = check_args(gx_, hx_, cx_, w_hh_, b_hn_, mask_, lengths_, cell, gate,
+                             "family_layer");
+  const Tensor gx = gx_.contiguous();
+  return run_forward(s, gx, hx_, cx_, w_hh_, b_hn_, mask_, lengths_, need_reserve,
+                     [&](auto& a) {
+                       using T = typename std::decay_t<decltype(a)>::value_type;
+                       a.gx = gx.const_data_ptr<T>();
+                     });
 }
 
 std::tuple<Tensor, Tensor, Tensor> family_layer_backward_cpu(
@@ -233,33 +251,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> family_layer_x_cpu(
                        "w_ih.size(1)");
   s.I = x_.size(2);
   if (bias_) check_same(*bias_, x_, "bias", {s.D, s.G()}, where, "x");
-  const Tensor x = x_.contiguous(), w_ih = w_ih_.contiguous(), hx = hx_.contiguous(),
-               w_hh = w_hh_.contiguous();
-  const OptTensor bias = contig(bias_), cx = contig(cx_), mask = contig(mask_),
-                  lengths = contig(lengths_);
-  const auto opts = x.options();
-  Tensor out = pooled_empty({s.T, s.B, s.D * s.H}, opts);
-  Tensor h_n = at::empty({s.D, s.B, s.H}, opts);
-  Tensor c_n = cx ? at::empty({s.D, s.B, s.H}, opts) : at::empty({0}, opts);
-  Tensor res = need_reserve ? pooled_empty({s.D, s.T, s.B, s.S() * s.H}, opts)
-                            : at::empty({0}, opts);
-  if (s.B == 0) return {out, h_n, c_n, res};
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "family_layer_x_cpu", [&] {
-    using T = scalar_t;
-    const DenormalModeGuard mode(op_denormal_mode<T>());
-    Args<T> a{};
-    a.x = x.const_data_ptr<T>(), a.w_ih = w_ih.const_data_ptr<T>();
-    a.bias = static_cast<const T*>(ptr_or_null(bias));
-    a.w_hh = w_hh.const_data_ptr<T>();
-    a.mask = static_cast<const T*>(ptr_or_null(mask));
-    a.len = lengths ? lengths->const_data_ptr<int64_t>() : nullptr;
-    a.hx = hx.const_data_ptr<T>(), a.cx = static_cast<const T*>(ptr_or_null(cx));
-    a.out = out.data_ptr<T>(), a.h_n = h_n.data_ptr<T>();
-    a.c_n = cx ? c_n.data_ptr<T>() : nullptr;
-    a.res = need_reserve && s.S() > 0 ? res.data_ptr<T>() : nullptr;
-    GRU_TORCH_CPU_PICK(family, forward<T>)(s, a);
-  });
-  return {out, h_n, c_n, res};
+  const Tensor x = x_.contiguous(), w_ih = w_ih_.contiguous();
+  const OptTensor bias = contig(bias_);
+  return run_forward(s, x, hx_, cx_, w_hh_, std::nullopt, mask_, lengths_, need_reserve,
+                     [&](auto& a) {
+                       using T = typename std::decay_t<decltype(a)>::value_type;
+                       a.x = x.const_data_ptr<T>(), a.w_ih = w_ih.const_data_ptr<T>();
+                       a.bias = static_cast<const T*>(ptr_or_null(bias));
+                     });
 }
 
 // A CPU buffer from cpu_pool (huge pages, freed buffers reused): for the large tensors
