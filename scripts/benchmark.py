@@ -57,6 +57,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import re
 import statistics
 import sys
@@ -483,6 +484,13 @@ def bench_case(shape: Shape, dtype_name: str, args: argparse.Namespace,
     return rows
 
 
+POOL_OFF_NOTE = (
+    "The buffer pool is off, and this machine's kernel hands freed memory back to its host "
+    "(free page reporting, gru_torch.machine.returns_free_memory): the fused op's buffers, "
+    "mapped fresh for every call, then pay a fault on the host some of the time, which "
+    "makes its training times vary from round to round at large shapes.")
+
+
 def pass_flops(shape: Shape, args: argparse.Namespace, pass_: str, T: int | None = None) -> float:
     """The GEMM FLOPs of one pass (forward+backward: 3x the forward's), at T steps."""
     s = shape if T is None else Shape(shape.B, T, shape.I, shape.H)
@@ -646,6 +654,8 @@ def main(argv: list[str] | None = None) -> int:
            "threads": torch.get_num_threads()}
     if device.type == "cpu":  # the fused op's loops: avx512 or avx2 (gru_torch.cpu_capability)
         env["cpu_capability"] = gru_torch.cpu_capability()
+        env["pool_mb"] = os.environ.get("GRU_TORCH_CPU_POOL_MB", "1024 (default)")
+        env["returns_free_memory"] = machine.returns_free_memory()
     if args.cell != "gru":  # a GRU's files stay as before --cell: no "cell" means gru
         env["cell"] = args.cell
     if "onnxruntime" in args.backends:
@@ -687,6 +697,8 @@ def main(argv: list[str] | None = None) -> int:
         + ("" if "ort_spinning" not in env else " ONNX Runtime's threads "
            + ("spin-wait after each run (its default)." if args.ort_spinning
               else "do not spin-wait after a run (scripts/bench_onnxruntime.py says why).")), "",
+        *([POOL_OFF_NOTE, ""] if env.get("returns_free_memory") and env.get("pool_mb") == "0"
+          else []),
         *tables, "", "Napkin math (GEMM FLOPs):",
         *(f"- {napkin(shape, args.layers, directions, spec.gates)}" for shape in args.shapes), ""])
     print("\n" + report)

@@ -104,6 +104,38 @@ def test_record_refuses_on_a_busy_machine(bench, monkeypatch, tmp_path, capsys):
     assert bench.main(args) == 0 and out.is_file()
 
 
+def test_free_page_reporting_is_read_from_the_balloon_features(tmp_path):
+    from gru_torch import machine
+
+    assert not machine.returns_free_memory(tmp_path / "no-balloon")
+    (tmp_path / "virtio0").mkdir()
+    features = tmp_path / "virtio0" / "features"
+    features.write_text("0110000" + "0" * 57 + "\n")  # stats, deflate on OOM: no reporting
+    assert not machine.returns_free_memory(tmp_path)
+    features.write_text("0110010" + "0" * 57 + "\n")  # bit 5: free page reporting
+    assert machine.returns_free_memory(tmp_path)
+
+
+@pytest.mark.parametrize("reports,pool,noted", [(True, "0", True), (True, None, False),
+                                                (False, "0", False)])
+def test_results_say_when_fresh_buffers_may_fault_on_the_host(bench, monkeypatch, tmp_path,
+                                                              reports, pool, noted):
+    """With the pool off on a machine that hands freed memory to its host, the report says
+    why the fused op's times may vary, and the JSON keeps both settings."""
+    monkeypatch.setattr(bench.machine, "returns_free_memory", lambda: reports)
+    if pool is None:
+        monkeypatch.delenv("GRU_TORCH_CPU_POOL_MB", raising=False)
+    else:
+        monkeypatch.setenv("GRU_TORCH_CPU_POOL_MB", pool)
+    out = tmp_path / "r.json"
+    assert bench.main(["--shapes", "2,3,2,2", "--repeats", "1", "--warmup", "0", "--backends",
+                       "cudnn", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["returns_free_memory"] is reports
+    assert data["pool_mb"] == (pool or "1024 (default)")
+    assert ("hands freed memory back to its host" in out.with_suffix(".md").read_text()) is noted
+
+
 @pytest.mark.skipif(not gru_torch.extension_status().loaded, reason="needs the fused op")
 def test_check_aborts_when_fused_disagrees(monkeypatch, bench):
     real = gru_torch.ops.gru_layer
