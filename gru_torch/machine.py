@@ -53,8 +53,8 @@ BALLOON = Path("/sys/bus/virtio/drivers/virtio_balloon")
 def returns_free_memory(balloon: Path = BALLOON) -> bool:
     """Whether this (virtual) machine's kernel hands freed memory back to its host: a
     virtio balloon that negotiated free page reporting (feature bit 5), whose host then
-    discards the pages, so that touching them again costs a fault on the host (1.5 s a
-    GiB on the 2-core development machine, against 0.06 s for memory the guest kept).
+    discards the pages, so that touching them again costs a fault on the host, which
+    memory the guest kept does not.
     Buffers mapped fresh for every call, as the fused op's are with its pool off
     (GRU_TORCH_CPU_POOL_MB=0), pay it some of the time; timings say so beside them."""
     try:

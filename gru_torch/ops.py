@@ -267,23 +267,22 @@ def cell_code(cell: Cell) -> int:
     return 3 if cell.activation == "tanh" else 4
 
 
+def _family_outputs_fake(like, T: int, hx, cx, cell, need_reserve, emulated):
+    """The family op's forward results (output, h_n, c_n, reserve) as fake tensors."""
+    D, B, H = hx.shape
+    slots = family_reserve_slots(cell, like.device, emulated)
+    res = (D, T, B, slots * H) if need_reserve else (0,)
+    return (like.new_empty((T, B, D * H)), hx.new_empty(hx.shape),
+            hx.new_empty(hx.shape) if cx is not None else hx.new_empty((0,)), like.new_empty(res))
+
+
 def _family_fake(gx, hx, cx, w_hh, b_hn, mask, lengths, cell, gate, need_reserve,
                  emulated=False):
-    T, B, D, G = gx.shape
-    H = hx.shape[-1]
-    slots = family_reserve_slots(cell, gx.device, emulated)
-    res = (D, T, B, slots * H) if need_reserve else (0,)
-    return (gx.new_empty((T, B, D * H)), hx.new_empty(hx.shape),
-            hx.new_empty(hx.shape) if cx is not None else hx.new_empty((0,)), gx.new_empty(res))
+    return _family_outputs_fake(gx, gx.shape[0], hx, cx, cell, need_reserve, emulated)
 
 
 def _family_x_fake(x, w_ih, bias, hx, cx, w_hh, mask, lengths, cell, gate, need_reserve):
-    T, B, _ = x.shape
-    D, _, H = hx.shape
-    slots = family_reserve_slots(cell, x.device, False)
-    res = (D, T, B, slots * H) if need_reserve else (0,)
-    return (x.new_empty((T, B, D * H)), hx.new_empty(hx.shape),
-            hx.new_empty(hx.shape) if cx is not None else hx.new_empty((0,)), x.new_empty(res))
+    return _family_outputs_fake(x, x.shape[0], hx, cx, cell, need_reserve, False)
 
 
 def _family_backward_fake(grad_output, grad_h_n, grad_c_n, gx, hx, cx, w_hh, b_hn, mask,

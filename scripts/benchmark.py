@@ -654,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
            "threads": torch.get_num_threads()}
     if device.type == "cpu":  # the fused op's loops: avx512 or avx2 (gru_torch.cpu_capability)
         env["cpu_capability"] = gru_torch.cpu_capability()
-        env["pool_mb"] = os.environ.get("GRU_TORCH_CPU_POOL_MB", "1024 (default)")
+        env["pool_mb"] = os.environ.get("GRU_TORCH_CPU_POOL_MB")  # None: the pool's default
         env["returns_free_memory"] = machine.returns_free_memory()
     if args.cell != "gru":  # a GRU's files stay as before --cell: no "cell" means gru
         env["cell"] = args.cell
